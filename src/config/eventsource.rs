@@ -1,0 +1,69 @@
+//! `kind: EventSource` — where events enter. Argo field names; spillway's
+//! own knobs live in a per-event `flowControl:` block.
+//!
+//! Runnable today: `webhook`. `pubsub` (Google Cloud) is accepted so the
+//! seed's "return error to source" example validates, but it has no runtime
+//! here and `spillway run` says so.
+
+use super::decode::Spanned;
+use super::values::{ByteSize, GoDuration, NamedMap, ObjectMeta};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSource {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: EventSourceSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventSourceSpec {
+    pub webhook: Option<NamedMap<WebhookEvent>>,
+    pub pubsub: Option<NamedMap<PubSubEvent>>,
+}
+
+/// One webhook endpoint (Argo's `WebhookContext`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookEvent {
+    /// TCP port to listen on; endpoints may share a port.
+    pub port: Spanned<String>,
+    /// URL path, e.g. `/orders`.
+    pub endpoint: Spanned<String>,
+    /// HTTP method accepted (Argo default: POST).
+    pub method: Option<Spanned<String>>,
+    /// Externally visible URL (informational).
+    pub url: Option<String>,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_payload_size: Option<Spanned<ByteSize>>,
+    /// Extra key/values attached to every event from this endpoint.
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub flow_control: Option<WebhookFlowControl>,
+}
+
+/// spillway extensions for a webhook endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookFlowControl {
+    /// Wait this long for bus space before answering 429 (Kafka `max.block.ms`). Default 0.
+    pub max_block: Option<Spanned<GoDuration>>,
+}
+
+/// Google Cloud Pub/Sub subscription (accepted, not run here).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PubSubEvent {
+    #[serde(rename = "projectID")]
+    pub project_id: Option<String>,
+    pub topic: Option<String>,
+    #[serde(rename = "subscriptionID")]
+    pub subscription_id: Option<String>,
+    /// Time a message may stay unacknowledged before Pub/Sub redelivers it.
+    pub ack_wait_time: Option<Spanned<GoDuration>>,
+    pub json_body: Option<bool>,
+    pub metadata: Option<BTreeMap<String, String>>,
+}

@@ -1,0 +1,467 @@
+//! Reads config files: YAML documents → typed kinds → [`Config`].
+//!
+//! Each document is dispatched on its `kind` header first and then decoded
+//! into that kind's type, so an error message can name the field it is
+//! about. A document that fails to decode still registers its name, so other
+//! documents that reference it do not get follow-on "not found" errors.
+
+use super::decode::{decode, DecodeError};
+use super::diagnostic::{Diagnostic, Diagnostics, Severity};
+use super::eventbus::{Discard, EventBus, SettingsLimits, StreamConfigLimits};
+use super::suggest::did_you_mean;
+use super::yaml::{parse_documents, Node, Pos, Value};
+use super::{validate, BusConfig, Config, Located};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The kinds spillway reads, with the apiVersion each must carry.
+const KINDS: &[(&str, &str)] = &[
+    ("EventBus", "argoproj.io/v1alpha1"),
+    ("EventSource", "argoproj.io/v1alpha1"),
+    ("Sensor", "argoproj.io/v1alpha1"),
+    ("ConfigMap", "v1"),
+    ("WorkflowTemplate", "argoproj.io/v1alpha1"),
+];
+
+/// A document's name as written, kept even when the document failed to decode.
+#[derive(Debug, Clone)]
+pub(super) struct DocName {
+    pub kind: &'static str,
+    pub name: String,
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
+/// Everything read from the files, before cross-checks.
+#[derive(Debug, Default)]
+pub(super) struct Loaded {
+    pub config: Config,
+    pub bus_docs: Vec<Located<EventBus>>,
+    pub names: Vec<DocName>,
+    /// Documents that failed to decode (their references are not checked).
+    pub broken: Vec<DocName>,
+}
+
+/// Loads and checks `files`. Returns the config and its warnings, or every
+/// diagnostic (errors and warnings) when there is at least one error.
+pub fn load<P: AsRef<Path>>(files: &[P]) -> Result<Config, Vec<Diagnostic>> {
+    let mut loaded = Loaded::default();
+    let mut diagnostics = Vec::new();
+    for file in files {
+        let file = file.as_ref();
+        match std::fs::read_to_string(file) {
+            Ok(text) => load_text(file, &text, &mut loaded, &mut diagnostics),
+            Err(err) => diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: file.to_path_buf(),
+                pos: Pos { line: 1, col: 1 },
+                message: format!("cannot read file: {err}"),
+            }),
+        }
+    }
+    validate::check(&mut loaded, &mut diagnostics);
+    diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+    if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        return Err(diagnostics);
+    }
+    let mut config = loaded.config;
+    config.warnings = diagnostics;
+    Ok(config)
+}
+
+/// Loads the documents of one file's `text`.
+pub(super) fn load_text(file: &Path, text: &str, loaded: &mut Loaded, out: &mut Vec<Diagnostic>) {
+    let docs = match parse_documents(text) {
+        Ok(docs) => docs,
+        Err(err) => {
+            out.push(Diagnostic {
+                severity: Severity::Error,
+                file: file.to_path_buf(),
+                pos: err.pos,
+                message: err.message,
+            });
+            return;
+        }
+    };
+    let diags = Diagnostics::default();
+    for doc in &docs {
+        load_document(file, text, doc, loaded, &diags);
+    }
+    diags.drain_into(file, out);
+}
+
+fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags: &Diagnostics) {
+    if !matches!(doc.value, Value::Map(_)) {
+        diags.error(
+            doc.pos,
+            format!(
+                "expected a Kubernetes-style document (apiVersion, kind, metadata, spec), found {}",
+                doc.describe()
+            ),
+        );
+        return;
+    }
+    let Some(kind_node) = doc.get("kind") else {
+        diags.error(
+            doc.pos,
+            "missing `kind`; expected one of EventBus, EventSource, Sensor, ConfigMap, WorkflowTemplate",
+        );
+        return;
+    };
+    let kind_text = kind_node.as_str().unwrap_or_default();
+    let Some(&(kind, api_version)) = KINDS.iter().find(|(k, _)| *k == kind_text) else {
+        let hint = did_you_mean(kind_text, KINDS.iter().map(|(k, _)| *k))
+            .map(|h| format!("did you mean `{h}`?"))
+            .unwrap_or_else(|| {
+                "expected one of EventBus, EventSource, Sensor, ConfigMap, WorkflowTemplate"
+                    .to_string()
+            });
+        diags.error(
+            kind_node.pos,
+            format!("unsupported kind {}; {hint}", kind_node.describe()),
+        );
+        return;
+    };
+    match doc.get("apiVersion") {
+        Some(node) if node.as_str() == Some(api_version) => {}
+        Some(node) => diags.error(
+            node.pos,
+            format!(
+                "apiVersion of a {kind} must be {api_version:?}, found {}",
+                node.describe()
+            ),
+        ),
+        None => diags.error(doc.pos, format!("missing `apiVersion` ({api_version:?})")),
+    }
+    let name_node = doc.get("metadata").and_then(|m| m.get("name"));
+    let name = match name_node.and_then(Node::as_str) {
+        Some(name) if is_valid_name(name) => Some(DocName {
+            kind,
+            name: name.to_string(),
+            file: file.to_path_buf(),
+            pos: name_node.map(|n| n.pos).unwrap_or(doc.pos),
+        }),
+        Some(name) => {
+            diags.error(
+                name_node.map(|n| n.pos).unwrap_or(doc.pos),
+                format!(
+                    "invalid name {name:?}: use lowercase letters, digits, '-' and '.', \
+                     starting and ending with a letter or digit (at most 253 characters)"
+                ),
+            );
+            None
+        }
+        None => {
+            diags.error(
+                doc.get("metadata").map(|m| m.pos).unwrap_or(doc.pos),
+                format!("a {kind} needs `metadata.name`"),
+            );
+            None
+        }
+    };
+    let errors_before = diags.error_count();
+    let ok = match kind {
+        "EventBus" => decode_into(doc, diags, |d| {
+            let bus = EventBus::deserialize(d)?;
+            loaded.bus_docs.push(Located {
+                file: file.to_path_buf(),
+                doc: bus,
+            });
+            Ok(())
+        }),
+        "EventSource" => decode_into(doc, diags, |d| {
+            let source = Deserialize::deserialize(d)?;
+            loaded.config.event_sources.push(Located {
+                file: file.to_path_buf(),
+                doc: source,
+            });
+            Ok(())
+        }),
+        "Sensor" => decode_into(doc, diags, |d| {
+            let sensor = Deserialize::deserialize(d)?;
+            loaded.config.sensors.push(Located {
+                file: file.to_path_buf(),
+                doc: sensor,
+            });
+            Ok(())
+        }),
+        "ConfigMap" => decode_into(doc, diags, |d| {
+            let map = Deserialize::deserialize(d)?;
+            loaded.config.config_maps.push(Located {
+                file: file.to_path_buf(),
+                doc: map,
+            });
+            Ok(())
+        }),
+        _ => decode_into(doc, diags, |d| {
+            let template = Deserialize::deserialize(d)?;
+            loaded.config.workflow_templates.push(Located {
+                file: file.to_path_buf(),
+                doc: template,
+            });
+            Ok(())
+        }),
+    };
+    if kind == "EventBus" && ok {
+        let limits = bus_limits(text, doc, diags);
+        if let (Some(limits), Some(last)) = (limits, loaded.bus_docs.last()) {
+            loaded.config.bus = BusConfig {
+                name: name.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
+                url: last
+                    .doc
+                    .spec
+                    .jetstream
+                    .as_ref()
+                    .and_then(|j| j.url.as_ref())
+                    .map(|u| u.value.clone()),
+                limits,
+            };
+        }
+    }
+    if let Some(name) = name {
+        if ok && diags.error_count() == errors_before {
+            loaded.names.push(name);
+        } else {
+            loaded.broken.push(name.clone());
+            loaded.names.push(name);
+        }
+    }
+}
+
+/// Runs `f` on a deserializer over `doc`; a decode error becomes a diagnostic.
+fn decode_into<'a>(
+    doc: &'a Node,
+    diags: &'a Diagnostics,
+    f: impl FnOnce(super::decode::NodeDeserializer<'a>) -> Result<(), DecodeError>,
+) -> bool {
+    match f(super::decode::NodeDeserializer::new(doc, diags)) {
+        Ok(()) => true,
+        Err(err) => {
+            diags.error(err.pos.unwrap_or(doc.pos), err.message);
+            false
+        }
+    }
+}
+
+/// Kubernetes object names: DNS subdomain rules (lowercase alphanumerics,
+/// `-` and `.`), which also keeps them safe in bus subjects and file names.
+fn is_valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Resolves `spec.jetstream.settings` and `streamConfig` into bus limits.
+/// `None` when they contain errors (already reported).
+fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<spillway_bus::Limits> {
+    let jetstream = doc.get("spec").and_then(|s| s.get("jetstream"));
+    let mut limits = spillway_bus::Limits::default();
+    let mut ok = true;
+    let mut set_by: Vec<(&'static str, Pos)> = Vec::new();
+    let mut note = |field: &'static str, pos: Pos, diags: &Diagnostics| {
+        if let Some((_, first)) = set_by.iter().find(|(f, _)| *f == field) {
+            diags.error(
+                pos,
+                format!("`{field}` is set twice (first at {first}); keep one"),
+            );
+        }
+        set_by.push((field, pos));
+    };
+    if let Some(node) = jetstream.and_then(|j| j.get("settings")) {
+        match embedded::<SettingsLimits>(text, node, diags) {
+            Some(s) => {
+                let max_msg_size = match (s.max_msg_size, s.max_payload) {
+                    (Some(a), Some(b)) => {
+                        diags.error(
+                            b.pos,
+                            format!(
+                                "`max_payload` and `max_msg_size` (at {}) mean the same; keep one",
+                                a.pos
+                            ),
+                        );
+                        Some(a)
+                    }
+                    (a, b) => a.or(b),
+                };
+                apply(
+                    &mut limits,
+                    LimitFields {
+                        max_msgs: s.max_msgs,
+                        max_bytes: s.max_bytes,
+                        max_msg_size,
+                        max_consumers: s.max_consumers,
+                        max_age: s.max_age,
+                        discard: s.discard,
+                    },
+                    diags,
+                    &mut note,
+                );
+            }
+            None => ok = false,
+        }
+    }
+    if let Some(node) = jetstream.and_then(|j| j.get("streamConfig")) {
+        match embedded::<StreamConfigLimits>(text, node, diags) {
+            Some(s) => apply(
+                &mut limits,
+                LimitFields {
+                    max_msgs: s.max_msgs,
+                    max_bytes: s.max_bytes,
+                    max_msg_size: s.max_msg_size,
+                    max_consumers: s.max_consumers,
+                    max_age: s.max_age,
+                    discard: s.discard,
+                },
+                diags,
+                &mut note,
+            ),
+            None => ok = false,
+        }
+    }
+    if let Some(node) = jetstream.and_then(|j| j.get("maxPayload")) {
+        if let Ok(size) = decode::<super::values::ByteSize>(node, diags) {
+            note("max_msg_size", node.pos, diags);
+            limits.max_msg_size = Some(size.0);
+        }
+    }
+    ok.then_some(limits)
+}
+
+struct LimitFields {
+    max_msgs: Option<super::Spanned<i64>>,
+    max_bytes: Option<super::Spanned<super::values::ByteSize>>,
+    max_msg_size: Option<super::Spanned<super::values::ByteSize>>,
+    max_consumers: Option<super::Spanned<i64>>,
+    max_age: Option<super::Spanned<super::values::GoDuration>>,
+    discard: Option<super::Spanned<Discard>>,
+}
+
+fn apply(
+    limits: &mut spillway_bus::Limits,
+    fields: LimitFields,
+    diags: &Diagnostics,
+    note: &mut impl FnMut(&'static str, Pos, &Diagnostics),
+) {
+    let positive = |name: &'static str, v: &super::Spanned<i64>| -> Option<u64> {
+        if v.value > 0 {
+            Some(v.value as u64)
+        } else {
+            diags.error(
+                v.pos,
+                format!("`{name}` must be a positive integer, found {}", v.value),
+            );
+            None
+        }
+    };
+    if let Some(v) = fields.max_msgs {
+        note("max_msgs", v.pos, diags);
+        limits.max_msgs = positive("max_msgs", &v).or(limits.max_msgs);
+    }
+    if let Some(v) = fields.max_consumers {
+        note("max_consumers", v.pos, diags);
+        limits.max_consumers = positive("max_consumers", &v).or(limits.max_consumers);
+    }
+    if let Some(v) = fields.max_bytes {
+        note("max_bytes", v.pos, diags);
+        limits.max_bytes = Some(v.value.0);
+    }
+    if let Some(v) = fields.max_msg_size {
+        note("max_msg_size", v.pos, diags);
+        limits.max_msg_size = Some(v.value.0);
+    }
+    if let Some(v) = fields.max_age {
+        note("max_age", v.pos, diags);
+        limits.max_age = (!v.value.0.is_zero()).then_some(v.value.0);
+    }
+    if let Some(v) = fields.discard {
+        note("discard", v.pos, diags);
+        limits.discard = match v.value {
+            Discard::New => spillway_bus::DiscardPolicy::New,
+            Discard::Old => {
+                diags.warning(
+                    v.pos,
+                    "`discard: old` deletes the oldest events when the bus is full, even unprocessed \
+                     ones; each is counted in spillway_bus_discarded_total",
+                );
+                spillway_bus::DiscardPolicy::Old
+            }
+        };
+    }
+}
+
+/// Decodes YAML that is embedded in a string (or written as a mapping),
+/// reporting positions in the outer file.
+fn embedded<T: for<'a> Deserialize<'a>>(text: &str, node: &Node, diags: &Diagnostics) -> Option<T> {
+    let inner = match &node.value {
+        Value::Str(s) => {
+            let (line_shift, col_shift) = embedded_origin(text, node.pos);
+            let mut docs = match parse_documents(s) {
+                Ok(docs) => docs,
+                Err(err) => {
+                    diags.error(shift_pos(err.pos, line_shift, col_shift), err.message);
+                    return None;
+                }
+            };
+            if docs.len() > 1 {
+                diags.error(node.pos, "expected one YAML document in this string");
+                return None;
+            }
+            let mut inner = docs.pop().unwrap_or(Node::new(node.pos, Value::Null));
+            shift_tree(&mut inner, line_shift, col_shift);
+            inner
+        }
+        _ => node.clone(),
+    };
+    match decode::<T>(&inner, diags) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            diags.error(err.pos.unwrap_or(node.pos), err.message);
+            None
+        }
+    }
+}
+
+/// Where line 1, column 1 of a string value's content sits in the file, as
+/// (lines to add, columns to add). Block scalars (`|`, `>`) start on the next
+/// line at its indentation; quoted and plain scalars start at the value.
+fn embedded_origin(text: &str, pos: Pos) -> (u32, u32) {
+    let line_index = pos.line.saturating_sub(1) as usize;
+    let line = text.lines().nth(line_index).unwrap_or("");
+    let rest: String = line
+        .chars()
+        .skip(pos.col.saturating_sub(1) as usize)
+        .collect();
+    match rest.chars().next() {
+        Some('|') | Some('>') => {
+            let next = text.lines().nth(line_index + 1).unwrap_or("");
+            let indent = next.chars().take_while(|c| *c == ' ').count() as u32;
+            (pos.line, indent)
+        }
+        Some('"') | Some('\'') => (pos.line.saturating_sub(1), pos.col),
+        _ => (pos.line.saturating_sub(1), pos.col.saturating_sub(1)),
+    }
+}
+
+fn shift_pos(pos: Pos, lines: u32, cols: u32) -> Pos {
+    Pos {
+        line: pos.line + lines,
+        col: pos.col + cols,
+    }
+}
+
+fn shift_tree(node: &mut Node, lines: u32, cols: u32) {
+    node.pos = shift_pos(node.pos, lines, cols);
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|n| shift_tree(n, lines, cols)),
+        Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            shift_tree(k, lines, cols);
+            shift_tree(v, lines, cols);
+        }),
+        _ => {}
+    }
+}

@@ -1,0 +1,691 @@
+//! Checks that need more than one document: unique names, references between
+//! kinds, and values whose meaning depends on other values.
+//!
+//! References into a document that failed to decode are not reported (the
+//! decode error already was), so one typo gives one error.
+
+use super::diagnostic::{Diagnostic, Severity};
+use super::eventsource::EventSource;
+use super::load::{DocName, Loaded};
+use super::sensor::{Sensor, Trigger, TriggerParameter};
+use super::suggest::did_you_mean;
+use super::workflow::{ConfigMap, WorkflowTemplate};
+use super::yaml::Pos;
+use super::{Located, Spanned};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Collects diagnostics for one file at a time.
+struct Report<'a> {
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl Report<'_> {
+    fn error(&mut self, file: &Path, pos: Pos, message: impl Into<String>) {
+        self.push(Severity::Error, file, pos, message.into());
+    }
+
+    fn warning(&mut self, file: &Path, pos: Pos, message: impl Into<String>) {
+        self.push(Severity::Warning, file, pos, message.into());
+    }
+
+    fn push(&mut self, severity: Severity, file: &Path, pos: Pos, message: String) {
+        self.out.push(Diagnostic {
+            severity,
+            file: file.to_path_buf(),
+            pos,
+            message,
+        });
+    }
+}
+
+pub(super) fn check(loaded: &mut Loaded, out: &mut Vec<Diagnostic>) {
+    let mut report = Report { out };
+    unique_names(&loaded.names, &mut report);
+    if loaded.bus_docs.len() > 1 {
+        for bus in &loaded.bus_docs[1..] {
+            let pos = bus
+                .doc
+                .metadata
+                .name
+                .as_ref()
+                .map(|n| n.pos)
+                .unwrap_or_default();
+            report.error(
+                &bus.file,
+                pos,
+                "only one EventBus may be loaded (spillway runs one bus per process)",
+            );
+        }
+    }
+    let broken = |kind: &str, name: &str| {
+        loaded
+            .broken
+            .iter()
+            .any(|d| d.kind == kind && d.name == name)
+    };
+    for source in &loaded.config.event_sources {
+        check_event_source(source, &mut report);
+    }
+    check_webhook_routes(&loaded.config.event_sources, &mut report);
+    for sensor in &loaded.config.sensors {
+        check_sensor(
+            sensor,
+            &loaded.config.event_sources,
+            &loaded.config.workflow_templates,
+            &broken,
+            &mut report,
+        );
+    }
+    for template in &loaded.config.workflow_templates {
+        check_workflow_template(template, &loaded.config.config_maps, &broken, &mut report);
+    }
+}
+
+fn unique_names(names: &[DocName], report: &mut Report<'_>) {
+    let mut seen: HashMap<(&str, &str), &DocName> = HashMap::new();
+    for doc in names {
+        if let Some(first) = seen.get(&(doc.kind, doc.name.as_str())) {
+            report.error(
+                &doc.file,
+                doc.pos,
+                format!(
+                    "duplicate {} name {:?} (first defined at {}:{})",
+                    doc.kind,
+                    doc.name,
+                    first.file.display(),
+                    first.pos
+                ),
+            );
+        } else {
+            seen.insert((doc.kind, doc.name.as_str()), doc);
+        }
+    }
+}
+
+fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
+    let file = &source.file;
+    let spec = &source.doc.spec;
+    let events =
+        spec.webhook.as_ref().map_or(0, |w| w.len()) + spec.pubsub.as_ref().map_or(0, |p| p.len());
+    if events == 0 {
+        let pos = source
+            .doc
+            .metadata
+            .name
+            .as_ref()
+            .map(|n| n.pos)
+            .unwrap_or_default();
+        report.error(
+            file,
+            pos,
+            "this EventSource defines no events (add e.g. `webhook:`)",
+        );
+    }
+    for (name, hook) in spec.webhook.iter().flat_map(|w| w.iter()) {
+        check_event_name(file, name, report);
+        match hook.port.value.trim().parse::<u16>() {
+            Ok(0) | Err(_) => report.error(
+                file,
+                hook.port.pos,
+                format!(
+                    "port must be a number from 1 to 65535, found {:?}",
+                    hook.port.value
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if !hook.endpoint.value.starts_with('/') {
+            report.error(
+                file,
+                hook.endpoint.pos,
+                format!(
+                    "endpoint must start with '/', found {:?}",
+                    hook.endpoint.value
+                ),
+            );
+        }
+        if let Some(method) = &hook.method {
+            if http::Method::from_bytes(method.value.as_bytes()).is_err() {
+                report.error(
+                    file,
+                    method.pos,
+                    format!("invalid HTTP method {:?}", method.value),
+                );
+            }
+        }
+    }
+    for (name, event) in spec.pubsub.iter().flat_map(|p| p.iter()) {
+        check_event_name(file, name, report);
+        report.warning(
+            file,
+            name.pos,
+            "pubsub (Google Cloud) events are accepted but not run by spillway; \
+             use a jetstream or amqp source for nak-based backpressure",
+        );
+        let _ = event;
+    }
+}
+
+fn check_event_name(file: &Path, name: &Spanned<String>, report: &mut Report<'_>) {
+    if name.value.is_empty() || name.value.contains(['.', '*', '>', ' ']) {
+        report.error(
+            file,
+            name.pos,
+            format!(
+                "invalid event name {:?}: it becomes part of a bus subject, so it must be \
+                 non-empty without '.', '*', '>' or spaces",
+                name.value
+            ),
+        );
+    }
+}
+
+/// Two webhook events may share a port but not the same endpoint and method.
+fn check_webhook_routes(sources: &[Located<EventSource>], report: &mut Report<'_>) {
+    let mut seen: HashMap<(String, String, String), (String, String)> = HashMap::new();
+    for source in sources {
+        let source_name = source
+            .doc
+            .metadata
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_default();
+        for (event, hook) in source.doc.spec.webhook.iter().flat_map(|w| w.iter()) {
+            let method = hook
+                .method
+                .as_ref()
+                .map(|m| m.value.to_ascii_uppercase())
+                .unwrap_or_else(|| "POST".to_string());
+            let key = (
+                hook.port.value.trim().to_string(),
+                hook.endpoint.value.clone(),
+                method,
+            );
+            if let Some((other_source, other_event)) = seen.get(&key) {
+                report.error(
+                    &source.file,
+                    hook.endpoint.pos,
+                    format!(
+                        "{} {} on port {} is already served by {other_source}/{other_event}",
+                        key.2, key.1, key.0
+                    ),
+                );
+            } else {
+                seen.insert(key, (source_name.clone(), event.value.clone()));
+            }
+        }
+    }
+}
+
+fn source_name(source: &Located<EventSource>) -> &str {
+    source
+        .doc
+        .metadata
+        .name
+        .as_ref()
+        .map(|n| n.value.as_str())
+        .unwrap_or("")
+}
+
+fn check_sensor(
+    sensor: &Located<Sensor>,
+    sources: &[Located<EventSource>],
+    templates: &[Located<WorkflowTemplate>],
+    broken: &impl Fn(&str, &str) -> bool,
+    report: &mut Report<'_>,
+) {
+    let file = &sensor.file;
+    let spec = &sensor.doc.spec;
+    let sensor_pos = sensor
+        .doc
+        .metadata
+        .name
+        .as_ref()
+        .map(|n| n.pos)
+        .unwrap_or_default();
+    if spec.dependencies.is_empty() {
+        report.error(file, sensor_pos, "a Sensor needs at least one dependency");
+    }
+    if spec.triggers.is_empty() {
+        report.error(file, sensor_pos, "a Sensor needs at least one trigger");
+    }
+    let mut dependency_names: HashMap<&str, Pos> = HashMap::new();
+    for dep in &spec.dependencies {
+        if let Some(first) = dependency_names.insert(&dep.name.value, dep.name.pos) {
+            report.error(
+                file,
+                dep.name.pos,
+                format!(
+                    "duplicate dependency name {:?} (first at {first})",
+                    dep.name.value
+                ),
+            );
+        }
+        let wanted = dep.event_source_name.value.as_str();
+        if broken("EventSource", wanted) {
+            continue;
+        }
+        match sources.iter().find(|s| source_name(s) == wanted) {
+            None => {
+                let hint = did_you_mean(wanted, sources.iter().map(source_name))
+                    .map(|h| format!("; did you mean {h:?}?"))
+                    .unwrap_or_else(|| {
+                        if sources.is_empty() {
+                            "; no EventSource is loaded (pass its file with -f)".to_string()
+                        } else {
+                            String::new()
+                        }
+                    });
+                report.error(
+                    file,
+                    dep.event_source_name.pos,
+                    format!(
+                        "eventSourceName {wanted:?} does not match any loaded EventSource{hint}"
+                    ),
+                );
+            }
+            Some(source) => {
+                let event = dep.event_name.value.as_str();
+                let names: Vec<&str> = source
+                    .doc
+                    .spec
+                    .webhook
+                    .iter()
+                    .flat_map(|w| w.iter())
+                    .map(|(n, _)| n.value.as_str())
+                    .chain(
+                        source
+                            .doc
+                            .spec
+                            .pubsub
+                            .iter()
+                            .flat_map(|p| p.iter())
+                            .map(|(n, _)| n.value.as_str()),
+                    )
+                    .collect();
+                if !names.contains(&event) {
+                    let hint = did_you_mean(event, names.iter().copied())
+                        .map(|h| format!("; did you mean {h:?}?"))
+                        .unwrap_or_else(|| format!("; it has: {}", names.join(", ")));
+                    report.error(
+                        file,
+                        dep.event_name.pos,
+                        format!("EventSource {wanted:?} has no event {event:?}{hint}"),
+                    );
+                }
+            }
+        }
+        for filter in dep.filters.iter().flat_map(|f| f.data.iter().flatten()) {
+            if filter.path.value.trim().is_empty() {
+                report.error(file, filter.path.pos, "filter path must not be empty");
+            }
+            if filter.value.value.is_empty() {
+                report.error(file, filter.value.pos, "filter needs at least one value");
+            }
+            if filter.kind.value == super::sensor::JsonType::Number {
+                for v in &filter.value.value {
+                    if v.trim().parse::<f64>().is_err() {
+                        report.error(
+                            file,
+                            filter.value.pos,
+                            format!("{v:?} is not a number, but the filter type is number"),
+                        );
+                    }
+                }
+            } else if let Some(c) = &filter.comparator {
+                if !matches!(
+                    c.value,
+                    super::sensor::Comparator::Equal | super::sensor::Comparator::NotEqual
+                ) {
+                    report.error(
+                        file,
+                        c.pos,
+                        "ordering comparators (<, <=, >, >=) need `type: number`",
+                    );
+                }
+            }
+        }
+    }
+    if let Some(rate) = &spec.rate_limit {
+        check_rate(file, rate, report);
+    }
+    let mut trigger_names: HashMap<&str, Pos> = HashMap::new();
+    for trigger in &spec.triggers {
+        let name = &trigger.template.name;
+        if let Some(first) = trigger_names.insert(&name.value, name.pos) {
+            report.error(
+                file,
+                name.pos,
+                format!("duplicate trigger name {:?} (first at {first})", name.value),
+            );
+        }
+        check_trigger(file, trigger, &dependency_names, templates, broken, report);
+    }
+}
+
+fn check_rate(file: &Path, rate: &Spanned<super::values::RateLimit>, report: &mut Report<'_>) {
+    if rate.value.requests_per_unit.value == 0 {
+        report.error(
+            file,
+            rate.value.requests_per_unit.pos,
+            "requestsPerUnit must be at least 1",
+        );
+    }
+}
+
+fn check_trigger(
+    file: &Path,
+    trigger: &Trigger,
+    dependencies: &HashMap<&str, Pos>,
+    templates: &[Located<WorkflowTemplate>],
+    broken: &impl Fn(&str, &str) -> bool,
+    report: &mut Report<'_>,
+) {
+    let template = &trigger.template;
+    let kinds = [
+        template.http.as_ref().map(|t| t.pos),
+        template.log.as_ref().map(|t| t.pos),
+        template.argo_workflow.as_ref().map(|t| t.pos),
+        template.k8s.as_ref().map(|t| t.pos),
+    ];
+    let count = kinds.iter().flatten().count();
+    if count == 0 {
+        report.error(
+            file,
+            template.name.pos,
+            "trigger template needs one of: http, log, argoWorkflow, k8s",
+        );
+    } else if count > 1 {
+        report.error(
+            file,
+            template.name.pos,
+            "trigger template has more than one of http, log, argoWorkflow, k8s; use one per trigger",
+        );
+    }
+    if let Some(rate) = &trigger.rate_limit {
+        check_rate(file, rate, report);
+    }
+    if let Some(retry) = &trigger.retry_strategy {
+        if let Some(factor) = retry.value.factor {
+            if !(factor >= 1.0 && factor.is_finite()) {
+                report.error(file, retry.pos, "retryStrategy.factor must be at least 1");
+            }
+        }
+        if let Some(jitter) = retry.value.jitter {
+            if !(0.0..=1.0).contains(&jitter) {
+                report.error(
+                    file,
+                    retry.pos,
+                    "retryStrategy.jitter must be between 0 and 1",
+                );
+            }
+        }
+    }
+    let mut parameters: Vec<&TriggerParameter> = trigger.parameters.iter().flatten().collect();
+    if let Some(http) = &template.http {
+        parameters.extend(http.value.payload.iter().flatten());
+        match reqwest::Url::parse(&http.value.url.value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => report.error(
+                file,
+                http.value.url.pos,
+                format!(
+                    "url must be an absolute http:// or https:// URL, found {:?}",
+                    http.value.url.value
+                ),
+            ),
+        }
+        if let Some(method) = &http.value.method {
+            if http::Method::from_bytes(method.value.as_bytes()).is_err() {
+                report.error(
+                    file,
+                    method.pos,
+                    format!("invalid HTTP method {:?}", method.value),
+                );
+            }
+        }
+        if let Some(timeout) = &http.value.timeout {
+            if timeout.value == 0 {
+                report.error(file, timeout.pos, "timeout must be at least 1 second");
+            }
+        }
+    }
+    if let Some(workflow) = &template.argo_workflow {
+        parameters.extend(workflow.value.parameters.iter().flatten());
+        if let Some(op) = &workflow.value.operation {
+            if op.value != "submit" {
+                report.error(
+                    file,
+                    op.pos,
+                    format!(
+                        "argoWorkflow operation {:?} is not supported; use `submit`",
+                        op.value
+                    ),
+                );
+            }
+        }
+        let resource = workflow
+            .value
+            .source
+            .as_ref()
+            .and_then(|s| s.resource.as_ref());
+        match resource {
+            None => report.error(
+                file,
+                workflow.pos,
+                "argoWorkflow needs `source.resource` (a Workflow)",
+            ),
+            Some(resource) => check_workflow_resource(file, resource, templates, broken, report),
+        }
+    }
+    if let Some(k8s) = &template.k8s {
+        parameters.extend(k8s.value.parameters.iter().flatten());
+        match &k8s.value.source.resource {
+            None => report.error(file, k8s.pos, "k8s trigger needs `source.resource`"),
+            Some(resource) => {
+                let kind = resource
+                    .value
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or("");
+                match kind {
+                    "Workflow" => check_workflow_resource(file, resource, templates, broken, report),
+                    "ConfigMap" => {}
+                    other => report.error(
+                        file,
+                        resource.pos,
+                        format!(
+                            "k8s trigger resource of kind {other:?} cannot run here (no Kubernetes API); \
+                             supported kinds: Workflow (runs on the local executor), ConfigMap (stored for later)"
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    for parameter in parameters {
+        let dep = &parameter.src.value.dependency_name;
+        if !dependencies.contains_key(dep.value.as_str()) {
+            let hint = did_you_mean(&dep.value, dependencies.keys().copied())
+                .map(|h| format!("; did you mean {h:?}?"))
+                .unwrap_or_default();
+            report.error(
+                file,
+                dep.pos,
+                format!(
+                    "dependencyName {:?} is not a dependency of this sensor{hint}",
+                    dep.value
+                ),
+            );
+        }
+        if parameter.dest.value.trim().is_empty() {
+            report.error(file, parameter.dest.pos, "parameter dest must not be empty");
+        }
+    }
+}
+
+/// A Workflow resource must name a loaded WorkflowTemplate (or carry its own templates).
+fn check_workflow_resource(
+    file: &Path,
+    resource: &Spanned<serde_json::Value>,
+    templates: &[Located<WorkflowTemplate>],
+    broken: &impl Fn(&str, &str) -> bool,
+    report: &mut Report<'_>,
+) {
+    let kind = resource.value.get("kind").and_then(|k| k.as_str());
+    if kind != Some("Workflow") {
+        report.error(
+            file,
+            resource.pos,
+            format!("expected a resource of kind Workflow, found {kind:?}"),
+        );
+        return;
+    }
+    let spec = resource.value.get("spec");
+    let reference = spec
+        .and_then(|s| s.get("workflowTemplateRef"))
+        .and_then(|r| r.get("name"))
+        .and_then(|n| n.as_str());
+    match reference {
+        Some(name) => {
+            let names = || {
+                templates
+                    .iter()
+                    .filter_map(|t| t.doc.metadata.name.as_ref().map(|n| n.value.as_str()))
+            };
+            if !names().any(|n| n == name) && !broken("WorkflowTemplate", name) {
+                let hint = did_you_mean(name, names())
+                    .map(|h| format!("; did you mean {h:?}?"))
+                    .unwrap_or_default();
+                report.error(
+                    file,
+                    resource.pos,
+                    format!("workflowTemplateRef {name:?} does not match any loaded WorkflowTemplate{hint}"),
+                );
+            }
+        }
+        None => {
+            let inline = spec.and_then(|s| s.get("templates")).is_some();
+            if !inline {
+                report.error(
+                    file,
+                    resource.pos,
+                    "the Workflow needs `spec.workflowTemplateRef.name` or inline `spec.templates`",
+                );
+            }
+        }
+    }
+}
+
+fn check_workflow_template(
+    template: &Located<WorkflowTemplate>,
+    config_maps: &[Located<ConfigMap>],
+    broken: &impl Fn(&str, &str) -> bool,
+    report: &mut Report<'_>,
+) {
+    let file = &template.file;
+    let spec = &template.doc.spec;
+    let pos = template
+        .doc
+        .metadata
+        .name
+        .as_ref()
+        .map(|n| n.pos)
+        .unwrap_or_default();
+    if spec.templates.is_empty() {
+        report.error(file, pos, "a WorkflowTemplate needs at least one template");
+    }
+    for t in &spec.templates {
+        match (&t.container, &t.script) {
+            (None, None) => report.error(
+                file,
+                t.name.pos,
+                "template needs `container` or `script` (what the local executor runs)",
+            ),
+            (Some(_), Some(_)) => report.error(
+                file,
+                t.name.pos,
+                "template has both `container` and `script`; use one",
+            ),
+            (Some(c), None) => {
+                if c.value.command.as_ref().is_none_or(|c| c.is_empty()) {
+                    report.error(
+                        file,
+                        c.pos,
+                        "container needs `command` (spillway runs it as a local process; the image is not pulled)",
+                    );
+                }
+            }
+            (None, Some(_)) => {}
+        }
+    }
+    if let Some(entry) = &spec.entrypoint {
+        if !spec.templates.iter().any(|t| t.name.value == entry.value) {
+            report.error(
+                file,
+                entry.pos,
+                format!("entrypoint {:?} is not one of the templates", entry.value),
+            );
+        }
+    }
+    let Some(semaphore) = spec
+        .synchronization
+        .as_ref()
+        .and_then(|s| s.semaphore.as_ref())
+    else {
+        return;
+    };
+    let key_ref = &semaphore.config_map_key_ref.value;
+    let map_name = key_ref.name.value.as_str();
+    if broken("ConfigMap", map_name) {
+        return;
+    }
+    let map = config_maps
+        .iter()
+        .find(|m| m.doc.metadata.name.as_ref().map(|n| n.value.as_str()) == Some(map_name));
+    let Some(map) = map else {
+        let hint = did_you_mean(
+            map_name,
+            config_maps
+                .iter()
+                .filter_map(|m| m.doc.metadata.name.as_ref().map(|n| n.value.as_str())),
+        )
+        .map(|h| format!("; did you mean {h:?}?"))
+        .unwrap_or_default();
+        report.error(
+            file,
+            key_ref.name.pos,
+            format!("configMapKeyRef names ConfigMap {map_name:?}, which is not loaded{hint}"),
+        );
+        return;
+    };
+    let key = key_ref.key.value.as_str();
+    match map.doc.data.as_ref().and_then(|d| d.get(key)) {
+        None => {
+            let keys: Vec<&str> = map.doc.data.iter().flat_map(|d| d.keys()).map(String::as_str).collect();
+            let hint = did_you_mean(key, keys.iter().copied())
+                .map(|h| format!("; did you mean {h:?}?"))
+                .unwrap_or_default();
+            report.error(
+                file,
+                key_ref.key.pos,
+                format!("ConfigMap {map_name:?} has no key {key:?}{hint}"),
+            );
+        }
+        Some(value) => match value.value.trim().parse::<u32>() {
+            Ok(n) if n > 0 => {}
+            _ => report.error(
+                &map.file,
+                value.pos,
+                format!(
+                    "semaphore limit {key:?} must be a positive integer, found {:?} (used by WorkflowTemplate at {}:{})",
+                    value.value,
+                    file.display(),
+                    key_ref.key.pos
+                ),
+            ),
+        },
+    }
+}

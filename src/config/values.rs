@@ -1,0 +1,235 @@
+//! Small value types shared by every kind: durations, byte sizes, rate
+//! limits, metadata, and the ordered name → value maps Argo uses for events.
+//!
+//! Each parses the spellings Argo and Kubernetes users write (`30s`,
+//! `1m30s`, `1GB`, `1Gi`, `Second`, `minute`) and rejects anything else with a
+//! message that says what was expected.
+
+use super::decode::Spanned;
+use super::suggest::did_you_mean;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// A duration written as Go/Argo does (`30s`, `1m30s`, `500ms`, `72h`) or as
+/// a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GoDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text)
+            .map(GoDuration)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Parses `30s`, `1m30s`, `500ms`, `72h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if let Ok(secs) = trimmed.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("duration {text:?} must not be negative"));
+    }
+    humantime::parse_duration(trimmed).map_err(|_| {
+        format!(
+            "invalid duration {text:?}; expected a number with a unit, like 500ms, 30s, 5m, 1h30m"
+        )
+    })
+}
+
+/// A size in bytes: an integer, or a number with a unit (`1MB` = 10⁶,
+/// `1MiB` = `1Mi` = 2²⁰, likewise K/G/T).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_byte_size(&text)
+            .map(ByteSize)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// Parses an integer byte count or a number with a decimal/binary unit.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}; expected bytes like 1048576, 1MB or 1MiB"))?;
+    if value <= 0.0 {
+        return Err(format!("size {text:?} must be greater than zero"));
+    }
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "K" | "KB" | "kB" | "k" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "T" | "TB" => 1_000_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; expected B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    let bytes = value * multiplier as f64;
+    if bytes.fract() != 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size {text:?} is not a whole number of bytes"));
+    }
+    Ok(bytes as u64)
+}
+
+/// The time unit of an Argo rate limit (`Second`, `minute`, `HOUR`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+}
+
+impl RateUnit {
+    /// Length of one unit.
+    pub fn duration(self) -> Duration {
+        match self {
+            RateUnit::Second => Duration::from_secs(1),
+            RateUnit::Minute => Duration::from_secs(60),
+            RateUnit::Hour => Duration::from_secs(3600),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RateUnit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "second" => Ok(RateUnit::Second),
+            "minute" => Ok(RateUnit::Minute),
+            "hour" => Ok(RateUnit::Hour),
+            _ => Err(de::Error::custom(one_of(
+                "unit",
+                &text,
+                &["Second", "Minute", "Hour"],
+            ))),
+        }
+    }
+}
+
+/// Argo's `rateLimit: {requestsPerUnit, unit}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    pub requests_per_unit: Spanned<u32>,
+    /// Argo's default unit is `Second`.
+    pub unit: Option<RateUnit>,
+}
+
+/// "unknown X "v"; expected one of a, b (did you mean a?)".
+pub fn one_of(what: &str, got: &str, allowed: &[&str]) -> String {
+    let hint = did_you_mean(got, allowed.iter().copied())
+        .map(|h| format!(" (did you mean `{h}`?)"))
+        .unwrap_or_default();
+    format!(
+        "unknown {what} {got:?}; expected one of {}{hint}",
+        allowed.join(", ")
+    )
+}
+
+/// Kubernetes object metadata. Only the name matters outside Kubernetes.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: Option<Spanned<String>>,
+    pub generate_name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// A name → value mapping in source order, keeping the position of each
+/// name (Argo keys events by name: `webhook: {orders: {...}}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedMap<T>(pub Vec<(Spanned<String>, T)>);
+
+impl<T> Default for NamedMap<T> {
+    fn default() -> Self {
+        NamedMap(Vec::new())
+    }
+}
+
+impl<T> NamedMap<T> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Spanned<String>, &T)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&T> {
+        self.0.iter().find(|(k, _)| k.value == name).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for NamedMap<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NamedMapVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for NamedMapVisitor<T> {
+            type Value = NamedMap<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of names to settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NamedMap<T>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((k, v)) = map.next_entry::<Spanned<String>, T>()? {
+                    entries.push((k, v));
+                }
+                Ok(NamedMap(entries))
+            }
+        }
+        deserializer.deserialize_map(NamedMapVisitor(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_byte_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_byte_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_byte_size("1Mi"), Ok(1 << 20));
+        assert_eq!(parse_byte_size("1.5KB"), Ok(1500));
+        assert!(parse_byte_size("-5").is_err());
+        assert!(parse_byte_size("0").is_err());
+        assert!(parse_byte_size("5 parsecs").is_err());
+    }
+}

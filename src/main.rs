@@ -1,0 +1,132 @@
+//! The `spillway` command line. Parses arguments, sets up logging, and turns
+//! errors into exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "spillway",
+    version,
+    about = "An event pipeline that stays up under an event storm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: event sources, bus, sensors, triggers.
+    Run {
+        /// Config files (multi-document YAML, Argo Events kinds).
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Directory for durable state (the segment-log bus, once selected).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Admin server address: /metrics, /healthz, /readyz, /api/v1/status.
+        #[arg(long, default_value = "127.0.0.1:9470")]
+        admin: SocketAddr,
+        /// How long to let in-flight triggers finish on SIGTERM/SIGINT.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Check config files; print FILE:LINE:COL errors; exit 2 on any error.
+    Validate {
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    spillway::config::values::parse_duration(text)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Validate { files } => validate(&files),
+        Command::Run {
+            files,
+            data_dir,
+            admin,
+            grace,
+        } => run(files, data_dir, admin, grace),
+    }
+}
+
+/// Loads the config, printing every diagnostic; `None` after errors.
+fn load(files: &[PathBuf]) -> Option<spillway::config::Config> {
+    match spillway::config::load(files) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("{warning}");
+            }
+            Some(config)
+        }
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                eprintln!("{diagnostic}");
+            }
+            let errors = diagnostics
+                .iter()
+                .filter(|d| d.severity == spillway::config::Severity::Error)
+                .count();
+            eprintln!("{errors} error(s)");
+            None
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    match load(files) {
+        Some(config) => {
+            println!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(2),
+    }
+}
+
+fn run(
+    files: Vec<PathBuf>,
+    data_dir: Option<PathBuf>,
+    admin: SocketAddr,
+    grace: std::time::Duration,
+) -> ExitCode {
+    let Some(config) = load(&files) else {
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let options = spillway::topology::RunOptions {
+        data_dir,
+        admin,
+        grace,
+    };
+    match runtime.block_on(spillway::topology::run(config, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            match err {
+                spillway::topology::RunError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}

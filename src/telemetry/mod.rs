@@ -1,0 +1,415 @@
+//! Metric definitions: every `spillway_*` series, in one place.
+//!
+//! Names and labels follow DESIGN.md's metric table. Components record
+//! through the typed methods here (never by building names themselves), so
+//! a name exists exactly once. Gauges that mirror bus and consumer state are
+//! refreshed from their sources at scrape time ([`Metrics::refresh`]), so
+//! they are exact at the moment of the scrape and cost nothing per event.
+
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use spillway_bus::{BusStats, ConsumerStats, Limits};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub stream: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceEventLabels {
+    pub source: String,
+    pub event: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SensorLabels {
+    pub sensor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub sensor: String,
+    pub trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerOutcomeLabels {
+    pub sensor: String,
+    pub trigger: String,
+    pub outcome: String,
+}
+
+/// What a source did with one request (`source_events_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceOutcome {
+    Accepted,
+    BusFull,
+    TooLarge,
+    Invalid,
+    Unavailable,
+}
+
+impl SourceOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceOutcome::Accepted => "accepted",
+            SourceOutcome::BusFull => "bus_full",
+            SourceOutcome::TooLarge => "too_large",
+            SourceOutcome::Invalid => "invalid",
+            SourceOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// How one trigger invocation ended (`trigger_invocations_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerOutcome {
+    Success,
+    Failure,
+    Retry,
+}
+
+impl TriggerOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerOutcome::Success => "success",
+            TriggerOutcome::Failure => "failure",
+            TriggerOutcome::Retry => "retry",
+        }
+    }
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn age_histogram() -> Histogram {
+    // 1 ms … ~4.6 h: events can sit in a full bus for a long time.
+    Histogram::new(exponential_buckets(0.001, 2.0, 24))
+}
+
+/// Every spillway metric, registered under the `spillway_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    bus_messages: Family<StreamLabels, Gauge>,
+    bus_bytes: Family<StreamLabels, Gauge>,
+    bus_max_messages: Family<StreamLabels, Gauge>,
+    bus_max_bytes: Family<StreamLabels, Gauge>,
+    bus_published: Family<StreamLabels, Counter>,
+    bus_rejected: Family<ReasonLabels, Counter>,
+    bus_discarded: Family<StreamLabels, Counter>,
+    consumer_lag: Family<TriggerLabels, Gauge>,
+    consumer_ack_pending: Family<TriggerLabels, Gauge>,
+    oldest_unacked_age: Family<TriggerLabels, FloatGauge>,
+    event_age: HistogramFamily<SensorLabels>,
+    source_events: Family<SourceEventLabels, Counter>,
+    producer_block: HistogramFamily<SourceLabels>,
+    sensor_processing: HistogramFamily<SensorLabels>,
+    trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
+    trigger_inflight: Family<TriggerLabels, Gauge>,
+    trigger_concurrency_limit: Family<TriggerLabels, Gauge>,
+    /// Serialises [`Metrics::refresh`] so counters mirrored from bus totals
+    /// are never advanced twice for the same delta.
+    refresh_lock: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("spillway");
+        let m = Metrics {
+            bus_messages: Family::default(),
+            bus_bytes: Family::default(),
+            bus_max_messages: Family::default(),
+            bus_max_bytes: Family::default(),
+            bus_published: Family::default(),
+            bus_rejected: Family::default(),
+            bus_discarded: Family::default(),
+            consumer_lag: Family::default(),
+            consumer_ack_pending: Family::default(),
+            oldest_unacked_age: Family::default(),
+            event_age: Family::new_with_constructor(age_histogram),
+            source_events: Family::default(),
+            producer_block: Family::new_with_constructor(latency_histogram),
+            sensor_processing: Family::new_with_constructor(latency_histogram),
+            trigger_invocations: Family::default(),
+            trigger_inflight: Family::default(),
+            trigger_concurrency_limit: Family::default(),
+            refresh_lock: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "bus_messages",
+            "Messages held by the bus (queue depth)",
+            m.bus_messages.clone(),
+        );
+        registry.register("bus_bytes", "Bytes held by the bus", m.bus_bytes.clone());
+        registry.register(
+            "bus_max_messages",
+            "The bus max_msgs limit (0 = unlimited)",
+            m.bus_max_messages.clone(),
+        );
+        registry.register(
+            "bus_max_bytes",
+            "The bus max_bytes limit (0 = unlimited)",
+            m.bus_max_bytes.clone(),
+        );
+        registry.register(
+            "bus_published",
+            "Messages accepted by the bus",
+            m.bus_published.clone(),
+        );
+        registry.register(
+            "bus_rejected",
+            "Publishes refused by the bus, by reason",
+            m.bus_rejected.clone(),
+        );
+        registry.register(
+            "bus_discarded",
+            "Messages deleted by discard: old or max_age before every consumer released them",
+            m.bus_discarded.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages not yet delivered to a trigger's consumer",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "consumer_ack_pending",
+            "Messages delivered to a trigger and not yet acked",
+            m.consumer_ack_pending.clone(),
+        );
+        registry.register(
+            "oldest_unacked_age_seconds",
+            "Age of the oldest message a trigger has not released",
+            m.oldest_unacked_age.clone(),
+        );
+        registry.register(
+            "event_age_seconds",
+            "Time from ingest to trigger start (message age)",
+            m.event_age.clone(),
+        );
+        registry.register(
+            "source_events",
+            "Requests handled by event sources, by outcome",
+            m.source_events.clone(),
+        );
+        registry.register(
+            "producer_block_seconds",
+            "Time producers waited for bus space",
+            m.producer_block.clone(),
+        );
+        registry.register(
+            "sensor_processing_seconds",
+            "Time from delivery to the trigger outcome (sensor latency)",
+            m.sensor_processing.clone(),
+        );
+        registry.register(
+            "trigger_invocations",
+            "Trigger invocations by outcome",
+            m.trigger_invocations.clone(),
+        );
+        registry.register(
+            "trigger_inflight",
+            "Trigger invocations running now",
+            m.trigger_inflight.clone(),
+        );
+        registry.register(
+            "trigger_concurrency_limit",
+            "Most trigger invocations allowed at once",
+            m.trigger_concurrency_limit.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn source_event(&self, source: &str, event: &str, outcome: SourceOutcome) {
+        self.source_events
+            .get_or_create(&SourceEventLabels {
+                source: source.to_string(),
+                event: event.to_string(),
+                outcome: outcome.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn producer_blocked(&self, source: &str, waited: Duration) {
+        self.producer_block
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn event_age(&self, sensor: &str, age: Duration) {
+        self.event_age
+            .get_or_create(&SensorLabels {
+                sensor: sensor.to_string(),
+            })
+            .observe(age.as_secs_f64());
+    }
+
+    pub fn sensor_processing(&self, sensor: &str, took: Duration) {
+        self.sensor_processing
+            .get_or_create(&SensorLabels {
+                sensor: sensor.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn trigger_invocation(&self, sensor: &str, trigger: &str, outcome: TriggerOutcome) {
+        self.trigger_invocations
+            .get_or_create(&TriggerOutcomeLabels {
+                sensor: sensor.to_string(),
+                trigger: trigger.to_string(),
+                outcome: outcome.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Mirrors bus state into the `bus_*` series.
+    pub fn refresh_bus(&self, stream: &str, limits: &Limits, stats: &BusStats) {
+        let _guard = self.refresh_lock.lock();
+        let labels = StreamLabels {
+            stream: stream.to_string(),
+        };
+        set_gauge(&self.bus_messages.get_or_create(&labels), stats.messages);
+        set_gauge(&self.bus_bytes.get_or_create(&labels), stats.bytes);
+        set_gauge(
+            &self.bus_max_messages.get_or_create(&labels),
+            limits.max_msgs.unwrap_or(0),
+        );
+        set_gauge(
+            &self.bus_max_bytes.get_or_create(&labels),
+            limits.max_bytes.unwrap_or(0),
+        );
+        advance(&self.bus_published.get_or_create(&labels), stats.published);
+        advance(&self.bus_discarded.get_or_create(&labels), stats.discarded);
+        for (reason, total) in [
+            ("full", stats.rejected_full),
+            ("too_large", stats.rejected_too_large),
+        ] {
+            let labels = ReasonLabels {
+                stream: stream.to_string(),
+                reason: reason.to_string(),
+            };
+            advance(&self.bus_rejected.get_or_create(&labels), total);
+        }
+    }
+
+    /// Mirrors one trigger's consumer and window into its series.
+    pub fn refresh_trigger(
+        &self,
+        sensor: &str,
+        trigger: &str,
+        stats: &ConsumerStats,
+        inflight: usize,
+        limit: usize,
+    ) {
+        let labels = TriggerLabels {
+            sensor: sensor.to_string(),
+            trigger: trigger.to_string(),
+        };
+        set_gauge(&self.consumer_lag.get_or_create(&labels), stats.pending);
+        set_gauge(
+            &self.consumer_ack_pending.get_or_create(&labels),
+            stats.ack_pending,
+        );
+        self.oldest_unacked_age
+            .get_or_create(&labels)
+            .set(stats.oldest_unacked_age.map_or(0.0, |d| d.as_secs_f64()));
+        set_gauge(
+            &self.trigger_inflight.get_or_create(&labels),
+            inflight as u64,
+        );
+        set_gauge(
+            &self.trigger_concurrency_limit.get_or_create(&labels),
+            limit as u64,
+        );
+    }
+}
+
+fn set_gauge(gauge: &Gauge, value: u64) {
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+}
+
+/// Moves a counter up to `total` (counters mirrored from a source of truth).
+fn advance(counter: &Counter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix_and_total_suffix() {
+        let metrics = Metrics::new();
+        metrics.source_event("shop", "orders", SourceOutcome::Accepted);
+        metrics.refresh_bus("default", &Limits::default(), &BusStats::default());
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"spillway_source_events_total{source="shop",event="orders",outcome="accepted"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"spillway_bus_max_messages{stream="default"} 100000"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn mirrored_counters_advance_to_the_total() {
+        let metrics = Metrics::new();
+        let mut stats = BusStats {
+            published: 5,
+            ..BusStats::default()
+        };
+        metrics.refresh_bus("default", &Limits::default(), &stats);
+        stats.published = 7;
+        metrics.refresh_bus("default", &Limits::default(), &stats);
+        assert!(metrics
+            .encode()
+            .contains(r#"spillway_bus_published_total{stream="default"} 7"#));
+    }
+}

@@ -1,0 +1,407 @@
+//! Builds the pipeline from a [`Config`] and runs it until a signal.
+//!
+//! Start-up order matters: the bus first, then every trigger's durable
+//! consumer (so no event published later is missed by a consumer that did
+//! not exist yet), then the trigger runners, then the sources, and only then
+//! is the process ready (`/readyz`).
+//!
+//! Shutdown (SIGTERM or SIGINT): sources answer 503 at once, runners stop
+//! fetching and finish the invocations in flight for up to the grace
+//! period, then the servers stop and the bus closes. Events not acked by
+//! then stay on the bus (redelivered by a durable bus after restart).
+//!
+//! Config that validates but cannot run yet is refused here with a message
+//! that names the field ([`RunError::Config`]), never silently ignored.
+
+use crate::api::AdminState;
+use crate::config::sensor::Sensor;
+use crate::config::{Config, Located};
+use crate::event::Event;
+use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerRunner};
+use crate::sources::webhook::{self, Endpoint, PortState};
+use crate::telemetry::Metrics;
+use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
+use spillway_bus::memory::MemoryBus;
+use spillway_bus::{Bus, ConsumerConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Each trigger's credit window until `flowControl.maxInFlight` exists.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
+
+/// Options from the command line.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub data_dir: Option<PathBuf>,
+    pub admin: SocketAddr,
+    /// How long in-flight triggers may take to finish on shutdown.
+    pub grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config is valid but asks for something this build cannot run.
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bus: {0}")]
+    Bus(#[from] spillway_bus::BusError),
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the pipeline until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn run(config: Config, options: RunOptions) -> Result<(), RunError> {
+    let shutdown = CancellationToken::new();
+    let signals = signal_listener(shutdown.clone())?;
+    let result = run_until(config, options, shutdown).await;
+    signals.abort();
+    result
+}
+
+/// Runs the pipeline until `shutdown` is cancelled (tests cancel it directly).
+pub async fn run_until(
+    config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    refuse_unsupported(&config, &options)?;
+    // reqwest is built without a default crypto provider; install ring once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let limits = config.bus.limits;
+    let bus: Arc<dyn Bus> = MemoryBus::new(limits);
+    tracing::info!(
+        "event bus {:?}: embedded, in memory, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
+        config.bus.name,
+        show(limits.max_msgs),
+        show(limits.max_bytes),
+        show(limits.max_msg_size),
+        limits.discard
+    );
+    let metrics = Arc::new(Metrics::new());
+    let draining = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let http_client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| RunError::Config(format!("cannot build the HTTP client: {e}")))?;
+    let mut runners = Vec::new();
+    for sensor in &config.sensors {
+        runners.extend(build_runners(sensor, &bus, &http_client, &metrics).await?);
+    }
+    let handles: Vec<_> = runners.iter().map(TriggerRunner::handle).collect();
+
+    // Bind every port before serving anything, so a taken port fails start-up cleanly.
+    let mut servers = Vec::new();
+    let admin_listener = bind(options.admin).await?;
+    let admin_state = Arc::new(AdminState {
+        stream: config.bus.name.clone(),
+        backend: "memory",
+        bus: Arc::clone(&bus),
+        triggers: handles,
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+        draining: Arc::clone(&draining),
+    });
+    let server_stop = CancellationToken::new();
+    let mut webhook_listeners = Vec::new();
+    for (port, endpoints) in webhook_endpoints(&config) {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        let listener = bind(addr).await?;
+        tracing::info!(
+            "webhook listening on {addr}: {}",
+            endpoints
+                .iter()
+                .map(|e| format!("{} {} → {}.{}", e.method, e.path, e.source, e.event))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let state = Arc::new(PortState {
+            endpoints,
+            bus: Arc::clone(&bus),
+            metrics: Arc::clone(&metrics),
+            draining: Arc::clone(&draining),
+        });
+        webhook_listeners.push((listener, webhook::router(state)));
+    }
+    tracing::info!(
+        "admin server on http://{}",
+        admin_listener.local_addr().unwrap_or(options.admin)
+    );
+    servers.push(serve(
+        admin_listener,
+        crate::api::router(admin_state),
+        server_stop.clone(),
+    ));
+
+    let runner_stop = CancellationToken::new();
+    let mut runner_tasks = tokio::task::JoinSet::new();
+    for runner in runners {
+        runner_tasks.spawn(runner.run(runner_stop.clone()));
+    }
+    for (listener, router) in webhook_listeners {
+        servers.push(serve(listener, router, server_stop.clone()));
+    }
+    ready.store(true, Ordering::Release);
+    tracing::info!("ready");
+
+    shutdown.cancelled().await;
+    tracing::info!(grace = ?options.grace, "shutting down: sources answer 503, finishing in-flight triggers");
+    draining.store(true, Ordering::Release);
+    runner_stop.cancel();
+    let drained = tokio::time::timeout(options.grace, async {
+        while runner_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; unfinished trigger invocations stay unacked on the bus");
+        runner_tasks.abort_all();
+    }
+    server_stop.cancel();
+    for server in servers {
+        let _ = server.await;
+    }
+    bus.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn show(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "unlimited".to_string(), |v| v.to_string())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, RunError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
+}
+
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(err) = result {
+            tracing::error!("server stopped: {err}");
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT by cancelling `shutdown`.
+fn signal_listener(shutdown: CancellationToken) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        shutdown.cancel();
+    }))
+}
+
+/// Webhook endpoints grouped by port.
+fn webhook_endpoints(config: &Config) -> BTreeMap<u16, Vec<Endpoint>> {
+    let mut ports: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
+    let bus_max = config.bus.limits.max_msg_size.unwrap_or(u64::MAX);
+    for source in &config.event_sources {
+        let source_name = doc_name(&source.doc.metadata);
+        for (event, hook) in source.doc.spec.webhook.iter().flat_map(|w| w.iter()) {
+            // Validation guarantees a valid port and method.
+            let Ok(port) = hook.port.value.trim().parse::<u16>() else {
+                continue;
+            };
+            let method = hook
+                .method
+                .as_ref()
+                .and_then(|m| {
+                    axum::http::Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()).ok()
+                })
+                .unwrap_or(axum::http::Method::POST);
+            let max_payload = hook
+                .max_payload_size
+                .as_ref()
+                .map_or(webhook::DEFAULT_MAX_PAYLOAD, |s| s.value.0)
+                .min(bus_max);
+            ports.entry(port).or_default().push(Endpoint {
+                source: source_name.clone(),
+                event: event.value.clone(),
+                path: hook.endpoint.value.clone(),
+                method,
+                max_payload,
+                max_block: hook
+                    .flow_control
+                    .as_ref()
+                    .and_then(|f| f.max_block.as_ref())
+                    .map_or(Duration::ZERO, |d| d.value.0),
+                metadata: hook.metadata.clone().unwrap_or_default(),
+            });
+        }
+    }
+    ports
+}
+
+fn doc_name(meta: &crate::config::values::ObjectMeta) -> String {
+    meta.name
+        .as_ref()
+        .map(|n| n.value.clone())
+        .unwrap_or_default()
+}
+
+/// One runner per trigger, each with its own durable consumer.
+async fn build_runners(
+    sensor: &Located<Sensor>,
+    bus: &Arc<dyn Bus>,
+    http_client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
+) -> Result<Vec<TriggerRunner>, RunError> {
+    let sensor_name = doc_name(&sensor.doc.metadata);
+    let dependencies: Vec<DependencyMatcher> = sensor
+        .doc
+        .spec
+        .dependencies
+        .iter()
+        .map(|d| DependencyMatcher {
+            name: d.name.value.clone(),
+            subject: Event::subject_for(&d.event_source_name.value, &d.event_name.value),
+            filters: d.filters.clone(),
+        })
+        .collect();
+    let mut runners = Vec::new();
+    for trigger in &sensor.doc.spec.triggers {
+        let name = trigger.template.name.value.clone();
+        let action = if let Some(http) = &trigger.template.http {
+            Trigger::Http(
+                HttpTrigger::new(http_client.clone(), &http.value).map_err(|e| {
+                    RunError::Config(format!("sensor {sensor_name}, trigger {name}: {e}"))
+                })?,
+            )
+        } else if let Some(log) = &trigger.template.log {
+            Trigger::Log(LogTrigger::new(
+                &sensor_name,
+                &name,
+                log.value.interval_seconds.unwrap_or(0),
+            ))
+        } else {
+            // refuse_unsupported() already rejected every other kind.
+            continue;
+        };
+        let retry = trigger
+            .retry_strategy
+            .as_ref()
+            .map(|r| RetryPolicy::from(&r.value))
+            .unwrap_or_default();
+        let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
+        consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
+        consumer_config.max_ack_pending = DEFAULT_MAX_IN_FLIGHT;
+        // An invocation must not be redelivered while it is still running.
+        consumer_config.ack_wait = action.max_duration() + Duration::from_secs(30);
+        let consumer = bus.consumer(consumer_config).await?;
+        runners.push(TriggerRunner::new(
+            &sensor_name,
+            &name,
+            dependencies.clone(),
+            action,
+            retry,
+            consumer,
+            DEFAULT_MAX_IN_FLIGHT,
+            Arc::clone(metrics),
+        ));
+    }
+    Ok(runners)
+}
+
+/// Refuses config that validates but that this build cannot honour yet.
+fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunError> {
+    let mut problems = Vec::new();
+    if let Some(url) = &config.bus.url {
+        problems.push(format!(
+            "EventBus {:?}: jetstream.url {url:?} — the NATS JetStream bus backend is not available in this build yet; remove `url` to use the embedded bus",
+            config.bus.name
+        ));
+    }
+    for sensor in &config.sensors {
+        let name = doc_name(&sensor.doc.metadata);
+        let at = |pos: crate::config::yaml::Pos| format!("{}:{}", sensor.file.display(), pos);
+        if sensor.doc.spec.dependencies.len() > 1 {
+            problems.push(format!(
+                "{}: sensor {name:?} has {} dependencies; combining dependencies (Argo's default: all must arrive) is not supported yet — use one sensor per dependency",
+                at(sensor.doc.spec.dependencies[1].name.pos),
+                sensor.doc.spec.dependencies.len()
+            ));
+        }
+        if let Some(rate) = &sensor.doc.spec.rate_limit {
+            problems.push(format!(
+                "{}: sensor {name:?}: rateLimit is not enforced by this build yet; refusing to run rather than ignore it",
+                at(rate.pos)
+            ));
+        }
+        for trigger in &sensor.doc.spec.triggers {
+            let t = &trigger.template;
+            if let Some(rate) = &trigger.rate_limit {
+                problems.push(format!(
+                    "{}: trigger {:?}: rateLimit is not enforced by this build yet; refusing to run rather than ignore it",
+                    at(rate.pos),
+                    t.name.value
+                ));
+            }
+            if let Some(w) = &t.argo_workflow {
+                problems.push(format!(
+                    "{}: trigger {:?}: argoWorkflow triggers need the local workflow executor, which is not available yet",
+                    at(w.pos),
+                    t.name.value
+                ));
+            }
+            if let Some(k) = &t.k8s {
+                problems.push(format!(
+                    "{}: trigger {:?}: k8s triggers are not runnable yet",
+                    at(k.pos),
+                    t.name.value
+                ));
+            }
+            if let Some(flag) = &trigger.at_least_once {
+                if !flag.value {
+                    problems.push(format!(
+                        "{}: trigger {:?}: atLeastOnce: false (ack before the trigger) is not supported yet",
+                        at(flag.pos),
+                        t.name.value
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(dir) = &options.data_dir {
+        tracing::warn!(
+            "--data-dir {} given, but the durable segment-log bus is not available yet: events are held in memory and lost on restart",
+            dir.display()
+        );
+    }
+    for source in &config.event_sources {
+        if source.doc.spec.pubsub.is_some() {
+            tracing::warn!(
+                "EventSource {:?}: pubsub events are not run by spillway (accepted for validation only)",
+                doc_name(&source.doc.metadata)
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Config(problems.join("\n")))
+    }
+}

@@ -1,0 +1,160 @@
+//! The `http` trigger: sends a request built from the event (Argo `HTTPTrigger`).
+//!
+//! The body is the JSON object built from `payload` parameters, or the
+//! event's data when no `payload` is configured. 2xx is success. A `429` or
+//! `503` is retryable and its `Retry-After` (seconds or HTTP date) is passed
+//! up so the sensor waits at least that long; other 5xx, timeouts and
+//! connection errors are retryable; other 4xx are permanent.
+
+use super::{params, TriggerError};
+use crate::config::sensor::{HttpTrigger as HttpConfig, TriggerParameter};
+use crate::event::Event;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use std::time::Duration;
+
+/// Argo's default HTTP trigger timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why an http trigger could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpTriggerError {
+    #[error("invalid url {0:?}: {1}")]
+    Url(String, String),
+    #[error("invalid method {0:?}")]
+    Method(String),
+    #[error("invalid header {0:?}: {1}")]
+    Header(String, String),
+}
+
+pub struct HttpTrigger {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    method: reqwest::Method,
+    headers: HeaderMap,
+    payload: Option<Vec<TriggerParameter>>,
+    timeout: Duration,
+}
+
+impl HttpTrigger {
+    pub fn new(client: reqwest::Client, config: &HttpConfig) -> Result<Self, HttpTriggerError> {
+        let url = reqwest::Url::parse(&config.url.value)
+            .map_err(|e| HttpTriggerError::Url(config.url.value.clone(), e.to_string()))?;
+        let method_text = config
+            .method
+            .as_ref()
+            .map(|m| m.value.to_ascii_uppercase())
+            .unwrap_or_else(|| "POST".to_string());
+        let method = reqwest::Method::from_bytes(method_text.as_bytes())
+            .map_err(|_| HttpTriggerError::Method(method_text.clone()))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in config.headers.iter().flatten() {
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| HttpTriggerError::Header(name.clone(), e.to_string()))?;
+            let header_value = HeaderValue::from_str(value)
+                .map_err(|e| HttpTriggerError::Header(name.clone(), e.to_string()))?;
+            headers.insert(header_name, header_value);
+        }
+        Ok(HttpTrigger {
+            client,
+            url,
+            method,
+            headers,
+            payload: config.payload.clone(),
+            timeout: config
+                .timeout
+                .as_ref()
+                .map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs(t.value)),
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
+        let body = match &self.payload {
+            Some(parameters) => {
+                let json = params::build_payload(parameters, dependency, event);
+                bytes::Bytes::from(json.to_string())
+            }
+            None => event.data.clone(),
+        };
+        let mut request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .timeout(self.timeout)
+            .headers(self.headers.clone())
+            .body(body);
+        if !self.headers.contains_key(CONTENT_TYPE) {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|err| TriggerError::Retryable {
+                message: format!("{} {}: {}", self.method, self.url, describe(&err)),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let message = format!("{} {}: HTTP {}", self.method, self.url, status);
+        match status.as_u16() {
+            429 | 503 => Err(TriggerError::Retryable {
+                message,
+                retry_after: response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after),
+            }),
+            408 | 500..=599 => Err(TriggerError::Retryable {
+                message,
+                retry_after: None,
+            }),
+            _ => Err(TriggerError::Permanent { message }),
+        }
+    }
+}
+
+/// The error chain of a reqwest error, one line.
+fn describe(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retry_after;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,55 @@
+//! Triggers: what a sensor does with an event. One folder per kind.
+//!
+//! A trigger answers `Ok` (done: the sensor acks the bus) or a
+//! [`TriggerError`] that says whether trying again can help and, when the
+//! downstream said so (`Retry-After`), how long to wait first. Retry policy
+//! and acking live in the sensor, not here.
+
+pub mod http;
+pub mod log;
+pub mod params;
+
+use crate::event::Event;
+use std::time::Duration;
+
+/// Why a trigger invocation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    /// A transient failure (timeout, connection refused, 5xx, 429).
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        /// The downstream's own `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// Trying again with the same event cannot succeed (e.g. a 4xx).
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+/// A runnable trigger.
+pub enum Trigger {
+    Log(log::LogTrigger),
+    Http(http::HttpTrigger),
+}
+
+impl Trigger {
+    /// Runs the trigger for `event`, which satisfied dependency `dependency`.
+    pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
+        match self {
+            Trigger::Log(t) => {
+                t.invoke(dependency, event);
+                Ok(())
+            }
+            Trigger::Http(t) => t.invoke(dependency, event).await,
+        }
+    }
+
+    /// Longest one invocation may take (used to size the bus `ack_wait`).
+    pub fn max_duration(&self) -> Duration {
+        match self {
+            Trigger::Log(_) => Duration::from_secs(1),
+            Trigger::Http(t) => t.timeout(),
+        }
+    }
+}
