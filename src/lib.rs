@@ -13,3 +13,10 @@ pub mod sources;
 pub mod telemetry;
 pub mod topology;
 pub mod triggers;
+
+/// Installs rustls' `ring` crypto provider for this process (reqwest is
+/// built without a default one). Idempotent.
+pub fn install_tls_provider() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

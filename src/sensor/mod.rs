@@ -26,6 +26,7 @@ use crate::event::Event;
 use crate::telemetry::{Metrics, TriggerOutcome};
 use crate::triggers::{Trigger, TriggerError};
 use spillway_bus::{Consumer, Received};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
@@ -51,15 +52,14 @@ pub struct TriggerHandle {
     pub sensor: String,
     pub trigger: String,
     pub consumer: Arc<dyn Consumer>,
-    window: Arc<Semaphore>,
+    inflight: Arc<AtomicUsize>,
     max_in_flight: usize,
 }
 
 impl TriggerHandle {
     /// Invocations running now.
     pub fn inflight(&self) -> usize {
-        self.max_in_flight
-            .saturating_sub(self.window.available_permits())
+        self.inflight.load(Ordering::Relaxed)
     }
 
     /// The credit window size.
@@ -71,7 +71,10 @@ impl TriggerHandle {
 /// Runs one trigger of one sensor.
 pub struct TriggerRunner {
     inner: Arc<RunnerInner>,
+    /// Credits: one permit per invocation allowed in flight.
     window: Arc<Semaphore>,
+    /// Invocations running now (the permits held while fetching do not count).
+    inflight: Arc<AtomicUsize>,
     max_in_flight: usize,
 }
 
@@ -109,6 +112,7 @@ impl TriggerRunner {
                 metrics,
             }),
             window: Arc::new(Semaphore::new(max_in_flight)),
+            inflight: Arc::new(AtomicUsize::new(0)),
             max_in_flight,
         }
     }
@@ -118,7 +122,7 @@ impl TriggerRunner {
             sensor: self.inner.sensor.clone(),
             trigger: self.inner.trigger_name.clone(),
             consumer: Arc::clone(&self.inner.consumer),
-            window: Arc::clone(&self.window),
+            inflight: Arc::clone(&self.inflight),
             max_in_flight: self.max_in_flight,
         }
     }
@@ -159,8 +163,11 @@ impl TriggerRunner {
             };
             for (message, permit) in messages.into_iter().zip(permits.drain(..)) {
                 let inner = Arc::clone(&self.inner);
+                let inflight = Arc::clone(&self.inflight);
+                inflight.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(async move {
                     inner.process(message).await;
+                    inflight.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
             }

@@ -75,8 +75,7 @@ pub async fn run_until(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     refuse_unsupported(&config, &options)?;
-    // reqwest is built without a default crypto provider; install ring once.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_tls_provider();
 
     let limits = config.bus.limits;
     let bus: Arc<dyn Bus> = MemoryBus::new(limits);

@@ -1,0 +1,225 @@
+//! Helpers for end-to-end tests: run the real `spillway` binary on
+//! ephemeral ports, and an HTTP receiver that stands in for a downstream.
+
+#![allow(dead_code)]
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Semaphore};
+
+/// An HTTP client for tests.
+pub fn client() -> reqwest::Client {
+    spillway::install_tls_provider();
+    reqwest::Client::new()
+}
+
+/// A port that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` passes.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running `spillway run` process, killed on drop.
+pub struct Spillway {
+    child: Child,
+    pub admin: String,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Spillway {
+    /// Writes `config` to a temp file, starts `spillway run`, waits for `/readyz`.
+    pub async fn start(config: &str) -> Spillway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pipeline.yaml");
+        std::fs::write(&file, config).expect("write config");
+        let log = dir.path().join("spillway.log");
+        let admin_port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .arg("run")
+            .arg("-f")
+            .arg(&file)
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--grace")
+            .arg("10s")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn spillway");
+        let mut spillway = Spillway {
+            child,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            log,
+            _dir: dir,
+        };
+        let ready = format!("{}/readyz", spillway.admin);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client().get(&ready).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = spillway.child.try_wait() {
+                panic!("spillway exited with {status}:\n{}", spillway.log_text());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spillway not ready:\n{}",
+                spillway.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        spillway
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        client()
+            .get(format!("{}/api/v1/status", self.admin))
+            .send()
+            .await
+            .expect("GET /api/v1/status")
+            .json()
+            .await
+            .expect("status JSON")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(
+            sent.map(|s| s.success()).unwrap_or(false),
+            "kill -TERM failed"
+        );
+        self.terminate_wait().await
+    }
+
+    /// Waits for the process to exit (after a signal was sent).
+    pub async fn terminate_wait(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "spillway did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Spillway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `name{labels}` in Prometheus text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A downstream HTTP server that records JSON bodies. While closed, requests
+/// wait (a slow downstream) until [`Receiver::open`].
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    gate: Arc<Semaphore>,
+}
+
+impl Receiver {
+    pub async fn start(open: bool) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver addr");
+        let receiver = Receiver {
+            url: format!("http://{addr}/hook"),
+            bodies: Arc::new(Mutex::new(Vec::new())),
+            gate: Arc::new(Semaphore::new(if open {
+                Semaphore::MAX_PERMITS
+            } else {
+                0
+            })),
+        };
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(receiver.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        receiver
+    }
+
+    pub fn open(&self) {
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    pub async fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().await.clone()
+    }
+
+    pub async fn count(&self) -> usize {
+        self.bodies.lock().await.len()
+    }
+}
+
+async fn receive(State(receiver): State<Receiver>, body: axum::body::Bytes) -> StatusCode {
+    // Waits while the gate is closed; the permit is not consumed.
+    if let Ok(permit) = receiver.gate.acquire().await {
+        drop(permit);
+    }
+    let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    receiver.bodies.lock().await.push(value);
+    StatusCode::OK
+}
