@@ -39,7 +39,7 @@ fn data_matches(filter: &DataFilter, data: &Value) -> bool {
     match filter.kind.value {
         JsonType::String => {
             let actual = json_path::to_plain_string(actual);
-            let equal = wanted.iter().any(|w| *w == actual);
+            let equal = wanted.contains(&actual);
             if comparator == Comparator::NotEqual {
                 !equal
             } else {
