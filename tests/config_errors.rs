@@ -959,3 +959,51 @@ spec:
         "stderr should contain `{located}port must be …`\nstderr:\n{stderr}"
     );
 }
+
+#[test]
+fn zz_probe() {
+    let es = "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata:\n  name: shop\nspec:\n  webhook:\n    orders:\n      port: \"12000\"\n      endpoint: /orders\n";
+    let bus = |s: &str| format!("apiVersion: argoproj.io/v1alpha1\nkind: EventBus\nmetadata:\n  name: default\nspec:\n  jetstream:\n{s}");
+    let cases: Vec<(&str, String)> = vec![
+        ("A blank first line", bus("    settings: |\n\n      max_msgs: -5\n")),
+        ("B comment after |", bus("    settings: | # limits\n      max_msgs: -5\n")),
+        ("C quoted", bus("    settings: \"max_msgs: -5\"\n")),
+        ("C2 single quoted", bus("    settings: 'max_msgs: -5'\n")),
+        ("K |2", bus("    settings: |2\n        max_msgs: -5\n")),
+        ("K2 |-", bus("    settings: |-\n      max_msgs: -5\n")),
+        ("L syntax in block", bus("    settings: |\n      max_bytes: 1GiB\n      max_msgs: [1\n")),
+        ("M mapping form", bus("    streamConfig:\n      maxMsgs: 10\n      discard: sideways\n")),
+        ("O negative max_age", bus("    settings: |\n      max_age: -1s\n")),
+        ("G max_msg", bus("    settings: |\n      max_msg: 5\n")),
+        ("G2 twice", bus("    settings: |\n      max_msgs: 5\n    streamConfig: |\n      maxMsgs: 7\n")),
+        ("G3 plain multiline", bus("    settings: max_msgs: 5\n")),
+        ("D sensor no name no triggers", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  labels: {{a: b}}\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n  triggers: []\n")),
+        ("E source no name no events", "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata: {}\nspec: {}\n".to_string()),
+        ("J two buses, second no name", format!("{}---\napiVersion: argoproj.io/v1alpha1\nkind: EventBus\nspec: {{}}\n", bus("    url: nats://x:4222\n"))),
+        ("F kind Workflow", "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata:\n  name: x\n".to_string()),
+        ("H port 012000", format!("{es}    again:\n      port: \"012000\"\n      endpoint: /orders\n")),
+        ("H2 method default vs explicit", format!("{es}    again:\n      port: 12000\n      endpoint: /orders\n      method: POST\n")),
+        ("I empty", String::new()),
+        ("I2 scalar doc", "hello\n".to_string()),
+        ("I3 no kind", "apiVersion: v1\nmetadata:\n  name: x\n".to_string()),
+        ("I4 no apiVersion", "kind: ConfigMap\nmetadata:\n  name: x\n".to_string()),
+        ("N port list", "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata:\n  name: shop\nspec:\n  webhook:\n    orders:\n      port: [1]\n      endpoint: /orders\n".to_string()),
+        ("T flow meta", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name, nam: x}\n".to_string()),
+        ("retry factor", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n  triggers:\n    - template:\n        name: log\n        log: {{}}\n      retryStrategy:\n        steps: 3\n        factor: 0.5\n")),
+        ("filter number", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n      filters:\n        data:\n          - path: body.total\n            type: number\n            value:\n              - \"10\"\n              - ten\n  triggers:\n    - template:\n        name: log\n        log: {{}}\n")),
+        ("broken source no follow-on", "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata:\n  name: shop\nspec:\n  webhook:\n    orders:\n      port: \"12000\"\n      endpoint: /orders\n      maxPayloadSize: lots\n---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: nope\n  triggers:\n    - template:\n        name: log\n        log: {}\n".to_string()),
+        ("workflow kind Workflow no ref", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n  triggers:\n    - template:\n        name: wf\n        argoWorkflow:\n          source:\n            resource:\n              kind: Workflow\n              spec: {{}}\n")),
+        ("param dep", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: order\n      eventSourceName: shop\n      eventName: orders\n  triggers:\n    - template:\n        name: h\n        http:\n          url: http://x/\n          payload:\n            - src:\n                dependencyName: ordr\n                dataKey: body\n              dest: x\n")),
+        ("dup key in block", bus("    settings: |\n      max_msgs: 5\n      max_msgs: 6\n")),
+        ("eventbus anchors", "a: &a [1]\nb: *a\n".to_string()),
+        ("CRLF", bus("    settings: |\r\n      max_msgs: -5\r\n").replace("\n", "\r\n").replace("\r\r", "\r")),
+    ];
+    for (name, yaml) in cases {
+        let file = write_yaml(&yaml);
+        let out = match config::load(&[file.path()]) {
+            Ok(c) => format!("OK {}\n{}", c.summary(), render(&c.warnings)),
+            Err(d) => render(&d),
+        };
+        println!("### {name}\n{yaml}---->\n{}", out.replace(&file.path().display().to_string(), "F"));
+    }
+}

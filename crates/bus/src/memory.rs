@@ -92,6 +92,7 @@ impl MemoryBus {
             discarded: 0,
             consumers: Vec::new(),
             drain: DrainMeter::new(Instant::now()),
+            discard_log: LogThrottle::default(),
         };
         Arc::new(MemoryBus {
             shared: Arc::new(Shared {
@@ -224,6 +225,8 @@ struct State {
     /// Never shrinks (there is no delete); indices are consumer ids.
     consumers: Vec<ConsumerState>,
     drain: DrainMeter,
+    /// Rate-limits the discard warning.
+    discard_log: LogThrottle,
 }
 
 impl State {
@@ -311,7 +314,11 @@ impl State {
             return;
         };
         self.discarded += 1;
-        tracing::warn!(seq, subject = %m.subject, reason, "message discarded before every consumer released it");
+        // One line per interval, not per message: a storm with `discard: old`
+        // would otherwise flood the log. The exact count is in `discarded`.
+        if let Some(suppressed) = self.discard_log.ready(now) {
+            tracing::warn!(seq, subject = %m.subject, reason, suppressed, total = self.discarded, "message discarded before every consumer released it");
+        }
         for c in &mut self.consumers {
             if let Some(p) = c.pending.remove(&seq) {
                 c.unschedule(seq, p.timer);
@@ -553,6 +560,32 @@ struct DrainMeter {
     /// Index (seconds since `start`) of the newest bucket.
     head: u64,
     counts: [u64; DRAIN_WINDOW_SECS as usize],
+}
+
+/// Lets a log line through at most once per [`LogThrottle::INTERVAL`],
+/// counting the ones held back.
+#[derive(Debug, Default)]
+struct LogThrottle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// `Some(held back since the last line)` when a line may be written now.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < Self::INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
 }
 
 impl DrainMeter {
