@@ -5,7 +5,7 @@
 //! about. A document that fails to decode still registers its name, so other
 //! documents that reference it do not get follow-on "not found" errors.
 
-use super::decode::{decode, DecodeError};
+use super::decode::decode;
 use super::diagnostic::{Diagnostic, Diagnostics, Severity};
 use super::eventbus::{Discard, EventBus, SettingsLimits, StreamConfigLimits};
 use super::suggest::did_you_mean;
@@ -161,46 +161,11 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
     };
     let errors_before = diags.error_count();
     let ok = match kind {
-        "EventBus" => decode_into(doc, diags, |d| {
-            let bus = EventBus::deserialize(d)?;
-            loaded.bus_docs.push(Located {
-                file: file.to_path_buf(),
-                doc: bus,
-            });
-            Ok(())
-        }),
-        "EventSource" => decode_into(doc, diags, |d| {
-            let source = Deserialize::deserialize(d)?;
-            loaded.config.event_sources.push(Located {
-                file: file.to_path_buf(),
-                doc: source,
-            });
-            Ok(())
-        }),
-        "Sensor" => decode_into(doc, diags, |d| {
-            let sensor = Deserialize::deserialize(d)?;
-            loaded.config.sensors.push(Located {
-                file: file.to_path_buf(),
-                doc: sensor,
-            });
-            Ok(())
-        }),
-        "ConfigMap" => decode_into(doc, diags, |d| {
-            let map = Deserialize::deserialize(d)?;
-            loaded.config.config_maps.push(Located {
-                file: file.to_path_buf(),
-                doc: map,
-            });
-            Ok(())
-        }),
-        _ => decode_into(doc, diags, |d| {
-            let template = Deserialize::deserialize(d)?;
-            loaded.config.workflow_templates.push(Located {
-                file: file.to_path_buf(),
-                doc: template,
-            });
-            Ok(())
-        }),
+        "EventBus" => decode_document(file, doc, diags, &mut loaded.bus_docs),
+        "EventSource" => decode_document(file, doc, diags, &mut loaded.config.event_sources),
+        "Sensor" => decode_document(file, doc, diags, &mut loaded.config.sensors),
+        "ConfigMap" => decode_document(file, doc, diags, &mut loaded.config.config_maps),
+        _ => decode_document(file, doc, diags, &mut loaded.config.workflow_templates),
     };
     if kind == "EventBus" && ok {
         let limits = bus_limits(text, doc, diags);
@@ -228,14 +193,22 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
     }
 }
 
-/// Runs `f` on a deserializer over `doc`; a decode error becomes a diagnostic.
-fn decode_into<'a>(
-    doc: &'a Node,
-    diags: &'a Diagnostics,
-    f: impl FnOnce(super::decode::NodeDeserializer<'a>) -> Result<(), DecodeError>,
+/// Decodes `doc` as a `T` and appends it to `into`; a decode error becomes
+/// a diagnostic. Returns whether it decoded.
+fn decode_document<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    doc: &Node,
+    diags: &Diagnostics,
+    into: &mut Vec<Located<T>>,
 ) -> bool {
-    match f(super::decode::NodeDeserializer::new(doc, diags)) {
-        Ok(()) => true,
+    match decode::<T>(doc, diags) {
+        Ok(value) => {
+            into.push(Located {
+                file: file.to_path_buf(),
+                doc: value,
+            });
+            true
+        }
         Err(err) => {
             diags.error(err.pos.unwrap_or(doc.pos), err.message);
             false

@@ -44,13 +44,7 @@ pub(super) fn check(loaded: &mut Loaded, out: &mut Vec<Diagnostic>) {
     unique_names(&loaded.names, &mut report);
     if loaded.bus_docs.len() > 1 {
         for bus in &loaded.bus_docs[1..] {
-            let pos = bus
-                .doc
-                .metadata
-                .name
-                .as_ref()
-                .map(|n| n.pos)
-                .unwrap_or_default();
+            let pos = bus.doc.metadata.name_pos();
             report.error(
                 &bus.file,
                 pos,
@@ -109,13 +103,7 @@ fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
     let events =
         spec.webhook.as_ref().map_or(0, |w| w.len()) + spec.pubsub.as_ref().map_or(0, |p| p.len());
     if events == 0 {
-        let pos = source
-            .doc
-            .metadata
-            .name
-            .as_ref()
-            .map(|n| n.pos)
-            .unwrap_or_default();
+        let pos = source.doc.metadata.name_pos();
         report.error(
             file,
             pos,
@@ -185,13 +173,7 @@ fn check_event_name(file: &Path, name: &Spanned<String>, report: &mut Report<'_>
 fn check_webhook_routes(sources: &[Located<EventSource>], report: &mut Report<'_>) {
     let mut seen: HashMap<(String, String, String), (String, String)> = HashMap::new();
     for source in sources {
-        let source_name = source
-            .doc
-            .metadata
-            .name
-            .as_ref()
-            .map(|n| n.value.clone())
-            .unwrap_or_default();
+        let source_name = source.doc.metadata.name().to_string();
         for (event, hook) in source.doc.spec.webhook.iter().flat_map(|w| w.iter()) {
             let method = hook
                 .method
@@ -220,13 +202,7 @@ fn check_webhook_routes(sources: &[Located<EventSource>], report: &mut Report<'_
 }
 
 fn source_name(source: &Located<EventSource>) -> &str {
-    source
-        .doc
-        .metadata
-        .name
-        .as_ref()
-        .map(|n| n.value.as_str())
-        .unwrap_or("")
+    source.doc.metadata.name()
 }
 
 fn check_sensor(
@@ -238,13 +214,7 @@ fn check_sensor(
 ) {
     let file = &sensor.file;
     let spec = &sensor.doc.spec;
-    let sensor_pos = sensor
-        .doc
-        .metadata
-        .name
-        .as_ref()
-        .map(|n| n.pos)
-        .unwrap_or_default();
+    let sensor_pos = sensor.doc.metadata.name_pos();
     if spec.dependencies.is_empty() {
         report.error(file, sensor_pos, "a Sensor needs at least one dependency");
     }
@@ -550,11 +520,7 @@ fn check_workflow_resource(
         .and_then(|n| n.as_str());
     match reference {
         Some(name) => {
-            let names = || {
-                templates
-                    .iter()
-                    .filter_map(|t| t.doc.metadata.name.as_ref().map(|n| n.value.as_str()))
-            };
+            let names = || templates.iter().map(|t| t.doc.metadata.name());
             if !names().any(|n| n == name) && !broken("WorkflowTemplate", name) {
                 let hint = did_you_mean(name, names())
                     .map(|h| format!("; did you mean {h:?}?"))
@@ -587,13 +553,7 @@ fn check_workflow_template(
 ) {
     let file = &template.file;
     let spec = &template.doc.spec;
-    let pos = template
-        .doc
-        .metadata
-        .name
-        .as_ref()
-        .map(|n| n.pos)
-        .unwrap_or_default();
+    let pos = template.doc.metadata.name_pos();
     if spec.templates.is_empty() {
         report.error(file, pos, "a WorkflowTemplate needs at least one template");
     }
@@ -644,16 +604,11 @@ fn check_workflow_template(
     }
     let map = config_maps
         .iter()
-        .find(|m| m.doc.metadata.name.as_ref().map(|n| n.value.as_str()) == Some(map_name));
+        .find(|m| m.doc.metadata.name() == map_name);
     let Some(map) = map else {
-        let hint = did_you_mean(
-            map_name,
-            config_maps
-                .iter()
-                .filter_map(|m| m.doc.metadata.name.as_ref().map(|n| n.value.as_str())),
-        )
-        .map(|h| format!("; did you mean {h:?}?"))
-        .unwrap_or_default();
+        let hint = did_you_mean(map_name, config_maps.iter().map(|m| m.doc.metadata.name()))
+            .map(|h| format!("; did you mean {h:?}?"))
+            .unwrap_or_default();
         report.error(
             file,
             key_ref.name.pos,

@@ -158,6 +158,18 @@ pub struct ObjectMeta {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+impl ObjectMeta {
+    /// `metadata.name`, or "" when absent (validation reports that).
+    pub fn name(&self) -> &str {
+        self.name.as_ref().map_or("", |n| n.value.as_str())
+    }
+
+    /// Where `metadata.name` is written (1:1-less default when absent).
+    pub fn name_pos(&self) -> super::yaml::Pos {
+        self.name.as_ref().map(|n| n.pos).unwrap_or_default()
+    }
+}
+
 /// A name → value mapping in source order, keeping the position of each
 /// name (Argo keys events by name: `webhook: {orders: {...}}`).
 #[derive(Debug, Clone, PartialEq)]

@@ -219,7 +219,7 @@ fn webhook_endpoints(config: &Config) -> BTreeMap<u16, Vec<Endpoint>> {
     let mut ports: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
     let bus_max = config.bus.limits.max_msg_size.unwrap_or(u64::MAX);
     for source in &config.event_sources {
-        let source_name = doc_name(&source.doc.metadata);
+        let source_name = source.doc.metadata.name().to_string();
         for (event, hook) in source.doc.spec.webhook.iter().flat_map(|w| w.iter()) {
             // Validation guarantees a valid port and method.
             let Ok(port) = hook.port.value.trim().parse::<u16>() else {
@@ -255,13 +255,6 @@ fn webhook_endpoints(config: &Config) -> BTreeMap<u16, Vec<Endpoint>> {
     ports
 }
 
-fn doc_name(meta: &crate::config::values::ObjectMeta) -> String {
-    meta.name
-        .as_ref()
-        .map(|n| n.value.clone())
-        .unwrap_or_default()
-}
-
 /// One runner per trigger, each with its own durable consumer.
 async fn build_runners(
     sensor: &Located<Sensor>,
@@ -269,7 +262,7 @@ async fn build_runners(
     http_client: &reqwest::Client,
     metrics: &Arc<Metrics>,
 ) -> Result<Vec<TriggerRunner>, RunError> {
-    let sensor_name = doc_name(&sensor.doc.metadata);
+    let sensor_name = sensor.doc.metadata.name().to_string();
     let dependencies: Vec<DependencyMatcher> = sensor
         .doc
         .spec
@@ -335,7 +328,7 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
         ));
     }
     for sensor in &config.sensors {
-        let name = doc_name(&sensor.doc.metadata);
+        let name = sensor.doc.metadata.name().to_string();
         let at = |pos: crate::config::yaml::Pos| format!("{}:{}", sensor.file.display(), pos);
         if sensor.doc.spec.dependencies.len() > 1 {
             problems.push(format!(
@@ -394,7 +387,7 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
         if source.doc.spec.pubsub.is_some() {
             tracing::warn!(
                 "EventSource {:?}: pubsub events are not run by spillway (accepted for validation only)",
-                doc_name(&source.doc.metadata)
+                source.doc.metadata.name().to_string()
             );
         }
     }
