@@ -293,11 +293,22 @@ async fn shutdown_finishes_in_flight_triggers_and_refuses_new_events() {
         .args(["-TERM", &pid])
         .status();
     assert!(sent.map(|s| s.success()).unwrap_or(false));
-    wait_until("503 while draining", WAIT, || async {
-        let r = post(&client, port, json!({"id": "late"}).to_string()).await;
-        r.status() == 503 && r.headers().contains_key("retry-after")
-    })
-    .await;
+    // Events accepted before the signal is handled may still be delivered;
+    // track them so the final check is exact either way.
+    let mut accepted = vec![json!("in-flight")];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for attempt in 0.. {
+        let id = format!("late-{attempt}");
+        let r = post(&client, port, json!({"id": id}).to_string()).await;
+        if r.status() == 503 {
+            assert!(r.headers().contains_key("retry-after"));
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        accepted.push(json!(id));
+        assert!(tokio::time::Instant::now() < deadline, "never answered 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     receiver.open();
     let status = spillway.terminate_wait().await;
     assert!(status.success(), "exit status {status}");
@@ -307,7 +318,11 @@ async fn shutdown_finishes_in_flight_triggers_and_refuses_new_events() {
         .iter()
         .map(|b| b["orderId"].clone())
         .collect();
-    assert_eq!(ids, [json!("in-flight")]);
+    assert!(ids.contains(&json!("in-flight")), "{ids:?}");
+    assert!(
+        ids.iter().all(|id| accepted.contains(id)),
+        "{ids:?} not all in {accepted:?}"
+    );
 }
 
 fn spillway_pid(spillway: &Spillway) -> String {
