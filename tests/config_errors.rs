@@ -69,8 +69,8 @@ fn assert_diagnostics(file: &Path, diagnostics: &[Diagnostic], want: &[Want]) {
             && d.pos.col == w.col
             && w.text.iter().all(|t| d.message.contains(t))
     };
-    let ok = diagnostics.len() == want.len()
-        && diagnostics.iter().zip(want).all(|(d, w)| matches(d, w));
+    let ok =
+        diagnostics.len() == want.len() && diagnostics.iter().zip(want).all(|(d, w)| matches(d, w));
     assert!(
         ok,
         "diagnostics differ\nwanted:\n{}got:\n{}",
@@ -166,7 +166,11 @@ metadata:
   name: orders
 spec: {}
 "#,
-        &[error(2, 7, &["unsupported kind", "\"Sensr\"", "did you mean `Sensor`?"])],
+        &[error(
+            2,
+            7,
+            &["unsupported kind", "\"Sensr\"", "did you mean `Sensor`?"],
+        )],
     );
 }
 
@@ -187,7 +191,10 @@ spec:
         &[error(
             1,
             13,
-            &["apiVersion of a EventSource must be \"argoproj.io/v1alpha1\"", "v1beta1"],
+            &[
+                "apiVersion of a EventSource must be \"argoproj.io/v1alpha1\"",
+                "v1beta1",
+            ],
         )],
     );
 }
@@ -240,7 +247,14 @@ spec:
 "#,
         &[
             error(17, 7, &["missing required field `eventSourceName`"]),
-            error(18, 7, &["unknown field `eventSourceNme`", "did you mean `eventSourceName`?"]),
+            error(
+                18,
+                7,
+                &[
+                    "unknown field `eventSourceNme`",
+                    "did you mean `eventSourceName`?",
+                ],
+            ),
         ],
     );
 }
@@ -315,9 +329,21 @@ spec:
         command: [sh, -c, "true"]
 "#,
         &[
-            warning(5, 3, &["field `namespace` only has a meaning on Kubernetes"]),
-            warning(17, 3, &["field `template` only has a meaning on Kubernetes"]),
-            warning(33, 3, &["field `serviceAccountName` only has a meaning on Kubernetes"]),
+            warning(
+                5,
+                3,
+                &["field `namespace` only has a meaning on Kubernetes"],
+            ),
+            warning(
+                17,
+                3,
+                &["field `template` only has a meaning on Kubernetes"],
+            ),
+            warning(
+                33,
+                3,
+                &["field `serviceAccountName` only has a meaning on Kubernetes"],
+            ),
         ],
     );
     assert_eq!(config.event_sources.len(), 1);
@@ -362,7 +388,10 @@ spec:
         &[error(
             21,
             9,
-            &["`exprs` is not supported", "expression filters are not supported yet"],
+            &[
+                "`exprs` is not supported",
+                "expression filters are not supported yet",
+            ],
         )],
     );
 }
@@ -383,7 +412,11 @@ spec:
       port: "99999"
       endpoint: /orders
 "#,
-        &[error(8, 13, &["port must be a number from 1 to 65535", "\"99999\""])],
+        &[error(
+            8,
+            13,
+            &["port must be a number from 1 to 65535", "\"99999\""],
+        )],
     );
 }
 
@@ -446,7 +479,10 @@ spec:
         &[error(
             18,
             24,
-            &["eventSourceName \"order\" does not match any loaded EventSource", "did you mean \"orders\"?"],
+            &[
+                "eventSourceName \"order\" does not match any loaded EventSource",
+                "did you mean \"orders\"?",
+            ],
         )],
     );
 }
@@ -482,7 +518,10 @@ spec:
         &[error(
             19,
             18,
-            &["EventSource \"orders\" has no event \"shipped\"", "it has: created"],
+            &[
+                "EventSource \"orders\" has no event \"shipped\"",
+                "it has: created",
+            ],
         )],
     );
 }
@@ -521,7 +560,10 @@ spec:
         &[error(
             18,
             11,
-            &["unknown unit \"fortnight\"", "expected one of Second, Minute, Hour"],
+            &[
+                "unknown unit \"fortnight\"",
+                "expected one of Second, Minute, Hour",
+            ],
         )],
     );
 }
@@ -614,7 +656,10 @@ spec:
         &[error(
             24,
             16,
-            &["url must be an absolute http:// or https:// URL", "\"/notifications\""],
+            &[
+                "url must be an absolute http:// or https:// URL",
+                "\"/notifications\"",
+            ],
         )],
     );
 }
@@ -765,7 +810,10 @@ spec:
         &[error(
             17,
             14,
-            &["ConfigMap \"workflow-semaphores\" has no key \"api-call\"", "did you mean \"api-calls\"?"],
+            &[
+                "ConfigMap \"workflow-semaphores\" has no key \"api-call\"",
+                "did you mean \"api-calls\"?",
+            ],
         )],
     );
 }
@@ -814,7 +862,11 @@ spec:
       max_msgs: -5
       max_consumers: 100
 "#,
-        &[error(9, 17, &["`max_msgs` must be a positive integer, found -5"])],
+        &[error(
+            9,
+            17,
+            &["`max_msgs` must be a positive integer, found -5"],
+        )],
     );
 }
 
@@ -857,7 +909,10 @@ spec:
         &[error(
             9,
             16,
-            &["unknown discard policy \"sideways\"", "expected one of new, old"],
+            &[
+                "unknown discard policy \"sideways\"",
+                "expected one of new, old",
+            ],
         )],
     );
 }
@@ -917,8 +972,16 @@ spec:
 "#,
         &[
             error(10, 7, &["unknown field `methd`", "did you mean `method`?"]),
-            error(19, 24, &["eventSourceName \"warehouse\" does not match any loaded EventSource"]),
-            error(31, 14, &["semaphore limit \"api-calls\" must be a positive integer, found \"0\""]),
+            error(
+                19,
+                24,
+                &["eventSourceName \"warehouse\" does not match any loaded EventSource"],
+            ),
+            error(
+                31,
+                14,
+                &["semaphore limit \"api-calls\" must be a positive integer, found \"0\""],
+            ),
         ],
     );
 }
@@ -960,50 +1023,198 @@ spec:
     );
 }
 
+// ----------------------------------------------- known loader bugs (ignored)
+
 #[test]
-fn zz_probe() {
-    let es = "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata:\n  name: shop\nspec:\n  webhook:\n    orders:\n      port: \"12000\"\n      endpoint: /orders\n";
-    let bus = |s: &str| format!("apiVersion: argoproj.io/v1alpha1\nkind: EventBus\nmetadata:\n  name: default\nspec:\n  jetstream:\n{s}");
-    let cases: Vec<(&str, String)> = vec![
-        ("A blank first line", bus("    settings: |\n\n      max_msgs: -5\n")),
-        ("B comment after |", bus("    settings: | # limits\n      max_msgs: -5\n")),
-        ("C quoted", bus("    settings: \"max_msgs: -5\"\n")),
-        ("C2 single quoted", bus("    settings: 'max_msgs: -5'\n")),
-        ("K |2", bus("    settings: |2\n        max_msgs: -5\n")),
-        ("K2 |-", bus("    settings: |-\n      max_msgs: -5\n")),
-        ("L syntax in block", bus("    settings: |\n      max_bytes: 1GiB\n      max_msgs: [1\n")),
-        ("M mapping form", bus("    streamConfig:\n      maxMsgs: 10\n      discard: sideways\n")),
-        ("O negative max_age", bus("    settings: |\n      max_age: -1s\n")),
-        ("G max_msg", bus("    settings: |\n      max_msg: 5\n")),
-        ("G2 twice", bus("    settings: |\n      max_msgs: 5\n    streamConfig: |\n      maxMsgs: 7\n")),
-        ("G3 plain multiline", bus("    settings: max_msgs: 5\n")),
-        ("D sensor no name no triggers", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  labels: {{a: b}}\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n  triggers: []\n")),
-        ("E source no name no events", "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata: {}\nspec: {}\n".to_string()),
-        ("J two buses, second no name", format!("{}---\napiVersion: argoproj.io/v1alpha1\nkind: EventBus\nspec: {{}}\n", bus("    url: nats://x:4222\n"))),
-        ("F kind Workflow", "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata:\n  name: x\n".to_string()),
-        ("H port 012000", format!("{es}    again:\n      port: \"012000\"\n      endpoint: /orders\n")),
-        ("H2 method default vs explicit", format!("{es}    again:\n      port: 12000\n      endpoint: /orders\n      method: POST\n")),
-        ("I empty", String::new()),
-        ("I2 scalar doc", "hello\n".to_string()),
-        ("I3 no kind", "apiVersion: v1\nmetadata:\n  name: x\n".to_string()),
-        ("I4 no apiVersion", "kind: ConfigMap\nmetadata:\n  name: x\n".to_string()),
-        ("N port list", "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata:\n  name: shop\nspec:\n  webhook:\n    orders:\n      port: [1]\n      endpoint: /orders\n".to_string()),
-        ("T flow meta", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name, nam: x}\n".to_string()),
-        ("retry factor", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n  triggers:\n    - template:\n        name: log\n        log: {{}}\n      retryStrategy:\n        steps: 3\n        factor: 0.5\n")),
-        ("filter number", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n      filters:\n        data:\n          - path: body.total\n            type: number\n            value:\n              - \"10\"\n              - ten\n  triggers:\n    - template:\n        name: log\n        log: {{}}\n")),
-        ("broken source no follow-on", "apiVersion: argoproj.io/v1alpha1\nkind: EventSource\nmetadata:\n  name: shop\nspec:\n  webhook:\n    orders:\n      port: \"12000\"\n      endpoint: /orders\n      maxPayloadSize: lots\n---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: nope\n  triggers:\n    - template:\n        name: log\n        log: {}\n".to_string()),
-        ("workflow kind Workflow no ref", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: o\n      eventSourceName: shop\n      eventName: orders\n  triggers:\n    - template:\n        name: wf\n        argoWorkflow:\n          source:\n            resource:\n              kind: Workflow\n              spec: {{}}\n")),
-        ("param dep", format!("{es}---\napiVersion: argoproj.io/v1alpha1\nkind: Sensor\nmetadata:\n  name: s\nspec:\n  dependencies:\n    - name: order\n      eventSourceName: shop\n      eventName: orders\n  triggers:\n    - template:\n        name: h\n        http:\n          url: http://x/\n          payload:\n            - src:\n                dependencyName: ordr\n                dataKey: body\n              dest: x\n")),
-        ("dup key in block", bus("    settings: |\n      max_msgs: 5\n      max_msgs: 6\n")),
-        ("eventbus anchors", "a: &a [1]\nb: *a\n".to_string()),
-        ("CRLF", bus("    settings: |\r\n      max_msgs: -5\r\n").replace("\n", "\r\n").replace("\r\r", "\r")),
+#[ignore = "bug: a blank first line in a `settings: |` block shifts every position \
+            inside it one line down (reported at 10:17)"]
+fn settings_block_with_leading_blank_line() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventBus
+metadata:
+  name: default
+spec:
+  jetstream:
+    settings: |
+
+      max_msgs: -5
+"#,
+        &[error(
+            9,
+            17,
+            &["`max_msgs` must be a positive integer, found -5"],
+        )],
+    );
+}
+
+#[test]
+#[ignore = "bug: webhook routes are compared by the port's text, so \"012000\" and \"12000\" \
+            (both port 12000) are not detected as the same route"]
+fn webhook_same_port_written_differently() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+    orders-again:
+      port: "012000"
+      endpoint: /orders
+"#,
+        &[error(
+            12,
+            17,
+            &["/orders on port", "is already served by shop/orders"],
+        )],
+    );
+}
+
+#[test]
+#[ignore = "bug: reported at the start of `retryStrategy` (25:9), not at `factor` (26:17)"]
+fn retry_factor_below_one_points_at_factor() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: log
+        log: {}
+      retryStrategy:
+        steps: 3
+        factor: 0.5
+"#,
+        &[error(26, 17, &["retryStrategy.factor must be at least 1"])],
+    );
+}
+
+#[test]
+#[ignore = "bug: reported at the first item of `value` (25:15), not at the bad item (26:17)"]
+fn number_filter_points_at_the_bad_value() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+      filters:
+        data:
+          - path: body.total
+            type: number
+            value:
+              - "10"
+              - ten
+  triggers:
+    - template:
+        name: log
+        log: {}
+"#,
+        &[error(
+            26,
+            17,
+            &["\"ten\" is not a number, but the filter type is number"],
+        )],
+    );
+}
+
+#[test]
+#[ignore = "bug: a missing apiVersion is reported twice at 1:1 (`missing `apiVersion`` and \
+            `missing required field `apiVersion``)"]
+fn missing_api_version_is_one_error() {
+    expect_errors(
+        r#"
+kind: ConfigMap
+metadata:
+  name: limits
+"#,
+        &[error(1, 1, &["missing `apiVersion`"])],
+    );
+}
+
+#[test]
+#[ignore = "bug: checks on a document without `metadata.name` are reported at 0:0"]
+fn no_diagnostic_at_line_zero() {
+    let file = write_yaml(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventBus
+metadata:
+  name: default
+spec: {}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: EventBus
+metadata: {}
+spec: {}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {}
+spec: {}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata: {}
+spec:
+  dependencies: []
+  triggers: []
+"#,
+    );
+    let diagnostics = config::load(&[file.path()]).expect_err("must fail");
+    // (message, first and last line of the document it is about)
+    let wanted = [
+        ("only one EventBus may be loaded", 7, 10),
+        ("a EventBus needs `metadata.name`", 9, 9),
+        ("this EventSource defines no events", 12, 15),
+        ("a EventSource needs `metadata.name`", 14, 14),
+        ("a Sensor needs `metadata.name`", 19, 19),
+        ("a Sensor needs at least one dependency", 17, 22),
+        ("a Sensor needs at least one trigger", 17, 22),
     ];
-    for (name, yaml) in cases {
-        let file = write_yaml(&yaml);
-        let out = match config::load(&[file.path()]) {
-            Ok(c) => format!("OK {}\n{}", c.summary(), render(&c.warnings)),
-            Err(d) => render(&d),
-        };
-        println!("### {name}\n{yaml}---->\n{}", out.replace(&file.path().display().to_string(), "F"));
-    }
+    let ok = diagnostics.len() == wanted.len()
+        && wanted.iter().all(|(text, first, last)| {
+            diagnostics.iter().any(|d| {
+                d.message.contains(text) && (*first..=*last).contains(&d.pos.line) && d.pos.col >= 1
+            })
+        });
+    assert!(ok, "got:\n{}", render(&diagnostics));
 }
