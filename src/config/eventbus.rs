@@ -12,8 +12,12 @@ use serde::Deserialize as DeriveDeserialize;
 #[derive(Debug, Clone, PartialEq, DeriveDeserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventBus {
+    /// Checked by the loader before decoding (so not required here twice).
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
+    #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: EventBusSpec,
 }

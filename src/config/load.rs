@@ -127,7 +127,8 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
         Some(node) => diags.error(
             node.pos,
             format!(
-                "apiVersion of a {kind} must be {api_version:?}, found {}",
+                "apiVersion of {} {kind} must be {api_version:?}, found {}",
+                article(kind),
                 node.describe()
             ),
         ),
@@ -154,7 +155,7 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
         None => {
             diags.error(
                 doc.get("metadata").map(|m| m.pos).unwrap_or(doc.pos),
-                format!("a {kind} needs `metadata.name`"),
+                format!("{} {kind} needs `metadata.name`", article(kind)),
             );
             None
         }
@@ -205,6 +206,7 @@ fn decode_document<T: serde::de::DeserializeOwned>(
         Ok(value) => {
             into.push(Located {
                 file: file.to_path_buf(),
+                pos: doc.pos,
                 doc: value,
             });
             true
@@ -372,7 +374,13 @@ fn apply(
 fn embedded<T: for<'a> Deserialize<'a>>(text: &str, node: &Node, diags: &Diagnostics) -> Option<T> {
     let inner = match &node.value {
         Value::Str(s) => {
-            let (line_shift, col_shift) = embedded_origin(text, node.pos);
+            let (mut line_shift, col_shift) = embedded_origin(text, node.pos);
+            // serde-saphyr places a block scalar at its first non-blank
+            // line; blank lines before it are still lines of the string.
+            let leading_blank_lines = s.chars().take_while(|c| *c == '\n').count() as u32;
+            if !matches!(first_char_at(text, node.pos), Some('|') | Some('>')) {
+                line_shift = line_shift.saturating_sub(leading_blank_lines);
+            }
             let mut docs = match parse_documents(s) {
                 Ok(docs) => docs,
                 Err(err) => {
@@ -420,6 +428,12 @@ fn embedded_origin(text: &str, pos: Pos) -> (u32, u32) {
     }
 }
 
+/// The character of `text` at `pos`.
+fn first_char_at(text: &str, pos: Pos) -> Option<char> {
+    let line = text.lines().nth(pos.line.saturating_sub(1) as usize)?;
+    line.chars().nth(pos.col.saturating_sub(1) as usize)
+}
+
 fn shift_pos(pos: Pos, lines: u32, cols: u32) -> Pos {
     Pos {
         line: pos.line + lines,
@@ -436,5 +450,14 @@ fn shift_tree(node: &mut Node, lines: u32, cols: u32) {
             shift_tree(v, lines, cols);
         }),
         _ => {}
+    }
+}
+
+/// "a" or "an" before a kind name.
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
     }
 }

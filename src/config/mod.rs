@@ -38,6 +38,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Located<T> {
     pub file: PathBuf,
+    /// Where the document starts.
+    pub pos: yaml::Pos,
     pub doc: T,
 }
 

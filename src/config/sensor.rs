@@ -15,8 +15,12 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sensor {
+    /// Checked by the loader before decoding (so not required here twice).
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
+    #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: SensorSpec,
 }
@@ -60,7 +64,7 @@ pub struct DataFilter {
     pub path: Spanned<String>,
     #[serde(rename = "type")]
     pub kind: Spanned<JsonType>,
-    pub value: Spanned<Vec<String>>,
+    pub value: Spanned<Vec<Spanned<String>>>,
     /// For numbers: `>=`, `>`, `=`, `!=`, `<`, `<=` (default `=`).
     pub comparator: Option<Spanned<Comparator>>,
 }
@@ -241,6 +245,6 @@ pub struct TriggerParameterSource {
 pub struct Backoff {
     pub steps: Option<u32>,
     pub duration: Option<GoDuration>,
-    pub factor: Option<f64>,
-    pub jitter: Option<f64>,
+    pub factor: Option<Spanned<f64>>,
+    pub jitter: Option<Spanned<f64>>,
 }

@@ -44,7 +44,7 @@ pub(super) fn check(loaded: &mut Loaded, out: &mut Vec<Diagnostic>) {
     unique_names(&loaded.names, &mut report);
     if loaded.bus_docs.len() > 1 {
         for bus in &loaded.bus_docs[1..] {
-            let pos = bus.doc.metadata.name_pos();
+            let pos = bus.doc.metadata.name_pos(bus.pos);
             report.error(
                 &bus.file,
                 pos,
@@ -103,7 +103,7 @@ fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
     let events =
         spec.webhook.as_ref().map_or(0, |w| w.len()) + spec.pubsub.as_ref().map_or(0, |p| p.len());
     if events == 0 {
-        let pos = source.doc.metadata.name_pos();
+        let pos = source.doc.metadata.name_pos(source.pos);
         report.error(
             file,
             pos,
@@ -180,8 +180,11 @@ fn check_webhook_routes(sources: &[Located<EventSource>], report: &mut Report<'_
                 .as_ref()
                 .map(|m| m.value.to_ascii_uppercase())
                 .unwrap_or_else(|| "POST".to_string());
+            // Compare the port as a number: "012000" and 12000 are one port.
+            let port = hook.port.value.trim();
             let key = (
-                hook.port.value.trim().to_string(),
+                port.parse::<u16>()
+                    .map_or_else(|_| port.to_string(), |p| p.to_string()),
                 hook.endpoint.value.clone(),
                 method,
             );
@@ -214,7 +217,7 @@ fn check_sensor(
 ) {
     let file = &sensor.file;
     let spec = &sensor.doc.spec;
-    let sensor_pos = sensor.doc.metadata.name_pos();
+    let sensor_pos = sensor.doc.metadata.name_pos(sensor.pos);
     if spec.dependencies.is_empty() {
         report.error(file, sensor_pos, "a Sensor needs at least one dependency");
     }
@@ -296,11 +299,14 @@ fn check_sensor(
             }
             if filter.kind.value == super::sensor::JsonType::Number {
                 for v in &filter.value.value {
-                    if v.trim().parse::<f64>().is_err() {
+                    if v.value.trim().parse::<f64>().is_err() {
                         report.error(
                             file,
-                            filter.value.pos,
-                            format!("{v:?} is not a number, but the filter type is number"),
+                            v.pos,
+                            format!(
+                                "{:?} is not a number, but the filter type is number",
+                                v.value
+                            ),
                         );
                     }
                 }
@@ -378,16 +384,16 @@ fn check_trigger(
         check_rate(file, rate, report);
     }
     if let Some(retry) = &trigger.retry_strategy {
-        if let Some(factor) = retry.value.factor {
-            if !(factor >= 1.0 && factor.is_finite()) {
-                report.error(file, retry.pos, "retryStrategy.factor must be at least 1");
+        if let Some(factor) = &retry.value.factor {
+            if !(factor.value >= 1.0 && factor.value.is_finite()) {
+                report.error(file, factor.pos, "retryStrategy.factor must be at least 1");
             }
         }
-        if let Some(jitter) = retry.value.jitter {
-            if !(0.0..=1.0).contains(&jitter) {
+        if let Some(jitter) = &retry.value.jitter {
+            if !(0.0..=1.0).contains(&jitter.value) {
                 report.error(
                     file,
-                    retry.pos,
+                    jitter.pos,
                     "retryStrategy.jitter must be between 0 and 1",
                 );
             }
@@ -553,7 +559,7 @@ fn check_workflow_template(
 ) {
     let file = &template.file;
     let spec = &template.doc.spec;
-    let pos = template.doc.metadata.name_pos();
+    let pos = template.doc.metadata.name_pos(template.pos);
     if spec.templates.is_empty() {
         report.error(file, pos, "a WorkflowTemplate needs at least one template");
     }

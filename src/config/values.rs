@@ -164,9 +164,9 @@ impl ObjectMeta {
         self.name.as_ref().map_or("", |n| n.value.as_str())
     }
 
-    /// Where `metadata.name` is written (1:1-less default when absent).
-    pub fn name_pos(&self) -> super::yaml::Pos {
-        self.name.as_ref().map(|n| n.pos).unwrap_or_default()
+    /// Where `metadata.name` is written, or `fallback` when it is absent.
+    pub fn name_pos(&self, fallback: super::yaml::Pos) -> super::yaml::Pos {
+        self.name.as_ref().map_or(fallback, |n| n.pos)
     }
 }
 

@@ -9,8 +9,12 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMap {
+    /// Checked by the loader before decoding (so not required here twice).
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
+    #[serde(default)]
     pub metadata: ObjectMeta,
     pub data: Option<BTreeMap<String, Spanned<String>>>,
 }
@@ -18,8 +22,12 @@ pub struct ConfigMap {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowTemplate {
+    /// Checked by the loader before decoding (so not required here twice).
+    #[serde(default)]
     pub api_version: String,
+    #[serde(default)]
     pub kind: String,
+    #[serde(default)]
     pub metadata: ObjectMeta,
     pub spec: WorkflowSpec,
 }

@@ -39,7 +39,7 @@ fn data_matches(filter: &DataFilter, data: &Value) -> bool {
     match filter.kind.value {
         JsonType::String => {
             let actual = json_path::to_plain_string(actual);
-            let equal = wanted.contains(&actual);
+            let equal = wanted.iter().any(|w| w.value == actual);
             if comparator == Comparator::NotEqual {
                 !equal
             } else {
@@ -55,7 +55,7 @@ fn data_matches(filter: &DataFilter, data: &Value) -> bool {
                 },
                 _ => return false,
             };
-            let equal = wanted.iter().any(|w| w.parse::<bool>() == Ok(actual));
+            let equal = wanted.iter().any(|w| w.value.parse::<bool>() == Ok(actual));
             if comparator == Comparator::NotEqual {
                 !equal
             } else {
@@ -79,7 +79,9 @@ fn data_matches(filter: &DataFilter, data: &Value) -> bool {
                 Comparator::Less => actual < w,
                 Comparator::LessEqual => actual <= w,
             };
-            let values = wanted.iter().filter_map(|w| w.trim().parse::<f64>().ok());
+            let values = wanted
+                .iter()
+                .filter_map(|w| w.value.trim().parse::<f64>().ok());
             if comparator == Comparator::NotEqual {
                 values.into_iter().all(compare)
             } else {
@@ -106,7 +108,10 @@ mod tests {
             path: Spanned::new(path.into(), Pos::default()),
             kind: Spanned::new(kind, Pos::default()),
             value: Spanned::new(
-                values.iter().map(|v| v.to_string()).collect(),
+                values
+                    .iter()
+                    .map(|v| Spanned::new(v.to_string(), Pos::default()))
+                    .collect(),
                 Pos::default(),
             ),
             comparator: comparator.map(|c| Spanned::new(c, Pos::default())),

@@ -37,8 +37,16 @@ impl From<&Backoff> for RetryPolicy {
         RetryPolicy {
             steps: backoff.steps.unwrap_or(default.steps).max(1),
             duration: backoff.duration.map_or(default.duration, |d| d.0),
-            factor: backoff.factor.unwrap_or(default.factor).max(1.0),
-            jitter: backoff.jitter.unwrap_or(0.0).clamp(0.0, 1.0),
+            factor: backoff
+                .factor
+                .as_ref()
+                .map_or(default.factor, |f| f.value)
+                .max(1.0),
+            jitter: backoff
+                .jitter
+                .as_ref()
+                .map_or(0.0, |j| j.value)
+                .clamp(0.0, 1.0),
         }
     }
 }
