@@ -64,6 +64,24 @@ spec:
     )
 }
 
+/// `spillway_source_events_total` of the `shop/orders` webhook for `outcome`.
+fn source_events(metrics: &str, outcome: &str) -> f64 {
+    metric(
+        metrics,
+        &format!(
+            r#"spillway_source_events_total{{source="shop",event="orders",outcome="{outcome}"}}"#
+        ),
+    )
+}
+
+/// Successful invocations of the `forward` trigger.
+fn trigger_successes(metrics: &str) -> f64 {
+    metric(
+        metrics,
+        r#"spillway_trigger_invocations_total{sensor="orders",trigger="forward",outcome="success"}"#,
+    )
+}
+
 async fn post(client: &reqwest::Client, port: u16, body: String) -> reqwest::Response {
     client
         .post(format!("http://127.0.0.1:{port}/orders"))
@@ -112,20 +130,8 @@ async fn every_accepted_event_reaches_the_trigger_once_with_the_mapped_payload()
     assert_eq!(bodies, expected);
 
     let metrics = spillway.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"spillway_source_events_total{source="shop",event="orders",outcome="accepted"}"#
-        ),
-        N as f64
-    );
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"spillway_trigger_invocations_total{sensor="orders",trigger="forward",outcome="success"}"#
-        ),
-        N as f64
-    );
+    assert_eq!(source_events(&metrics, "accepted"), N as f64);
+    assert_eq!(trigger_successes(&metrics), N as f64);
     assert_eq!(
         metric(
             &metrics,
@@ -193,16 +199,8 @@ async fn a_full_bus_answers_429_and_loses_no_accepted_event() {
     assert_eq!(ids, ["ok-0", "ok-1", "ok-2", "ok-3", "ok-4"]);
 
     let metrics = spillway.metrics().await;
-    let series = |outcome: &str| {
-        metric(
-            &metrics,
-            &format!(
-                r#"spillway_source_events_total{{source="shop",event="orders",outcome="{outcome}"}}"#
-            ),
-        )
-    };
-    assert_eq!(series("accepted"), 5.0);
-    assert_eq!(series("bus_full"), 3.0);
+    assert_eq!(source_events(&metrics, "accepted"), 5.0);
+    assert_eq!(source_events(&metrics, "bus_full"), 3.0);
     assert_eq!(
         metric(
             &metrics,
@@ -210,13 +208,7 @@ async fn a_full_bus_answers_429_and_loses_no_accepted_event() {
         ),
         3.0
     );
-    assert_eq!(
-        metric(
-            &metrics,
-            r#"spillway_trigger_invocations_total{sensor="orders",trigger="forward",outcome="success"}"#
-        ),
-        5.0
-    );
+    assert_eq!(trigger_successes(&metrics), 5.0);
     assert!(spillway.terminate().await.success());
 }
 
@@ -255,17 +247,9 @@ async fn http_errors_follow_the_contract() {
     assert_eq!(response.status(), 400);
 
     let metrics = spillway.metrics().await;
-    let series = |outcome: &str| {
-        metric(
-            &metrics,
-            &format!(
-                r#"spillway_source_events_total{{source="shop",event="orders",outcome="{outcome}"}}"#
-            ),
-        )
-    };
-    assert_eq!(series("too_large"), 1.0);
-    assert_eq!(series("invalid"), 1.0);
-    assert_eq!(series("accepted"), 0.0);
+    assert_eq!(source_events(&metrics, "too_large"), 1.0);
+    assert_eq!(source_events(&metrics, "invalid"), 1.0);
+    assert_eq!(source_events(&metrics, "accepted"), 0.0);
     assert_eq!(receiver.count().await, 0);
     assert!(spillway.terminate().await.success());
 }

@@ -32,7 +32,6 @@ pub use diagnostic::{Diagnostic, Severity};
 pub use load::load;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// A document together with the file it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,9 +101,4 @@ impl Config {
             self.warnings.len()
         )
     }
-}
-
-/// The value of `max_age`, for display.
-pub fn describe_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }
