@@ -6,6 +6,7 @@
 //! here and `spillway run` says so.
 
 use super::decode::Spanned;
+use super::flow_control::{BurstRateLimit, Priority, Shedding};
 use super::values::{ByteSize, GoDuration, NamedMap, ObjectMeta};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -55,6 +56,12 @@ pub struct WebhookEvent {
 pub struct WebhookFlowControl {
     /// Wait this long for bus space before answering 429 (Kafka `max.block.ms`). Default 0.
     pub max_block: Option<Spanned<GoDuration>>,
+    /// Ingress rate limit: over it, `429` with `X-Spillway-Reason: rate_limited`.
+    pub rate_limit: Option<Spanned<BurstRateLimit>>,
+    /// Where each request's priority comes from (for shedding).
+    pub priority: Option<Spanned<Priority>>,
+    /// Refuse low-priority requests while the bus is deep (`429 shed`).
+    pub shedding: Option<Spanned<Shedding>>,
 }
 
 /// Google Cloud Pub/Sub subscription (accepted, not run here).

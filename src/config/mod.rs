@@ -18,6 +18,7 @@ pub mod decode;
 pub mod diagnostic;
 pub mod eventbus;
 pub mod eventsource;
+pub mod flow_control;
 pub mod k8s_only;
 mod load;
 pub mod sensor;

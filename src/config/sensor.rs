@@ -7,6 +7,7 @@
 //! silently ignored.
 
 use super::decode::Spanned;
+use super::flow_control::{SensorFlowControl, TriggerFlowControl};
 use super::values::{one_of, GoDuration, ObjectMeta, RateLimit};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
@@ -32,6 +33,8 @@ pub struct SensorSpec {
     pub triggers: Vec<Trigger>,
     /// Sensor-wide rate limit (seed): at most this many trigger runs per unit.
     pub rate_limit: Option<Spanned<RateLimit>>,
+    /// spillway extensions (burst of `rateLimit`, shedding).
+    pub flow_control: Option<Spanned<SensorFlowControl>>,
     /// Argo: fail the sensor when a trigger round fails (accepted).
     pub error_on_failed_round: Option<bool>,
     pub logging_fields: Option<BTreeMap<String, String>>,
@@ -155,6 +158,8 @@ pub struct Trigger {
     pub retry_strategy: Option<Spanned<Backoff>>,
     /// Argo: ack the bus before the trigger runs. spillway default: false.
     pub at_least_once: Option<Spanned<bool>>,
+    /// spillway extensions (burst, maxInFlight, concurrency, slowStart …).
+    pub flow_control: Option<Spanned<TriggerFlowControl>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -6,6 +6,7 @@
 
 use super::diagnostic::{Diagnostic, Severity};
 use super::eventsource::EventSource;
+use super::flow_control::Problem;
 use super::load::{DocName, Loaded};
 use super::sensor::{Sensor, Trigger, TriggerParameter};
 use super::suggest::did_you_mean;
@@ -141,6 +142,14 @@ fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
                     format!("invalid HTTP method {:?}", method.value),
                 );
             }
+        }
+    }
+    for (_, hook) in spec.webhook.iter().flat_map(|w| w.iter()) {
+        let Some(flow) = &hook.flow_control else {
+            continue;
+        };
+        if let Some(rate) = &flow.rate_limit {
+            report_problems(file, rate.value.problems(), report);
         }
     }
     for (name, event) in spec.pubsub.iter().flat_map(|p| p.iter()) {
@@ -327,6 +336,9 @@ fn check_sensor(
     if let Some(rate) = &spec.rate_limit {
         check_rate(file, rate, report);
     }
+    if let Some(flow) = &spec.flow_control {
+        report_problems(file, flow.value.problems(), report);
+    }
     let mut trigger_names: HashMap<&str, Pos> = HashMap::new();
     for trigger in &spec.triggers {
         let name = &trigger.template.name;
@@ -338,6 +350,12 @@ fn check_sensor(
             );
         }
         check_trigger(file, trigger, &dependency_names, templates, broken, report);
+    }
+}
+
+fn report_problems(file: &Path, problems: Vec<Problem>, report: &mut Report<'_>) {
+    for (pos, message) in problems {
+        report.error(file, pos, message);
     }
 }
 
@@ -382,6 +400,9 @@ fn check_trigger(
     }
     if let Some(rate) = &trigger.rate_limit {
         check_rate(file, rate, report);
+    }
+    if let Some(flow) = &trigger.flow_control {
+        report_problems(file, flow.value.problems(), report);
     }
     if let Some(retry) = &trigger.retry_strategy {
         if let Some(factor) = &retry.value.factor {

@@ -94,38 +94,15 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 }
 
 /// The time unit of an Argo rate limit (`Second`, `minute`, `HOUR`, …).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RateUnit {
-    Second,
-    Minute,
-    Hour,
-}
+pub use spillway_flowctl::RateUnit;
 
-impl RateUnit {
-    /// Length of one unit.
-    pub fn duration(self) -> Duration {
-        match self {
-            RateUnit::Second => Duration::from_secs(1),
-            RateUnit::Minute => Duration::from_secs(60),
-            RateUnit::Hour => Duration::from_secs(3600),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for RateUnit {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        match text.to_ascii_lowercase().as_str() {
-            "second" => Ok(RateUnit::Second),
-            "minute" => Ok(RateUnit::Minute),
-            "hour" => Ok(RateUnit::Hour),
-            _ => Err(de::Error::custom(one_of(
-                "unit",
-                &text,
-                &["Second", "Minute", "Hour"],
-            ))),
-        }
-    }
+/// Reads a [`RateUnit`] in any capitalisation (the `deserialize_with` of
+/// every `unit:` field).
+pub fn rate_unit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<RateUnit>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse::<RateUnit>()
+        .map(Some)
+        .map_err(|_| de::Error::custom(one_of("unit", &text, &["Second", "Minute", "Hour"])))
 }
 
 /// Argo's `rateLimit: {requestsPerUnit, unit}`.
@@ -134,7 +111,21 @@ impl<'de> Deserialize<'de> for RateUnit {
 pub struct RateLimit {
     pub requests_per_unit: Spanned<u32>,
     /// Argo's default unit is `Second`.
+    #[serde(default, deserialize_with = "rate_unit")]
     pub unit: Option<RateUnit>,
+}
+
+impl RateLimit {
+    /// The limit flowctl enforces, with `burst` (spillway's
+    /// `flowControl.burst`, default 1). `None` for a zero rate or burst,
+    /// which validation has already reported.
+    pub fn to_flowctl(&self, burst: Option<u32>) -> Option<spillway_flowctl::RateLimit> {
+        spillway_flowctl::RateLimit::new(
+            self.requests_per_unit.value,
+            self.unit.unwrap_or(RateUnit::Second),
+        )?
+        .with_burst(burst.unwrap_or(1))
+    }
 }
 
 /// "unknown X "v"; expected one of a, b (did you mean a?)".

@@ -14,15 +14,17 @@
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
 use crate::api::AdminState;
+use crate::config::flow_control::ConcurrencyMode;
 use crate::config::sensor::Sensor;
 use crate::config::{Config, Located};
 use crate::event::Event;
-use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerRunner};
+use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, Endpoint, PortState};
 use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::memory::MemoryBus;
 use spillway_bus::{Bus, ConsumerConfig};
+use spillway_flowctl::RateLimiter;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -274,8 +276,20 @@ async fn build_runners(
             filters: d.filters.clone(),
         })
         .collect();
+    let spec = &sensor.doc.spec;
+    let sensor_burst = spec
+        .flow_control
+        .as_ref()
+        .and_then(|f| f.value.burst.as_ref())
+        .map(|b| b.value);
+    // One limiter for the whole sensor: its triggers share the budget.
+    let sensor_rate = spec
+        .rate_limit
+        .as_ref()
+        .and_then(|r| r.value.to_flowctl(sensor_burst))
+        .map(|limit| Arc::new(RateLimiter::new(limit)));
     let mut runners = Vec::new();
-    for trigger in &sensor.doc.spec.triggers {
+    for trigger in &spec.triggers {
         let name = trigger.template.name.value.clone();
         let action = if let Some(http) = &trigger.template.http {
             Trigger::Http(
@@ -298,20 +312,36 @@ async fn build_runners(
             .as_ref()
             .map(|r| RetryPolicy::from(&r.value))
             .unwrap_or_default();
+        let flow = trigger.flow_control.as_ref().map(|f| &f.value);
+        let max_in_flight = flow
+            .and_then(|f| f.max_in_flight.as_ref())
+            .map_or(DEFAULT_MAX_IN_FLIGHT, |m| m.value as usize);
+        let burst = flow.and_then(|f| f.burst.as_ref()).map(|b| b.value);
+        let rate = trigger
+            .rate_limit
+            .as_ref()
+            .and_then(|r| r.value.to_flowctl(burst))
+            .map(RateLimiter::new);
         let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
         consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
-        consumer_config.max_ack_pending = DEFAULT_MAX_IN_FLIGHT;
+        consumer_config.max_ack_pending = max_in_flight;
         // An invocation must not be redelivered while it is still running.
         consumer_config.ack_wait = action.max_duration() + Duration::from_secs(30);
+        let ack_wait = consumer_config.ack_wait;
         let consumer = bus.consumer(consumer_config).await?;
         runners.push(TriggerRunner::new(
             &sensor_name,
             &name,
             dependencies.clone(),
             action,
-            retry,
             consumer,
-            DEFAULT_MAX_IN_FLIGHT,
+            TriggerLimits {
+                max_in_flight,
+                retry,
+                rate,
+                sensor_rate: sensor_rate.clone(),
+                ack_wait,
+            },
             Arc::clone(metrics),
         ));
     }
@@ -337,20 +367,40 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
                 sensor.doc.spec.dependencies.len()
             ));
         }
-        if let Some(rate) = &sensor.doc.spec.rate_limit {
-            problems.push(format!(
-                "{}: sensor {name:?}: rateLimit is not enforced by this build yet; refusing to run rather than ignore it",
-                at(rate.pos)
-            ));
+        if let Some(flow) = &sensor.doc.spec.flow_control {
+            if let Some(shedding) = &flow.value.shedding {
+                problems.push(format!(
+                    "{}: sensor {name:?}: flowControl.shedding is not supported by this build yet; refusing to run rather than ignore it",
+                    at(shedding.pos)
+                ));
+            }
         }
         for trigger in &sensor.doc.spec.triggers {
             let t = &trigger.template;
-            if let Some(rate) = &trigger.rate_limit {
-                problems.push(format!(
-                    "{}: trigger {:?}: rateLimit is not enforced by this build yet; refusing to run rather than ignore it",
-                    at(rate.pos),
-                    t.name.value
-                ));
+            if let Some(flow) = &trigger.flow_control {
+                let flow = &flow.value;
+                let not_yet = [
+                    (
+                        "concurrency",
+                        flow.concurrency
+                            .as_ref()
+                            .filter(|c| c.value != ConcurrencyMode::Fixed)
+                            .map(|c| c.pos),
+                    ),
+                    ("onReject", flow.on_reject.as_ref().map(|o| o.pos)),
+                    ("maxPending", flow.max_pending.as_ref().map(|m| m.pos)),
+                    ("autoscale", flow.autoscale.as_ref().map(|a| a.pos)),
+                    ("slowStart", flow.slow_start.as_ref().map(|s| s.pos)),
+                ];
+                for (field, pos) in not_yet {
+                    if let Some(pos) = pos {
+                        problems.push(format!(
+                            "{}: trigger {:?}: flowControl.{field} is not supported by this build yet; refusing to run rather than ignore it",
+                            at(pos),
+                            t.name.value
+                        ));
+                    }
+                }
             }
             if let Some(w) = &t.argo_workflow {
                 problems.push(format!(
@@ -384,6 +434,25 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
         );
     }
     for source in &config.event_sources {
+        for (event, hook) in source.doc.spec.webhook.iter().flat_map(|w| w.iter()) {
+            let Some(flow) = &hook.flow_control else {
+                continue;
+            };
+            let not_yet = [
+                ("rateLimit", flow.rate_limit.as_ref().map(|r| r.pos)),
+                ("priority", flow.priority.as_ref().map(|p| p.pos)),
+                ("shedding", flow.shedding.as_ref().map(|s| s.pos)),
+            ];
+            for (field, pos) in not_yet {
+                if let Some(pos) = pos {
+                    problems.push(format!(
+                        "{}:{pos}: webhook event {:?}: flowControl.{field} is not supported by this build yet; refusing to run rather than ignore it",
+                        source.file.display(),
+                        event.value
+                    ));
+                }
+            }
+        }
         if source.doc.spec.pubsub.is_some() {
             tracing::warn!(
                 "EventSource {:?}: pubsub events are not run by spillway (accepted for validation only)",

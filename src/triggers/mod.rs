@@ -10,6 +10,8 @@ pub mod log;
 pub mod params;
 
 use crate::event::Event;
+use async_trait::async_trait;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a trigger invocation failed.
@@ -27,10 +29,24 @@ pub enum TriggerError {
     Permanent { message: String },
 }
 
+/// A trigger implemented outside this crate: by a program embedding
+/// spillway, or by a test that needs to see exactly when it was called.
+#[async_trait]
+pub trait CustomTrigger: Send + Sync + 'static {
+    /// Runs the trigger for `event`, which satisfied dependency `dependency`.
+    async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError>;
+
+    /// Longest one invocation may take (sizes the bus `ack_wait`).
+    fn max_duration(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
 /// A runnable trigger.
 pub enum Trigger {
     Log(log::LogTrigger),
     Http(http::HttpTrigger),
+    Custom(Arc<dyn CustomTrigger>),
 }
 
 impl Trigger {
@@ -42,6 +58,7 @@ impl Trigger {
                 Ok(())
             }
             Trigger::Http(t) => t.invoke(dependency, event).await,
+            Trigger::Custom(t) => t.invoke(dependency, event).await,
         }
     }
 
@@ -50,6 +67,7 @@ impl Trigger {
         match self {
             Trigger::Log(_) => Duration::from_secs(1),
             Trigger::Http(t) => t.timeout(),
+            Trigger::Custom(t) => t.max_duration(),
         }
     }
 }

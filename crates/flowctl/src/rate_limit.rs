@@ -186,12 +186,8 @@ pub enum CheckNError {
     ExceedsBurst { requested: u32, burst: u32 },
 }
 
-type Gcra<C> = governor::RateLimiter<
-    NotKeyed,
-    InMemoryState,
-    GovernorClock<C>,
-    NoOpMiddleware<Duration>,
->;
+type Gcra<C> =
+    governor::RateLimiter<NotKeyed, InMemoryState, GovernorClock<C>, NoOpMiddleware<Duration>>;
 
 /// A GCRA rate limiter shared by reference between tasks (`&self` methods,
 /// lock-free underneath).

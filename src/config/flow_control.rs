@@ -1,0 +1,301 @@
+//! spillway's `flowControl:` blocks: the knobs Argo has no field for, kept in
+//! one object per place so the Argo parts of a file stay valid Argo.
+//!
+//! Each struct mirrors its YAML one to one; the runtime types live in
+//! `spillway_flowctl`, and the `to_*` conversions here are the only place the
+//! two meet, so a default is written down once.
+
+use super::decode::Spanned;
+use super::values::{one_of, rate_unit, GoDuration, RateUnit};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// `Sensor.spec.flowControl`: sensor-wide extras.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SensorFlowControl {
+    /// Burst of `spec.rateLimit` (default 1: no call goes past the rate).
+    pub burst: Option<Spanned<u32>>,
+    /// Skip low-priority events while the sensor's backlog is deep.
+    pub shedding: Option<Spanned<Shedding>>,
+}
+
+/// `triggers[].flowControl`: per-trigger extras.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerFlowControl {
+    /// Burst of the trigger's `rateLimit` (default 1).
+    pub burst: Option<Spanned<u32>>,
+    /// Credit window: most events in flight at once (default 16).
+    pub max_in_flight: Option<Spanned<u32>>,
+    /// How the in-flight limit adapts: `aimd` (default), `gradient`, `fixed`.
+    pub concurrency: Option<Spanned<ConcurrencyMode>>,
+    /// What happens to an event the trigger cannot take: `error` (default),
+    /// `drop`, `backlog`.
+    pub on_reject: Option<Spanned<OnReject>>,
+    /// Most workflows waiting on a semaphore before new ones are rejected.
+    pub max_pending: Option<Spanned<u32>>,
+    /// Scale the trigger's workers with consumer lag (KEDA-style).
+    pub autoscale: Option<Spanned<Autoscale>>,
+    /// Ramp the send rate up after recovering from overload.
+    pub slow_start: Option<Spanned<SlowStart>>,
+}
+
+/// `rateLimit` inside a `flowControl` block: Argo's fields plus `burst`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BurstRateLimit {
+    pub requests_per_unit: Spanned<u32>,
+    /// Default `Second`.
+    #[serde(default, deserialize_with = "rate_unit")]
+    pub unit: Option<RateUnit>,
+    /// Default 1.
+    pub burst: Option<Spanned<u32>>,
+}
+
+impl BurstRateLimit {
+    /// The enforced limit; `None` for a zero rate or burst (reported by
+    /// validation).
+    pub fn to_flowctl(&self) -> Option<spillway_flowctl::RateLimit> {
+        spillway_flowctl::RateLimit::new(
+            self.requests_per_unit.value,
+            self.unit.unwrap_or(RateUnit::Second),
+        )?
+        .with_burst(self.burst.as_ref().map_or(1, |b| b.value))
+    }
+}
+
+/// `shedding: {queueDepthAbove, shedPriorityAbove}`: while the queue is
+/// deeper than `queueDepthAbove`, events whose priority number is above
+/// `shedPriorityAbove` are shed (0 is the highest priority).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shedding {
+    pub queue_depth_above: Spanned<u64>,
+    pub shed_priority_above: Spanned<u32>,
+}
+
+/// `priority: {header, default}`: where an event's priority comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Priority {
+    /// Request header carrying the priority number (0 = most important).
+    pub header: Spanned<String>,
+    /// Priority of requests without the header (default 5).
+    pub default: Option<Spanned<u32>>,
+}
+
+/// `autoscale: {min, max, lagThreshold}` (KEDA ScaledObject names).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscale {
+    /// Default 1.
+    pub min: Option<Spanned<u32>>,
+    /// Default 100.
+    pub max: Option<Spanned<u32>>,
+    /// One worker per this many lagging events (KEDA `lagThreshold`).
+    pub lag_threshold: Spanned<u64>,
+    /// Below this lag a trigger with `min: 0` stays at zero workers.
+    pub activation_lag_threshold: Option<Spanned<u64>>,
+    /// How often the lag is read (KEDA `pollingInterval`, default 30s).
+    pub polling_interval: Option<Spanned<GoDuration>>,
+    /// How long to keep the highest recent recommendation before scaling
+    /// down (HPA stabilisation window, default 300s).
+    pub scale_down_stabilization: Option<Spanned<GoDuration>>,
+}
+
+/// `slowStart: {initialRate, factor, interval, maxRate}` (seed GradualDrain).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlowStart {
+    /// Events per second right after recovery (default 10).
+    pub initial_rate: Option<Spanned<f64>>,
+    /// Growth per interval (default 1.1).
+    pub factor: Option<Spanned<f64>>,
+    /// Default 1s.
+    pub interval: Option<Spanned<GoDuration>>,
+    /// Rate at which the ramp ends (default 1000).
+    pub max_rate: Option<Spanned<f64>>,
+}
+
+impl SlowStart {
+    pub const DEFAULT_INITIAL_RATE: f64 = 10.0;
+    pub const DEFAULT_FACTOR: f64 = 1.1;
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_MAX_RATE: f64 = 1000.0;
+}
+
+/// `concurrency:` — how a trigger's in-flight limit moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrencyMode {
+    /// Additive increase, multiplicative decrease (Vector's ARC).
+    Aimd,
+    /// Netflix Gradient2.
+    Gradient,
+    /// Always `maxInFlight`.
+    Fixed,
+}
+
+impl<'de> Deserialize<'de> for ConcurrencyMode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "aimd" => Ok(ConcurrencyMode::Aimd),
+            "gradient" | "gradient2" => Ok(ConcurrencyMode::Gradient),
+            "fixed" => Ok(ConcurrencyMode::Fixed),
+            _ => Err(de::Error::custom(one_of(
+                "concurrency",
+                &text,
+                &["aimd", "gradient", "fixed"],
+            ))),
+        }
+    }
+}
+
+/// `onReject:` — what happens to an event a trigger cannot take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReject {
+    /// Fail the invocation (retried per `retryStrategy`, then DLQ).
+    Error,
+    /// Drop it, counted and logged.
+    Drop,
+    /// Store it in the backlog and replay it later.
+    Backlog,
+}
+
+impl<'de> Deserialize<'de> for OnReject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.to_ascii_lowercase().as_str() {
+            "error" => Ok(OnReject::Error),
+            "drop" => Ok(OnReject::Drop),
+            "backlog" => Ok(OnReject::Backlog),
+            _ => Err(de::Error::custom(one_of(
+                "onReject",
+                &text,
+                &["error", "drop", "backlog"],
+            ))),
+        }
+    }
+}
+
+/// A value that is out of range: where, and why.
+pub type Problem = (super::yaml::Pos, String);
+
+fn at_least_one(field: &str, value: &Option<Spanned<u32>>, out: &mut Vec<Problem>) {
+    if let Some(v) = value {
+        if v.value == 0 {
+            out.push((v.pos, format!("{field} must be at least 1")));
+        }
+    }
+}
+
+fn positive_finite(field: &str, value: &Option<Spanned<f64>>, min: f64, out: &mut Vec<Problem>) {
+    if let Some(v) = value {
+        if !(v.value.is_finite() && v.value >= min && v.value > 0.0) {
+            out.push((v.pos, format!("{field} must be a number of at least {min}")));
+        }
+    }
+}
+
+/// Highest accepted `maxInFlight`/`maxPending`: beyond this a window is a
+/// queue in disguise.
+pub const MAX_WINDOW: u32 = 100_000;
+
+fn window(field: &str, value: &Option<Spanned<u32>>, out: &mut Vec<Problem>) {
+    if let Some(v) = value {
+        if v.value == 0 || v.value > MAX_WINDOW {
+            out.push((v.pos, format!("{field} must be between 1 and {MAX_WINDOW}")));
+        }
+    }
+}
+
+impl SensorFlowControl {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        at_least_one("burst", &self.burst, &mut out);
+        out
+    }
+}
+
+impl TriggerFlowControl {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        at_least_one("burst", &self.burst, &mut out);
+        window("maxInFlight", &self.max_in_flight, &mut out);
+        window("maxPending", &self.max_pending, &mut out);
+        if let Some(scale) = &self.autoscale {
+            let scale = &scale.value;
+            if scale.lag_threshold.value == 0 {
+                out.push((
+                    scale.lag_threshold.pos,
+                    "lagThreshold must be at least 1".into(),
+                ));
+            }
+            let min = scale.min.as_ref().map_or(1, |m| m.value);
+            if let Some(max) = &scale.max {
+                if max.value == 0 {
+                    out.push((max.pos, "autoscale.max must be at least 1".into()));
+                } else if max.value < min {
+                    out.push((
+                        max.pos,
+                        format!("autoscale.max ({}) is below min ({min})", max.value),
+                    ));
+                }
+            }
+            if let Some(poll) = &scale.polling_interval {
+                if poll.value.0.is_zero() {
+                    out.push((poll.pos, "pollingInterval must be longer than 0s".into()));
+                }
+            }
+        }
+        if let Some(slow) = &self.slow_start {
+            let slow = &slow.value;
+            positive_finite("slowStart.initialRate", &slow.initial_rate, 0.0, &mut out);
+            positive_finite("slowStart.factor", &slow.factor, 1.0, &mut out);
+            positive_finite("slowStart.maxRate", &slow.max_rate, 0.0, &mut out);
+            if let Some(interval) = &slow.interval {
+                if interval.value.0.is_zero() {
+                    out.push((
+                        interval.pos,
+                        "slowStart.interval must be longer than 0s".into(),
+                    ));
+                }
+            }
+            let initial = slow
+                .initial_rate
+                .as_ref()
+                .map_or(SlowStart::DEFAULT_INITIAL_RATE, |r| r.value);
+            if let Some(max) = &slow.max_rate {
+                if max.value < initial {
+                    out.push((
+                        max.pos,
+                        format!(
+                            "slowStart.maxRate ({}) is below initialRate ({initial})",
+                            max.value
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl BurstRateLimit {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.requests_per_unit.value == 0 {
+            out.push((
+                self.requests_per_unit.pos,
+                "requestsPerUnit must be at least 1".into(),
+            ));
+        }
+        at_least_one("burst", &self.burst, &mut out);
+        out
+    }
+}
