@@ -9,6 +9,7 @@ use super::decode::Spanned;
 use super::values::{one_of, rate_unit, GoDuration, RateUnit};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use spillway_flowctl::ConcurrencyMode;
 use std::time::Duration;
 
 /// `Sensor.spec.flowControl`: sensor-wide extras.
@@ -30,7 +31,7 @@ pub struct TriggerFlowControl {
     /// Credit window: most events in flight at once (default 16).
     pub max_in_flight: Option<Spanned<u32>>,
     /// How the in-flight limit adapts: `aimd` (default), `gradient`, `fixed`.
-    pub concurrency: Option<Spanned<ConcurrencyMode>>,
+    pub concurrency: Option<Spanned<Concurrency>>,
     /// What happens to an event the trigger cannot take: `error` (default),
     /// `drop`, `backlog`.
     pub on_reject: Option<Spanned<OnReject>>,
@@ -126,30 +127,17 @@ impl SlowStart {
     pub const DEFAULT_MAX_RATE: f64 = 1000.0;
 }
 
-/// `concurrency:` — how a trigger's in-flight limit moves.
+/// `concurrency:` — how a trigger's in-flight limit moves: `aimd`
+/// (Vector's ARC), `gradient` (Netflix Gradient2) or `fixed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConcurrencyMode {
-    /// Additive increase, multiplicative decrease (Vector's ARC).
-    Aimd,
-    /// Netflix Gradient2.
-    Gradient,
-    /// Always `maxInFlight`.
-    Fixed,
-}
+pub struct Concurrency(pub ConcurrencyMode);
 
-impl<'de> Deserialize<'de> for ConcurrencyMode {
+impl<'de> Deserialize<'de> for Concurrency {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        match text.to_ascii_lowercase().as_str() {
-            "aimd" => Ok(ConcurrencyMode::Aimd),
-            "gradient" | "gradient2" => Ok(ConcurrencyMode::Gradient),
-            "fixed" => Ok(ConcurrencyMode::Fixed),
-            _ => Err(de::Error::custom(one_of(
-                "concurrency",
-                &text,
-                &["aimd", "gradient", "fixed"],
-            ))),
-        }
+        text.parse().map(Concurrency).map_err(|_| {
+            de::Error::custom(one_of("concurrency", &text, &["aimd", "gradient", "fixed"]))
+        })
     }
 }
 

@@ -50,7 +50,12 @@ impl Setup {
     async fn new(events: usize) -> Setup {
         let bus = MemoryBus::new(Limits::default());
         for i in 0..events {
-            let event = Event::new("src", "orders", "orders", Bytes::from(format!("{{\"n\":{i}}}")));
+            let event = Event::new(
+                "src",
+                "orders",
+                "orders",
+                Bytes::from(format!("{{\"n\":{i}}}")),
+            );
             bus.publish(event.to_message()).await.expect("publish");
         }
         Setup {
@@ -159,10 +164,7 @@ async fn trigger_rate_limit_100_per_second_gives_exactly_100_per_second() {
     let calls = recorder.calls();
     assert_eq!(calls.len(), 1000);
     for second in 0..10u64 {
-        let in_second = calls
-            .iter()
-            .filter(|t| t.as_secs() == second)
-            .count();
+        let in_second = calls.iter().filter(|t| t.as_secs() == second).count();
         assert_eq!(in_second, 100, "second {second}");
     }
     assert_eq!(min_gap(&calls), Duration::from_millis(10));

@@ -14,7 +14,6 @@
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
 use crate::api::AdminState;
-use crate::config::flow_control::ConcurrencyMode;
 use crate::config::sensor::Sensor;
 use crate::config::{Config, Located};
 use crate::event::Event;
@@ -24,7 +23,7 @@ use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::memory::MemoryBus;
 use spillway_bus::{Bus, ConsumerConfig};
-use spillway_flowctl::RateLimiter;
+use spillway_flowctl::{ConcurrencyMode, RateLimiter};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -384,7 +383,7 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
                         "concurrency",
                         flow.concurrency
                             .as_ref()
-                            .filter(|c| c.value != ConcurrencyMode::Fixed)
+                            .filter(|c| c.value.0 != ConcurrencyMode::Fixed)
                             .map(|c| c.pos),
                     ),
                     ("onReject", flow.on_reject.as_ref().map(|o| o.pos)),

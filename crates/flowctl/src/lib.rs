@@ -2,6 +2,9 @@
 //!
 //! Each primitive is one module whose top comment states what it guarantees:
 //!
+//! - [`adaptive`]: adaptive concurrency limits (fixed, Vector-style AIMD,
+//!   Netflix Gradient2) that back off on 429/503/timeouts, rising RTT and
+//!   `Retry-After`.
 //! - [`rate_limit`]: GCRA rate limiter (governor) with exact waits for
 //!   `Retry-After`; burst defaults to 1.
 //! - [`buffer`]: FIFO buffer bounded by items and bytes, blocking (with a
@@ -22,6 +25,7 @@
 //! ([`FakeClock`]) or with tokio's paused time ([`TokioClock`]) and assert
 //! exact counts.
 
+pub mod adaptive;
 pub mod autoscale;
 pub mod buffer;
 pub mod clock;
@@ -31,6 +35,10 @@ pub mod priority;
 pub mod rate_limit;
 pub mod semaphore;
 
+pub use adaptive::{
+    AdaptiveConcurrency, AimdConfig, Algorithm, Busy, ConcurrencyMode, DropReason, Gradient2Config,
+    InvalidConfig, Outcome, Token, UnknownConcurrencyMode,
+};
 pub use autoscale::{AutoscalePolicy, AutoscalePolicyError, LagAutoscaler};
 pub use buffer::{
     BoundedBuffer, BufferLimits, BufferStats, Pushed, RejectReason, Rejected, WhenFull,
