@@ -199,11 +199,50 @@ fn window(field: &str, value: &Option<Spanned<u32>>, out: &mut Vec<Problem>) {
     }
 }
 
+fn priority_in_range(field: &str, value: &Spanned<u32>, out: &mut Vec<Problem>) {
+    let lowest = u32::from(spillway_flowctl::LOWEST_PRIORITY);
+    if value.value > lowest {
+        out.push((
+            value.pos,
+            format!("{field} must be a priority from 0 (most important) to {lowest}"),
+        ));
+    }
+}
+
+impl Shedding {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        priority_in_range("shedPriorityAbove", &self.shed_priority_above, &mut out);
+        out
+    }
+}
+
+impl Priority {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if axum::http::HeaderName::try_from(self.header.value.as_str()).is_err() {
+            out.push((
+                self.header.pos,
+                format!("{:?} is not a valid HTTP header name", self.header.value),
+            ));
+        }
+        if let Some(default) = &self.default {
+            priority_in_range("priority.default", default, &mut out);
+        }
+        out
+    }
+}
+
 impl SensorFlowControl {
     /// Out-of-range values.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         at_least_one("burst", &self.burst, &mut out);
+        if let Some(shedding) = &self.shedding {
+            out.extend(shedding.value.problems());
+        }
         out
     }
 }

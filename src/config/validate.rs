@@ -151,6 +151,12 @@ fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
         if let Some(rate) = &flow.rate_limit {
             report_problems(file, rate.value.problems(), report);
         }
+        if let Some(shedding) = &flow.shedding {
+            report_problems(file, shedding.value.problems(), report);
+        }
+        if let Some(priority) = &flow.priority {
+            report_problems(file, priority.value.problems(), report);
+        }
     }
     for (name, event) in spec.pubsub.iter().flat_map(|p| p.iter()) {
         check_event_name(file, name, report);

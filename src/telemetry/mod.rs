@@ -62,6 +62,8 @@ pub struct TriggerOutcomeLabels {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceOutcome {
     Accepted,
+    RateLimited,
+    Shed,
     BusFull,
     TooLarge,
     Invalid,
@@ -72,6 +74,8 @@ impl SourceOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceOutcome::Accepted => "accepted",
+            SourceOutcome::RateLimited => "rate_limited",
+            SourceOutcome::Shed => "shed",
             SourceOutcome::BusFull => "bus_full",
             SourceOutcome::TooLarge => "too_large",
             SourceOutcome::Invalid => "invalid",

@@ -14,6 +14,7 @@
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
 use crate::api::AdminState;
+use crate::config::eventsource::WebhookFlowControl;
 use crate::config::sensor::Sensor;
 use crate::config::{Config, Located};
 use crate::event::Event;
@@ -23,7 +24,7 @@ use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::memory::MemoryBus;
 use spillway_bus::{Bus, ConsumerConfig};
-use spillway_flowctl::{ConcurrencyMode, RateLimiter};
+use spillway_flowctl::{ConcurrencyMode, PriorityShedder, RateLimiter, SheddingPolicy};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -233,6 +234,7 @@ fn webhook_endpoints(config: &Config) -> BTreeMap<u16, Vec<Endpoint>> {
                     axum::http::Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()).ok()
                 })
                 .unwrap_or(axum::http::Method::POST);
+            let flow = hook.flow_control.as_ref();
             let max_payload = hook
                 .max_payload_size
                 .as_ref()
@@ -244,16 +246,41 @@ fn webhook_endpoints(config: &Config) -> BTreeMap<u16, Vec<Endpoint>> {
                 path: hook.endpoint.value.clone(),
                 method,
                 max_payload,
-                max_block: hook
-                    .flow_control
-                    .as_ref()
+                max_block: flow
                     .and_then(|f| f.max_block.as_ref())
                     .map_or(Duration::ZERO, |d| d.value.0),
                 metadata: hook.metadata.clone().unwrap_or_default(),
+                rate_limit: flow
+                    .and_then(|f| f.rate_limit.as_ref())
+                    .and_then(|r| r.value.to_flowctl())
+                    .map(|limit| Arc::new(RateLimiter::new(limit))),
+                shedding: flow.and_then(shedding),
             });
         }
     }
     ports
+}
+
+/// The endpoint's priority shedding, if `flowControl.shedding` is set.
+/// Validation has checked the values, so a policy error cannot happen here.
+fn shedding(flow: &WebhookFlowControl) -> Option<Arc<webhook::Shedding>> {
+    let rule = &flow.shedding.as_ref()?.value;
+    let policy = SheddingPolicy::single(
+        rule.queue_depth_above.value,
+        i64::from(rule.shed_priority_above.value),
+    )
+    .ok()?;
+    let priority = flow.priority.as_ref().map(|p| &p.value);
+    Some(Arc::new(webhook::Shedding {
+        header: priority
+            .and_then(|p| axum::http::HeaderName::try_from(p.header.value.as_str()).ok()),
+        default_priority: priority
+            .and_then(|p| p.default.as_ref())
+            .map_or(webhook::DEFAULT_PRIORITY, |d| {
+                spillway_flowctl::clamp_priority(u8::try_from(d.value).unwrap_or(u8::MAX))
+            }),
+        shedder: PriorityShedder::new(policy),
+    }))
 }
 
 /// One runner per trigger, each with its own durable consumer.
@@ -433,25 +460,6 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
         );
     }
     for source in &config.event_sources {
-        for (event, hook) in source.doc.spec.webhook.iter().flat_map(|w| w.iter()) {
-            let Some(flow) = &hook.flow_control else {
-                continue;
-            };
-            let not_yet = [
-                ("rateLimit", flow.rate_limit.as_ref().map(|r| r.pos)),
-                ("priority", flow.priority.as_ref().map(|p| p.pos)),
-                ("shedding", flow.shedding.as_ref().map(|s| s.pos)),
-            ];
-            for (field, pos) in not_yet {
-                if let Some(pos) = pos {
-                    problems.push(format!(
-                        "{}:{pos}: webhook event {:?}: flowControl.{field} is not supported by this build yet; refusing to run rather than ignore it",
-                        source.file.display(),
-                        event.value
-                    ));
-                }
-            }
-        }
         if source.doc.spec.pubsub.is_some() {
             tracing::warn!(
                 "EventSource {:?}: pubsub events are not run by spillway (accepted for validation only)",

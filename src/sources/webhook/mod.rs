@@ -6,6 +6,8 @@
 //! | situation | answer |
 //! |---|---|
 //! | accepted (the bus holds the event) | `200 {"id","seq"}` |
+//! | over `flowControl.rateLimit` | `429` + `Retry-After` (exact wait) + `X-Spillway-Reason: rate_limited` |
+//! | shed by priority (`flowControl.shedding`, bus deeper than the threshold) | `429` + `Retry-After` + `X-Spillway-Reason: shed` |
 //! | bus full, after waiting up to `flowControl.maxBlock` | `429` + `Retry-After` + `X-Spillway-Reason: bus_full` |
 //! | body over `maxPayloadSize` / `max_msg_size` | `413` |
 //! | body is not JSON | `400` |
@@ -16,7 +18,9 @@
 //! sequence number; every other answer means the event was not accepted and
 //! the producer still owns it. Every request is counted in
 //! `spillway_source_events_total` with its outcome. Bodies are read with a
-//! size cap, so a large or endless body cannot exhaust memory.
+//! size cap, so a large or endless body cannot exhaust memory. Rate limit
+//! and shedding are decided from the headers alone, before the body is read,
+//! so refusing a storm costs almost nothing.
 
 use crate::event::Event;
 use crate::telemetry::{Metrics, SourceOutcome};
@@ -26,6 +30,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use spillway_bus::{Bus, PublishError};
+use spillway_flowctl::{Decision, PriorityShedder, RateLimiter};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,6 +41,12 @@ use tokio::time::Instant;
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
 /// `Retry-After` sent while shutting down or when the bus is unavailable.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// `Retry-After` sent to shed requests: the backlog that caused shedding
+/// takes a while to drain, so low-priority producers should stay away for
+/// longer than a bus-full retry.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Argo-style default priority of a request without the priority header.
+pub const DEFAULT_PRIORITY: u8 = 5;
 
 /// One endpoint: where it listens and which event it produces.
 #[derive(Debug, Clone)]
@@ -50,6 +61,35 @@ pub struct Endpoint {
     pub max_block: Duration,
     /// Argo `metadata`, attached to every event.
     pub metadata: BTreeMap<String, String>,
+    /// `flowControl.rateLimit`: requests over it get `429 rate_limited`.
+    pub rate_limit: Option<Arc<RateLimiter>>,
+    /// `flowControl.shedding` with the priority source.
+    pub shedding: Option<Arc<Shedding>>,
+}
+
+/// Priority shedding of one endpoint.
+#[derive(Debug)]
+pub struct Shedding {
+    /// Header carrying the request's priority (0 = most important).
+    pub header: Option<axum::http::HeaderName>,
+    /// Priority of requests without (or with an unreadable) header.
+    pub default_priority: u8,
+    pub shedder: PriorityShedder,
+}
+
+impl Shedding {
+    /// The request's priority: the header's number, clamped to the lowest
+    /// priority; anything unreadable counts as the default.
+    fn priority(&self, headers: &HeaderMap) -> u8 {
+        self.header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(self.default_priority, |p| {
+                spillway_flowctl::clamp_priority(u8::try_from(p).unwrap_or(u8::MAX))
+            })
+    }
 }
 
 /// Shared state of one port's server.
@@ -102,6 +142,37 @@ async fn handle(
     if state.draining.load(Ordering::Acquire) {
         count(SourceOutcome::Unavailable);
         return unavailable("shutting down");
+    }
+    if let Some(rate) = &endpoint.rate_limit {
+        if let Err(limited) = rate.check() {
+            count(SourceOutcome::RateLimited);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("over the rate limit of {}; retry later", rate.limit()),
+            );
+            set_retry_after(&mut response, limited.wait);
+            return response;
+        }
+    }
+    if let Some(shedding) = &endpoint.shedding {
+        let priority = shedding.priority(&headers);
+        let depth = state.bus.stats().messages;
+        if let Decision::Shed {
+            queue_depth_above, ..
+        } = shedding.shedder.decide(priority, depth)
+        {
+            count(SourceOutcome::Shed);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "shed",
+                format!(
+                    "priority {priority} is shed while the bus holds more than {queue_depth_above} events; retry later"
+                ),
+            );
+            set_retry_after(&mut response, SHED_RETRY_AFTER);
+            return response;
+        }
     }
     let limit = usize::try_from(endpoint.max_payload).unwrap_or(usize::MAX);
     let declared = headers
