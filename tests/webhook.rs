@@ -125,7 +125,11 @@ async fn low_priority_is_shed_while_the_bus_is_deep_and_priority_0_never() {
     }
     // 0, 1 and 2 still get in, however deep the bus is.
     for priority in ["2", "1", "0", "0"] {
-        assert_eq!(post(port, Some(priority)).await.status(), 200, "priority {priority}");
+        assert_eq!(
+            post(port, Some(priority)).await.status(),
+            200,
+            "priority {priority}"
+        );
     }
     let metrics = spillway.metrics().await;
     assert_eq!(source_events(&metrics, "accepted"), 7.0);
@@ -156,6 +160,9 @@ async fn flow_control_values_out_of_range_are_config_errors() {
         format!("{path}:23:51: priority.default must be a priority from 0 (most important) to 9"),
         format!("{path}:24:59: shedPriorityAbove must be a priority from 0 (most important) to 9"),
     ] {
-        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
     }
 }

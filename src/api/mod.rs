@@ -38,7 +38,7 @@ impl AdminState {
                 &t.trigger,
                 &t.consumer.stats(),
                 t.inflight(),
-                t.max_in_flight(),
+                t.concurrency_limit(),
             );
         }
     }
@@ -92,6 +92,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
                 "redelivered": c.redelivered,
                 "oldest_unacked_age_seconds": c.oldest_unacked_age.map(|d| d.as_secs_f64()),
                 "inflight": t.inflight(),
+                "concurrency_limit": t.concurrency_limit(),
                 "max_in_flight": t.max_in_flight(),
             })
         })

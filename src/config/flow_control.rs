@@ -10,7 +10,6 @@ use super::values::{one_of, rate_unit, GoDuration, RateUnit};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use spillway_flowctl::ConcurrencyMode;
-use std::time::Duration;
 
 /// `Sensor.spec.flowControl`: sensor-wide extras.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -121,10 +120,49 @@ pub struct SlowStart {
 }
 
 impl SlowStart {
-    pub const DEFAULT_INITIAL_RATE: f64 = 10.0;
-    pub const DEFAULT_FACTOR: f64 = 1.1;
-    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-    pub const DEFAULT_MAX_RATE: f64 = 1000.0;
+    /// The ramp flowctl runs, with the seed's GradualDrain defaults for
+    /// every field left out (10/s, ×1.1 per 1 s, up to 1000/s).
+    pub fn to_flowctl(&self) -> spillway_flowctl::SlowStart {
+        let default = spillway_flowctl::SlowStart::default();
+        spillway_flowctl::SlowStart {
+            initial_rate: self
+                .initial_rate
+                .as_ref()
+                .map_or(default.initial_rate, |r| r.value),
+            factor: self.factor.as_ref().map_or(default.factor, |f| f.value),
+            interval: self
+                .interval
+                .as_ref()
+                .map_or(default.interval, |i| i.value.0),
+            max_rate: self.max_rate.as_ref().map_or(default.max_rate, |m| m.value),
+        }
+    }
+}
+
+impl Autoscale {
+    /// The policy flowctl runs: KEDA/HPA defaults, except `min` 1 (the seed's
+    /// `minReplicaCount: 1`; a trigger with no worker would never drain).
+    pub fn to_flowctl(&self) -> spillway_flowctl::AutoscalePolicy {
+        let default = spillway_flowctl::AutoscalePolicy::default();
+        spillway_flowctl::AutoscalePolicy {
+            min: self.min.as_ref().map_or(1, |m| m.value),
+            max: self.max.as_ref().map_or(default.max, |m| m.value),
+            lag_threshold: self.lag_threshold.value,
+            activation_lag_threshold: self
+                .activation_lag_threshold
+                .as_ref()
+                .map_or(default.activation_lag_threshold, |a| a.value),
+            polling_interval: self
+                .polling_interval
+                .as_ref()
+                .map_or(default.polling_interval, |p| p.value.0),
+            cooldown: default.cooldown,
+            scale_down_stabilization: self
+                .scale_down_stabilization
+                .as_ref()
+                .map_or(default.scale_down_stabilization, |s| s.value.0),
+        }
+    }
 }
 
 /// `concurrency:` — how a trigger's in-flight limit moves: `aimd`
@@ -175,14 +213,6 @@ fn at_least_one(field: &str, value: &Option<Spanned<u32>>, out: &mut Vec<Problem
     if let Some(v) = value {
         if v.value == 0 {
             out.push((v.pos, format!("{field} must be at least 1")));
-        }
-    }
-}
-
-fn positive_finite(field: &str, value: &Option<Spanned<f64>>, min: f64, out: &mut Vec<Problem>) {
-    if let Some(v) = value {
-        if !(v.value.is_finite() && v.value >= min && v.value > 0.0) {
-            out.push((v.pos, format!("{field} must be a number of at least {min}")));
         }
     }
 }
@@ -255,57 +285,18 @@ impl TriggerFlowControl {
         window("maxInFlight", &self.max_in_flight, &mut out);
         window("maxPending", &self.max_pending, &mut out);
         if let Some(scale) = &self.autoscale {
-            let scale = &scale.value;
-            if scale.lag_threshold.value == 0 {
-                out.push((
-                    scale.lag_threshold.pos,
-                    "lagThreshold must be at least 1".into(),
-                ));
+            if let Err(err) = scale.value.to_flowctl().validate() {
+                out.push((scale.pos, format!("autoscale: {err}")));
             }
-            let min = scale.min.as_ref().map_or(1, |m| m.value);
-            if let Some(max) = &scale.max {
-                if max.value == 0 {
-                    out.push((max.pos, "autoscale.max must be at least 1".into()));
-                } else if max.value < min {
-                    out.push((
-                        max.pos,
-                        format!("autoscale.max ({}) is below min ({min})", max.value),
-                    ));
-                }
-            }
-            if let Some(poll) = &scale.polling_interval {
+            if let Some(poll) = &scale.value.polling_interval {
                 if poll.value.0.is_zero() {
                     out.push((poll.pos, "pollingInterval must be longer than 0s".into()));
                 }
             }
         }
         if let Some(slow) = &self.slow_start {
-            let slow = &slow.value;
-            positive_finite("slowStart.initialRate", &slow.initial_rate, 0.0, &mut out);
-            positive_finite("slowStart.factor", &slow.factor, 1.0, &mut out);
-            positive_finite("slowStart.maxRate", &slow.max_rate, 0.0, &mut out);
-            if let Some(interval) = &slow.interval {
-                if interval.value.0.is_zero() {
-                    out.push((
-                        interval.pos,
-                        "slowStart.interval must be longer than 0s".into(),
-                    ));
-                }
-            }
-            let initial = slow
-                .initial_rate
-                .as_ref()
-                .map_or(SlowStart::DEFAULT_INITIAL_RATE, |r| r.value);
-            if let Some(max) = &slow.max_rate {
-                if max.value < initial {
-                    out.push((
-                        max.pos,
-                        format!(
-                            "slowStart.maxRate ({}) is below initialRate ({initial})",
-                            max.value
-                        ),
-                    ));
-                }
+            if let Err(err) = slow.value.to_flowctl().validate() {
+                out.push((slow.pos, format!("slowStart: {err}")));
             }
         }
         out

@@ -187,11 +187,10 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
         "conditionsReset",
         "dependency conditions are not supported yet",
     ),
-    ("Trigger", "dlqTrigger", "dlqTrigger is not supported yet"),
     (
-        "Trigger",
-        "policy",
-        "trigger policies are not supported yet",
+        "TriggerPolicy",
+        "k8s",
+        "k8s resource policies watch Kubernetes objects; use `status.allow` for http triggers",
     ),
     (
         "HttpTrigger",

@@ -160,6 +160,24 @@ pub struct Trigger {
     pub at_least_once: Option<Spanned<bool>>,
     /// spillway extensions (burst, maxInFlight, concurrency, slowStart …).
     pub flow_control: Option<Spanned<TriggerFlowControl>>,
+    /// Argo: the trigger run for an event whose retries are used up.
+    pub dlq_trigger: Option<Box<Spanned<Trigger>>>,
+    /// Argo `policy`: which outcomes count as success.
+    pub policy: Option<Spanned<TriggerPolicy>>,
+}
+
+/// Argo `TriggerPolicy`. Only `status` means something outside Kubernetes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerPolicy {
+    pub status: Option<StatusPolicy>,
+}
+
+/// Argo `StatusPolicy`: the response statuses that count as success.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusPolicy {
+    pub allow: Vec<Spanned<u16>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

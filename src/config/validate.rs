@@ -410,6 +410,36 @@ fn check_trigger(
     if let Some(flow) = &trigger.flow_control {
         report_problems(file, flow.value.problems(), report);
     }
+    if let Some(policy) = &trigger.policy {
+        if let Some(status) = &policy.value.status {
+            if template.http.is_none() {
+                report.warning(
+                    file,
+                    policy.pos,
+                    "policy.status only applies to http triggers; ignored here",
+                );
+            }
+            for code in &status.allow {
+                if !(100..=599).contains(&code.value) {
+                    report.error(
+                        file,
+                        code.pos,
+                        format!("{} is not an HTTP status (100-599)", code.value),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(dlq) = &trigger.dlq_trigger {
+        if let Some(nested) = &dlq.value.dlq_trigger {
+            report.error(
+                file,
+                nested.pos,
+                "a dlqTrigger cannot have a dlqTrigger of its own",
+            );
+        }
+        check_trigger(file, &dlq.value, dependencies, templates, broken, report);
+    }
     if let Some(retry) = &trigger.retry_strategy {
         if let Some(factor) = &retry.value.factor {
             if !(factor.value >= 1.0 && factor.value.is_finite()) {

@@ -2,14 +2,21 @@
 //! trigger that records when it was called: exact counts, no sleeps-and-hope.
 
 use super::*;
-use crate::triggers::CustomTrigger;
+use crate::event::Event;
+use crate::telemetry::Metrics;
+use crate::triggers::{CustomTrigger, DropReason, Trigger, TriggerError};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use spillway_bus::memory::MemoryBus;
-use spillway_bus::{Bus, ConsumerConfig, Limits};
-use spillway_flowctl::RateLimit;
+use spillway_bus::{Bus, Consumer, ConsumerConfig, Limits};
+use spillway_flowctl::{AdaptiveConcurrency, AimdConfig, Algorithm, RateLimit, RateLimiter};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Records the (paused) time of every call, measured from its creation.
 struct Recorder {
@@ -71,6 +78,18 @@ impl Setup {
         recorder: &Arc<Recorder>,
         limits: TriggerLimits,
     ) -> Arc<dyn Consumer> {
+        let action = Arc::clone(recorder) as Arc<dyn CustomTrigger>;
+        self.runner_with(trigger, action, None, limits).await.1
+    }
+
+    /// Starts a runner for `action` (and `dlq`); returns its handle and consumer.
+    async fn runner_with(
+        &mut self,
+        trigger: &str,
+        action: Arc<dyn CustomTrigger>,
+        dlq: Option<Arc<dyn CustomTrigger>>,
+        limits: TriggerLimits,
+    ) -> (TriggerHandle, Arc<dyn Consumer>) {
         let mut config = ConsumerConfig::new(format!("sensor-{trigger}"));
         config.filter_subjects = vec![Event::subject_for("src", "orders")];
         config.max_ack_pending = limits.max_in_flight;
@@ -84,14 +103,16 @@ impl Setup {
                 subject: Event::subject_for("src", "orders"),
                 filters: None,
             }],
-            Trigger::Custom(Arc::clone(recorder) as Arc<dyn CustomTrigger>),
+            Trigger::Custom(action),
+            dlq.map(Trigger::Custom),
             Arc::clone(&consumer),
             limits,
             Arc::new(Metrics::new()),
         );
+        let handle = runner.handle();
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(runner.run(shutdown));
-        consumer
+        (handle, consumer)
     }
 
     async fn stop(mut self) {
@@ -100,11 +121,17 @@ impl Setup {
     }
 }
 
+/// A fixed window of `max_in_flight`, no retries, no rate limits.
 fn limits(max_in_flight: usize) -> TriggerLimits {
     TriggerLimits {
         max_in_flight,
+        concurrency: AdaptiveConcurrency::new(Algorithm::Fixed(max_in_flight))
+            .expect("a fixed window is valid"),
+        retry: RetryPolicy::default(),
+        rate: None,
+        sensor_rate: None,
+        slow_start: None,
         ack_wait: Duration::from_secs(30),
-        ..TriggerLimits::default()
     }
 }
 
@@ -264,29 +291,257 @@ async fn max_in_flight_caps_concurrent_invocations() {
         peak: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
     });
-    let config = {
-        let mut c = ConsumerConfig::new("sensor-slow");
-        c.filter_subjects = vec![Event::subject_for("src", "orders")];
-        c.max_ack_pending = 4;
-        c
-    };
-    let consumer = setup.bus.consumer(config).await.unwrap();
-    let runner = TriggerRunner::new(
-        "sensor",
-        "slow",
-        vec![DependencyMatcher {
-            name: "orders".into(),
-            subject: Event::subject_for("src", "orders"),
-            filters: None,
-        }],
-        Trigger::Custom(Arc::clone(&slow) as Arc<dyn CustomTrigger>),
-        consumer,
-        limits(4),
-        Arc::new(Metrics::new()),
-    );
-    setup.tasks.spawn(runner.run(setup.shutdown.clone()));
+    setup
+        .runner_with(
+            "slow",
+            Arc::clone(&slow) as Arc<dyn CustomTrigger>,
+            None,
+            limits(4),
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(10_500)).await;
     assert_eq!(slow.peak.load(Ordering::SeqCst), 4);
     assert_eq!(slow.done.load(Ordering::SeqCst), 40);
     setup.stop().await;
+}
+
+/// Answers `429 Retry-After: 2s` to its first `refusals` calls, then succeeds;
+/// records every call's time and the events it accepted.
+struct TooBusyAtFirst {
+    refusals: usize,
+    start: Instant,
+    calls: Mutex<Vec<(Duration, bool)>>,
+    accepted: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl CustomTrigger for TooBusyAtFirst {
+    async fn invoke(&self, _: &str, event: &Event) -> Result<(), TriggerError> {
+        let mut calls = self.calls.lock();
+        let refuse = calls.len() < self.refusals;
+        calls.push((self.start.elapsed(), refuse));
+        if refuse {
+            return Err(TriggerError::Retryable {
+                message: "HTTP 429".into(),
+                retry_after: Some(Duration::from_secs(2)),
+                pushback: Some(DropReason::TooManyRequests),
+            });
+        }
+        self.accepted.lock().push(event.context.id.clone());
+        Ok(())
+    }
+}
+
+/// Issue 6: a downstream answering 429 + `Retry-After: 2` to its first 3
+/// calls gets no request before each Retry-After has elapsed, and every
+/// event is delivered exactly once, without spending retry steps.
+#[tokio::test(start_paused = true)]
+async fn downstream_retry_after_pauses_the_trigger_and_is_not_a_retry_step() {
+    let mut setup = Setup::new(10).await;
+    let downstream = Arc::new(TooBusyAtFirst {
+        refusals: 3,
+        start: Instant::now(),
+        calls: Mutex::new(Vec::new()),
+        accepted: Mutex::new(Vec::new()),
+    });
+    // A single slot makes the call order, and so the timing, exact.
+    let (_, consumer) = setup
+        .runner_with(
+            "api",
+            Arc::clone(&downstream) as Arc<dyn CustomTrigger>,
+            None,
+            limits(1),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let calls = downstream.calls.lock().clone();
+    // Calls at 0 s, 2 s, 4 s (refused), then 6 s onwards.
+    let refused: Vec<Duration> = calls.iter().filter(|c| c.1).map(|c| c.0).collect();
+    assert_eq!(
+        refused,
+        [0, 2, 4].map(Duration::from_secs).to_vec(),
+        "{calls:?}"
+    );
+    for pair in calls.windows(2) {
+        if pair[0].1 {
+            assert!(pair[1].0 - pair[0].0 >= Duration::from_secs(2), "{calls:?}");
+        }
+    }
+    let mut accepted = downstream.accepted.lock().clone();
+    assert_eq!(accepted.len(), 10);
+    accepted.sort();
+    accepted.dedup();
+    assert_eq!(accepted.len(), 10, "an event was delivered twice");
+    // With the default retryStrategy (1 attempt) a counted retry would have
+    // terminated the event; none was, and nothing was redelivered.
+    assert_eq!(setup.bus.stats().messages, 0);
+    assert_eq!(consumer.stats().redelivered, 0);
+    setup.stop().await;
+}
+
+/// Answers after `latency`, which the test changes while running.
+struct Latency {
+    millis: AtomicUsize,
+}
+
+#[async_trait]
+impl CustomTrigger for Latency {
+    async fn invoke(&self, _: &str, _: &Event) -> Result<(), TriggerError> {
+        let ms = self.millis.load(Ordering::SeqCst) as u64;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    }
+}
+
+/// Issue 6: when the downstream slows down ×10 the AIMD limit falls; when it
+/// recovers the limit climbs back.
+#[tokio::test(start_paused = true)]
+async fn aimd_limit_falls_when_latency_rises_and_climbs_back_after() {
+    let mut setup = Setup::new(60_000).await;
+    let downstream = Arc::new(Latency {
+        millis: AtomicUsize::new(10),
+    });
+    let mut limits = limits(32);
+    limits.concurrency = AdaptiveConcurrency::new(Algorithm::Aimd(AimdConfig {
+        max_limit: 32,
+        ..AimdConfig::default()
+    }))
+    .expect("valid AIMD");
+    let (handle, _) = setup
+        .runner_with(
+            "api",
+            Arc::clone(&downstream) as Arc<dyn CustomTrigger>,
+            None,
+            limits,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let fast = handle.concurrency_limit();
+    assert!(fast >= 16, "AIMD should have climbed from 1, got {fast}");
+
+    downstream.millis.store(100, Ordering::SeqCst);
+    let mut lowest = fast;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        lowest = lowest.min(handle.concurrency_limit());
+    }
+    assert!(lowest < fast, "limit {fast} did not fall (lowest {lowest})");
+
+    downstream.millis.store(10, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let recovered = handle.concurrency_limit();
+    assert!(
+        recovered > lowest,
+        "limit did not climb back: fast {fast}, lowest {lowest}, now {recovered}"
+    );
+    setup.stop().await;
+}
+
+/// Always fails with a plain retryable error.
+struct AlwaysFails {
+    start: Instant,
+    calls: Mutex<Vec<(String, Duration)>>,
+}
+
+#[async_trait]
+impl CustomTrigger for AlwaysFails {
+    async fn invoke(&self, _: &str, event: &Event) -> Result<(), TriggerError> {
+        self.calls
+            .lock()
+            .push((event.context.id.clone(), self.start.elapsed()));
+        Err(TriggerError::Retryable {
+            message: "HTTP 500".into(),
+            retry_after: None,
+            pushback: None,
+        })
+    }
+}
+
+/// Issue 6: a downstream that always fails gets exactly `steps` attempts per
+/// event with growing gaps, then exactly one DLQ call per event.
+#[tokio::test(start_paused = true)]
+async fn retries_use_exactly_the_steps_then_one_dlq_call_per_event() {
+    let mut setup = Setup::new(3).await;
+    let failing = Arc::new(AlwaysFails {
+        start: Instant::now(),
+        calls: Mutex::new(Vec::new()),
+    });
+    let dlq = Arc::new(Recorder::default());
+    let (_, consumer) = setup
+        .runner_with(
+            "api",
+            Arc::clone(&failing) as Arc<dyn CustomTrigger>,
+            Some(Arc::clone(&dlq) as Arc<dyn CustomTrigger>),
+            TriggerLimits {
+                retry: RetryPolicy {
+                    steps: 4,
+                    duration: Duration::from_secs(1),
+                    factor: 2.0,
+                    jitter: 0.0,
+                },
+                ..limits(16)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let calls = failing.calls.lock().clone();
+    let mut ids: Vec<&String> = calls.iter().map(|c| &c.0).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    for id in ids {
+        let times: Vec<Duration> = calls.iter().filter(|c| &c.0 == id).map(|c| c.1).collect();
+        assert_eq!(times.len(), 4, "attempts of {id}: {times:?}");
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        // 1 s, 2 s, 4 s, each plus up to one fetch wait (1 s) of latency.
+        for (gap, expected) in gaps.iter().zip([1, 2, 4]) {
+            let expected = Duration::from_secs(expected);
+            assert!(
+                *gap >= expected && *gap <= expected + Duration::from_secs(1),
+                "gaps of {id}: {gaps:?}"
+            );
+        }
+    }
+    assert_eq!(dlq.calls().len(), 3);
+    assert_eq!(setup.bus.stats().messages, 0);
+    assert_eq!(consumer.stats().ack_pending, 0);
+    setup.stop().await;
+}
+
+/// Never answers.
+struct Hangs;
+
+#[async_trait]
+impl CustomTrigger for Hangs {
+    async fn invoke(&self, _: &str, _: &Event) -> Result<(), TriggerError> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// Issue 6: a trigger whose downstream hangs does not slow its sibling.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_trigger_does_not_slow_its_sibling() {
+    let mut setup = Setup::new(1000).await;
+    let fast = Arc::new(Recorder::default());
+    setup
+        .runner_with("hangs", Arc::new(Hangs), None, limits(16))
+        .await;
+    let rate = RateLimiter::new(RateLimit::per_second(100).unwrap());
+    setup
+        .runner(
+            "fast",
+            &fast,
+            TriggerLimits {
+                rate: Some(rate),
+                ..limits(16)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(9_995)).await;
+    // Its full rate: 100/s for 10 s.
+    assert_eq!(fast.calls().len(), 1000);
+    setup.shutdown.cancel();
+    // The hanging invocations never end; don't wait for them.
+    setup.tasks.abort_all();
 }

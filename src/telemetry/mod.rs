@@ -90,6 +90,8 @@ pub enum TriggerOutcome {
     Success,
     Failure,
     Retry,
+    /// Retries used up (or a permanent failure); the DLQ trigger took it.
+    Dlq,
 }
 
 impl TriggerOutcome {
@@ -98,6 +100,7 @@ impl TriggerOutcome {
             TriggerOutcome::Success => "success",
             TriggerOutcome::Failure => "failure",
             TriggerOutcome::Retry => "retry",
+            TriggerOutcome::Dlq => "dlq",
         }
     }
 }

@@ -24,7 +24,10 @@ use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::memory::MemoryBus;
 use spillway_bus::{Bus, ConsumerConfig};
-use spillway_flowctl::{ConcurrencyMode, PriorityShedder, RateLimiter, SheddingPolicy};
+use spillway_flowctl::{
+    AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, PriorityShedder, RateLimiter,
+    SheddingPolicy,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -317,21 +320,13 @@ async fn build_runners(
     let mut runners = Vec::new();
     for trigger in &spec.triggers {
         let name = trigger.template.name.value.clone();
-        let action = if let Some(http) = &trigger.template.http {
-            Trigger::Http(
-                HttpTrigger::new(http_client.clone(), &http.value).map_err(|e| {
-                    RunError::Config(format!("sensor {sensor_name}, trigger {name}: {e}"))
-                })?,
-            )
-        } else if let Some(log) = &trigger.template.log {
-            Trigger::Log(LogTrigger::new(
-                &sensor_name,
-                &name,
-                log.value.interval_seconds.unwrap_or(0),
-            ))
-        } else {
+        let Some(action) = build_trigger(&sensor_name, trigger, http_client)? else {
             // refuse_unsupported() already rejected every other kind.
             continue;
+        };
+        let dlq = match &trigger.dlq_trigger {
+            Some(dlq) => build_trigger(&sensor_name, &dlq.value, http_client)?,
+            None => None,
         };
         let retry = trigger
             .retry_strategy
@@ -348,6 +343,29 @@ async fn build_runners(
             .as_ref()
             .and_then(|r| r.value.to_flowctl(burst))
             .map(RateLimiter::new);
+        // Adaptive by default where there is a downstream to listen to.
+        let mode = flow.and_then(|f| f.concurrency.as_ref()).map_or(
+            if matches!(action, Trigger::Http(_)) {
+                ConcurrencyMode::Aimd
+            } else {
+                ConcurrencyMode::Fixed
+            },
+            |c| c.value.0,
+        );
+        let concurrency = AdaptiveConcurrency::new(Algorithm::for_mode(mode, max_in_flight))
+            .map_err(|e| {
+                RunError::Config(format!(
+                    "sensor {sensor_name}, trigger {name}: concurrency: {e}"
+                ))
+            })?;
+        let slow_start = match flow.and_then(|f| f.slow_start.as_ref()) {
+            Some(slow) => Some(GradualDrain::new(slow.value.to_flowctl()).map_err(|e| {
+                RunError::Config(format!(
+                    "sensor {sensor_name}, trigger {name}: slowStart: {e}"
+                ))
+            })?),
+            None => None,
+        };
         let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
         consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
         consumer_config.max_ack_pending = max_in_flight;
@@ -360,18 +378,49 @@ async fn build_runners(
             &name,
             dependencies.clone(),
             action,
+            dlq,
             consumer,
             TriggerLimits {
                 max_in_flight,
+                concurrency,
                 retry,
                 rate,
                 sensor_rate: sensor_rate.clone(),
+                slow_start,
                 ack_wait,
             },
             Arc::clone(metrics),
         ));
     }
     Ok(runners)
+}
+
+/// The runnable trigger of `trigger`'s template; `None` for kinds this
+/// build cannot run (refused earlier by [`refuse_unsupported`]).
+fn build_trigger(
+    sensor: &str,
+    trigger: &crate::config::sensor::Trigger,
+    http_client: &reqwest::Client,
+) -> Result<Option<Trigger>, RunError> {
+    let name = &trigger.template.name.value;
+    if let Some(http) = &trigger.template.http {
+        let allowed = trigger
+            .policy
+            .as_ref()
+            .and_then(|p| p.value.status.as_ref())
+            .map(|s| s.allow.iter().map(|code| code.value).collect());
+        let http = HttpTrigger::new(http_client.clone(), &http.value, allowed)
+            .map_err(|e| RunError::Config(format!("sensor {sensor}, trigger {name}: {e}")))?;
+        return Ok(Some(Trigger::Http(http)));
+    }
+    if let Some(log) = &trigger.template.log {
+        return Ok(Some(Trigger::Log(LogTrigger::new(
+            sensor,
+            name,
+            log.value.interval_seconds.unwrap_or(0),
+        ))));
+    }
+    Ok(None)
 }
 
 /// Refuses config that validates but that this build cannot honour yet.
@@ -416,7 +465,6 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
                     ("onReject", flow.on_reject.as_ref().map(|o| o.pos)),
                     ("maxPending", flow.max_pending.as_ref().map(|m| m.pos)),
                     ("autoscale", flow.autoscale.as_ref().map(|a| a.pos)),
-                    ("slowStart", flow.slow_start.as_ref().map(|s| s.pos)),
                 ];
                 for (field, pos) in not_yet {
                     if let Some(pos) = pos {
@@ -426,6 +474,17 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
                             t.name.value
                         ));
                     }
+                }
+            }
+            if let Some(dlq) = &trigger.dlq_trigger {
+                let d = &dlq.value.template;
+                if d.http.is_none() && d.log.is_none() {
+                    problems.push(format!(
+                        "{}: trigger {:?}: its dlqTrigger {:?} must be an http or log trigger in this build",
+                        at(d.name.pos),
+                        t.name.value,
+                        d.name.value
+                    ));
                 }
             }
             if let Some(w) = &t.argo_workflow {

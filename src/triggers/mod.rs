@@ -11,6 +11,7 @@ pub mod params;
 
 use crate::event::Event;
 use async_trait::async_trait;
+pub use spillway_flowctl::DropReason;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ pub enum TriggerError {
         message: String,
         /// The downstream's own `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
+        /// Set when the failure says the downstream is overloaded (429, 503,
+        /// timeout): the signal adaptive concurrency backs off on.
+        pushback: Option<DropReason>,
     },
     /// Trying again with the same event cannot succeed (e.g. a 4xx).
     #[error("{message}")]

@@ -1,12 +1,14 @@
 //! The `http` trigger: sends a request built from the event (Argo `HTTPTrigger`).
 //!
 //! The body is the JSON object built from `payload` parameters, or the
-//! event's data when no `payload` is configured. 2xx is success. A `429` or
-//! `503` is retryable and its `Retry-After` (seconds or HTTP date) is passed
-//! up so the sensor waits at least that long; other 5xx, timeouts and
-//! connection errors are retryable; other 4xx are permanent.
+//! event's data when no `payload` is configured. 2xx is success, or exactly
+//! the statuses of Argo's `policy.status.allow` when given. A `429` or `503`
+//! is retryable, marked as downstream pushback, and its `Retry-After`
+//! (seconds or HTTP date) is passed up so the sensor pauses the trigger that
+//! long; timeouts are pushback too; other 5xx and connection errors are
+//! retryable; other 4xx are permanent.
 
-use super::{params, TriggerError};
+use super::{params, DropReason, TriggerError};
 use crate::config::sensor::{HttpTrigger as HttpConfig, TriggerParameter};
 use crate::event::Event;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -33,10 +35,17 @@ pub struct HttpTrigger {
     headers: HeaderMap,
     payload: Option<Vec<TriggerParameter>>,
     timeout: Duration,
+    /// Argo `policy.status.allow`: the statuses that count as success
+    /// (default: any 2xx).
+    allowed_statuses: Option<Vec<u16>>,
 }
 
 impl HttpTrigger {
-    pub fn new(client: reqwest::Client, config: &HttpConfig) -> Result<Self, HttpTriggerError> {
+    pub fn new(
+        client: reqwest::Client,
+        config: &HttpConfig,
+        allowed_statuses: Option<Vec<u16>>,
+    ) -> Result<Self, HttpTriggerError> {
         let url = reqwest::Url::parse(&config.url.value)
             .map_err(|e| HttpTriggerError::Url(config.url.value.clone(), e.to_string()))?;
         let method_text = config
@@ -64,6 +73,7 @@ impl HttpTrigger {
                 .timeout
                 .as_ref()
                 .map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs(t.value)),
+            allowed_statuses,
         })
     }
 
@@ -94,24 +104,31 @@ impl HttpTrigger {
             .map_err(|err| TriggerError::Retryable {
                 message: format!("{} {}: {}", self.method, self.url, describe(&err)),
                 retry_after: None,
+                pushback: err.is_timeout().then_some(DropReason::Timeout),
             })?;
         let status = response.status();
-        if status.is_success() {
+        let allowed = match &self.allowed_statuses {
+            Some(allowed) => allowed.contains(&status.as_u16()),
+            None => status.is_success(),
+        };
+        if allowed {
             return Ok(());
         }
         let message = format!("{} {}: HTTP {}", self.method, self.url, status);
         match status.as_u16() {
-            429 | 503 => Err(TriggerError::Retryable {
+            code @ (429 | 503) => Err(TriggerError::Retryable {
                 message,
                 retry_after: response
                     .headers()
                     .get(RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after),
+                pushback: DropReason::from_status(code),
             }),
             408 | 500..=599 => Err(TriggerError::Retryable {
                 message,
                 retry_after: None,
+                pushback: None,
             }),
             _ => Err(TriggerError::Permanent { message }),
         }

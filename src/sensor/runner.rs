@@ -1,0 +1,542 @@
+//! One trigger of one sensor: pull events, apply the trigger's limits, run
+//! it, settle the event with the bus.
+//!
+//! Before an event is handed to the trigger, in this order:
+//! 1. **Concurrency slot** (`flowControl.maxInFlight`, adapted by
+//!    `flowControl.concurrency`: AIMD by default for http triggers). No slot,
+//!    no fetch: the runner fetches at most as many events as it has slots, so
+//!    a slow downstream stops the pulling, the bus fills, and the sources push
+//!    back. A downstream `Retry-After` (429/503) pauses every send of the
+//!    trigger until it has elapsed.
+//! 2. **Rate limits**: the sensor's `spec.rateLimit` (shared by its triggers)
+//!    and the trigger's own `rateLimit`. Both tokens are taken at the instant
+//!    of the invocation (a refused sensor token gives up the trigger token and
+//!    starts over), so neither limit is ever exceeded.
+//! 3. **Slow start** (`flowControl.slowStart`, seed GradualDrain): after
+//!    start-up and after every downstream pushback, starts are paced from the
+//!    initial rate up to `maxRate`, so a backlog is not released at once.
+//!
+//! Events fetched but waiting on 2 or 3, or paused by a `Retry-After`, are
+//! kept alive with `in_progress` so the bus does not redeliver them meanwhile.
+//!
+//! Guarantees:
+//! - an event is acked only after its trigger succeeded, its DLQ trigger
+//!   succeeded, or it was filtered out (Argo `atLeastOnce: true`, always);
+//! - a failure is retried per `retryStrategy` (nak with backoff; the attempt
+//!   is the bus delivery count, so retries survive restarts). A `Retry-After`
+//!   pause is not a retry step: the event is held and sent again when the
+//!   pause ends;
+//! - once the steps are used up, or the failure is permanent, the event goes
+//!   to the `dlqTrigger` (counted `dlq`; if the DLQ trigger fails the event is
+//!   redelivered and goes straight to the DLQ again), or without one it is
+//!   terminated, counted `failure` and logged once with its id;
+//! - on shutdown the runner stops fetching and waits for its in-flight
+//!   invocations (the caller bounds the wait); events it had not finished are
+//!   left unacked, so the bus redelivers them.
+
+use super::{filter, DependencyMatcher, RetryPolicy};
+use crate::event::Event;
+use crate::telemetry::{Metrics, TriggerOutcome};
+use crate::triggers::{Trigger, TriggerError};
+use spillway_bus::{Consumer, Received};
+use spillway_flowctl::{AdaptiveConcurrency, Busy, GradualDrain, Outcome, RateLimiter, Token};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long one fetch waits for events before checking for shutdown.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a bus error before fetching again.
+const BUS_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The flow-control settings of one trigger.
+#[derive(Debug)]
+pub struct TriggerLimits {
+    /// Most events in flight at once (the cap of the adaptive limit).
+    pub max_in_flight: usize,
+    /// The in-flight limit, moving between 1 and `max_in_flight`.
+    pub concurrency: AdaptiveConcurrency,
+    pub retry: RetryPolicy,
+    /// The trigger's own `rateLimit`.
+    pub rate: Option<RateLimiter>,
+    /// The sensor's `spec.rateLimit`, shared by all of its triggers.
+    pub sensor_rate: Option<Arc<RateLimiter>>,
+    /// `flowControl.slowStart`.
+    pub slow_start: Option<GradualDrain>,
+    /// How long the bus waits for an ack before redelivering; held events
+    /// are refreshed well before it runs out.
+    pub ack_wait: Duration,
+}
+
+/// The live view of one runner, for metrics and `/api/v1/status`.
+#[derive(Clone)]
+pub struct TriggerHandle {
+    pub sensor: String,
+    pub trigger: String,
+    pub consumer: Arc<dyn Consumer>,
+    concurrency: AdaptiveConcurrency,
+    max_in_flight: usize,
+}
+
+impl TriggerHandle {
+    /// Events holding a concurrency slot now (being fetched or invoked).
+    pub fn inflight(&self) -> usize {
+        self.concurrency.in_flight()
+    }
+
+    /// The current (adaptive) concurrency limit.
+    pub fn concurrency_limit(&self) -> usize {
+        self.concurrency.limit()
+    }
+
+    /// The configured cap of the concurrency limit.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+}
+
+/// Runs one trigger of one sensor.
+pub struct TriggerRunner {
+    inner: Arc<RunnerInner>,
+    max_in_flight: usize,
+    /// Most events fetched at once: what the rate limits admit in about a
+    /// second, so few events sit fetched-but-waiting.
+    fetch_cap: usize,
+    rate: Option<RateLimiter>,
+    sensor_rate: Option<Arc<RateLimiter>>,
+}
+
+struct RunnerInner {
+    sensor: String,
+    trigger_name: String,
+    dependencies: Vec<DependencyMatcher>,
+    trigger: Trigger,
+    dlq: Option<Trigger>,
+    retry: RetryPolicy,
+    consumer: Arc<dyn Consumer>,
+    metrics: Arc<Metrics>,
+    concurrency: AdaptiveConcurrency,
+    /// Signalled whenever a slot is given back.
+    slot_freed: Notify,
+    slow_start: Option<GradualDrain>,
+    /// Interval of `in_progress` refreshes for held events.
+    keep_alive: Duration,
+}
+
+/// A concurrency slot; giving it back (complete or drop) wakes a waiter.
+struct Slot {
+    token: Option<Token>,
+    inner: Arc<RunnerInner>,
+}
+
+impl Slot {
+    fn complete(mut self, outcome: Outcome) {
+        if let Some(token) = self.token.take() {
+            token.complete(outcome);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A token dropped without an outcome frees the slot without a sample.
+        drop(self.token.take());
+        self.inner.slot_freed.notify_one();
+    }
+}
+
+impl TriggerRunner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sensor: &str,
+        trigger_name: &str,
+        dependencies: Vec<DependencyMatcher>,
+        trigger: Trigger,
+        dlq: Option<Trigger>,
+        consumer: Arc<dyn Consumer>,
+        limits: TriggerLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let TriggerLimits {
+            max_in_flight,
+            concurrency,
+            retry,
+            rate,
+            sensor_rate,
+            slow_start,
+            ack_wait,
+        } = limits;
+        let max_in_flight = max_in_flight.max(1);
+        let fetch_cap = [rate.as_ref(), sensor_rate.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(admitted_per_second)
+            .min()
+            .unwrap_or(max_in_flight)
+            .clamp(1, max_in_flight);
+        TriggerRunner {
+            inner: Arc::new(RunnerInner {
+                sensor: sensor.to_string(),
+                trigger_name: trigger_name.to_string(),
+                dependencies,
+                trigger,
+                dlq,
+                retry,
+                consumer,
+                metrics,
+                concurrency,
+                slot_freed: Notify::new(),
+                slow_start,
+                keep_alive: (ack_wait / 3).max(Duration::from_millis(100)),
+            }),
+            max_in_flight,
+            fetch_cap,
+            rate,
+            sensor_rate,
+        }
+    }
+
+    pub fn handle(&self) -> TriggerHandle {
+        TriggerHandle {
+            sensor: self.inner.sensor.clone(),
+            trigger: self.inner.trigger_name.clone(),
+            consumer: Arc::clone(&self.inner.consumer),
+            concurrency: self.inner.concurrency.clone(),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
+    /// Pulls and processes events until `shutdown` is cancelled, then waits
+    /// for the invocations in flight.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            // One slot first (waits while at the limit or paused), then every
+            // other free slot: the fetch never asks for more than the limit allows.
+            let Some(first) = self.inner.acquire_slot(&shutdown, &[]).await else {
+                break;
+            };
+            let mut slots = vec![first];
+            while slots.len() < self.fetch_cap {
+                match self.inner.try_acquire_slot() {
+                    Some(slot) => slots.push(slot),
+                    None => break,
+                }
+            }
+            let batch = tokio::select! {
+                batch = self.inner.consumer.fetch(slots.len(), FETCH_WAIT) => batch,
+                _ = shutdown.cancelled() => break,
+            };
+            let messages = match batch {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(sensor = %self.inner.sensor, trigger = %self.inner.trigger_name, "bus fetch failed: {err}");
+                    drop(slots);
+                    tokio::select! {
+                        _ = tokio::time::sleep(BUS_ERROR_BACKOFF) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            let mut held: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+            for (message, slot) in messages.into_iter().zip(slots.drain(..)) {
+                let Some(ready) = self.inner.prepare(message).await else {
+                    held.remove(0);
+                    continue;
+                };
+                // `held` still starts with this event's own seq.
+                let admitted = self
+                    .inner
+                    .keep_alive_while(&held, &shutdown, self.admit())
+                    .await;
+                held.remove(0);
+                if admitted.is_none() {
+                    // Shutting down: the unacked events are redelivered later.
+                    break;
+                }
+                let inner = Arc::clone(&self.inner);
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move { inner.invoke(ready, slot, shutdown).await });
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until the rate limits and the slow start admit one invocation.
+    async fn admit(&self) {
+        loop {
+            if let Some(rate) = &self.rate {
+                rate.until_ready().await;
+            }
+            if let Some(sensor_rate) = &self.sensor_rate {
+                if let Err(limited) = sensor_rate.check() {
+                    // The trigger token is given up: taking both at one
+                    // instant is what keeps both limits exact.
+                    tokio::time::sleep(limited.wait).await;
+                    continue;
+                }
+            }
+            break;
+        }
+        if let Some(drain) = &self.inner.slow_start {
+            // Once the ramp has reached its end, the other limits govern.
+            if !drain.at_full_rate() {
+                drain.until_ready().await;
+            }
+        }
+    }
+}
+
+/// Invocations a limiter admits in about one second (at least its burst),
+/// used to size fetches.
+fn admitted_per_second(limiter: &RateLimiter) -> usize {
+    let limit = limiter.limit();
+    let per_second = limit.per_second_f64().floor() as usize;
+    per_second.max(limit.burst() as usize).max(1)
+}
+
+/// An event that passed its dependency's filters, ready for the trigger.
+struct Ready {
+    message: Received,
+    event: Event,
+    dependency: String,
+    delivered: Instant,
+}
+
+impl RunnerInner {
+    fn try_acquire_slot(self: &Arc<Self>) -> Option<Slot> {
+        self.concurrency.try_acquire().ok().map(|token| Slot {
+            token: Some(token),
+            inner: Arc::clone(self),
+        })
+    }
+
+    /// Waits for a concurrency slot (the limit has room and no `Retry-After`
+    /// pause is running), keeping `held` events alive. `None` on shutdown.
+    async fn acquire_slot(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+        held: &[u64],
+    ) -> Option<Slot> {
+        let wait = async {
+            loop {
+                // Registered before trying, so a slot freed in between is not missed.
+                let freed = self.slot_freed.notified();
+                match self.concurrency.try_acquire() {
+                    Ok(token) => {
+                        return Slot {
+                            token: Some(token),
+                            inner: Arc::clone(self),
+                        }
+                    }
+                    Err(Busy::AtLimit { .. }) => freed.await,
+                    Err(Busy::Paused { wait }) => tokio::time::sleep(wait).await,
+                }
+            }
+        };
+        self.keep_alive_while(held, shutdown, wait).await
+    }
+
+    /// Runs `work`, sending `in_progress` for the `held` events every
+    /// `keep_alive` meanwhile. `None` when shutdown came first.
+    async fn keep_alive_while<T>(
+        &self,
+        held: &[u64],
+        shutdown: &CancellationToken,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(work);
+        let mut keep_alive =
+            tokio::time::interval_at(Instant::now() + self.keep_alive, self.keep_alive);
+        loop {
+            tokio::select! {
+                done = &mut work => return Some(done),
+                _ = keep_alive.tick() => {
+                    for &seq in held {
+                        let result = self.consumer.in_progress(seq).await;
+                        self.settle(result, seq);
+                    }
+                }
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Decodes and filters one event. Events that will not run the trigger
+    /// (invalid, not ours, filtered out) are settled here and `None` is
+    /// returned.
+    async fn prepare(&self, message: Received) -> Option<Ready> {
+        let delivered = Instant::now();
+        let seq = message.seq;
+        let event = match Event::from_received(&message) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, seq, "not a valid event, terminated: {err}");
+                self.count(TriggerOutcome::Failure);
+                self.settle(self.consumer.term(seq).await, seq);
+                return None;
+            }
+        };
+        let Some(dependency) = self
+            .dependencies
+            .iter()
+            .find(|d| d.subject == message.subject)
+        else {
+            // The consumer filter only lets our subjects through; nothing to do.
+            self.settle(self.consumer.ack(seq).await, seq);
+            return None;
+        };
+        if dependency.filters.is_some()
+            && !filter::matches(dependency.filters.as_ref(), &event.data_json())
+        {
+            self.settle(self.consumer.ack(seq).await, seq);
+            return None;
+        }
+        Some(Ready {
+            dependency: dependency.name.clone(),
+            message,
+            event,
+            delivered,
+        })
+    }
+
+    /// Runs the trigger for one event (holding `slot`) and settles it.
+    async fn invoke(self: Arc<Self>, ready: Ready, mut slot: Slot, shutdown: CancellationToken) {
+        let Ready {
+            message,
+            event,
+            dependency,
+            delivered,
+        } = ready;
+        let seq = message.seq;
+        let attempt = message.delivery_count;
+        let age = SystemTime::now()
+            .duration_since(message.published_at)
+            .unwrap_or(Duration::ZERO);
+        self.metrics.event_age(&self.sensor, age);
+        // A redelivery after the retries were used up goes straight to the
+        // DLQ: the trigger already had its `steps` attempts.
+        if attempt > self.retry.steps && self.dlq.is_some() {
+            drop(slot);
+            self.dead_letter(seq, &dependency, &event, "retries used up")
+                .await;
+            return;
+        }
+        let result = loop {
+            let started = Instant::now();
+            let result = self.trigger.invoke(&dependency, &event).await;
+            let rtt = started.elapsed();
+            let pause = match &result {
+                Ok(()) => {
+                    slot.complete(Outcome::Success { rtt });
+                    break result;
+                }
+                Err(TriggerError::Retryable {
+                    pushback: Some(reason),
+                    retry_after,
+                    ..
+                }) => {
+                    slot.complete(Outcome::Dropped {
+                        reason: *reason,
+                        retry_after: *retry_after,
+                    });
+                    if let Some(drain) = &self.slow_start {
+                        drain.reset();
+                    }
+                    *retry_after
+                }
+                Err(_) => {
+                    drop(slot);
+                    None
+                }
+            };
+            let Some(pause) = pause.filter(|p| !p.is_zero()) else {
+                break result;
+            };
+            // The downstream said when to come back: the event waits for it
+            // (every send of this trigger is paused) and is not charged a
+            // retry step.
+            self.count(TriggerOutcome::Retry);
+            tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, ?pause, "downstream asked to retry later");
+            match self.acquire_slot(&shutdown, &[seq]).await {
+                Some(next) => slot = next,
+                // Shutting down: left unacked, redelivered later.
+                None => return,
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.count(TriggerOutcome::Success);
+                self.settle(self.consumer.ack(seq).await, seq);
+            }
+            Err(err) => {
+                let retry_delay = match &err {
+                    TriggerError::Retryable { retry_after, .. } => {
+                        self.retry.delay_after(attempt, *retry_after)
+                    }
+                    TriggerError::Permanent { .. } => None,
+                };
+                match retry_delay {
+                    Some(delay) => {
+                        self.count(TriggerOutcome::Retry);
+                        tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempt, ?delay, "trigger failed, will retry: {err}");
+                        self.settle(self.consumer.nak(seq, delay).await, seq);
+                    }
+                    None if self.dlq.is_some() => {
+                        self.dead_letter(seq, &dependency, &event, &err.to_string())
+                            .await;
+                    }
+                    None => {
+                        self.count(TriggerOutcome::Failure);
+                        tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed, event terminated: {err}");
+                        self.settle(self.consumer.term(seq).await, seq);
+                    }
+                }
+            }
+        }
+        self.metrics
+            .sensor_processing(&self.sensor, delivered.elapsed());
+    }
+
+    /// Hands an event whose trigger gave up to the DLQ trigger: acked when
+    /// the DLQ took it, otherwise redelivered after the first retry delay
+    /// (and then sent to the DLQ again).
+    async fn dead_letter(&self, seq: u64, dependency: &str, event: &Event, why: &str) {
+        let Some(dlq) = &self.dlq else {
+            return;
+        };
+        match dlq.invoke(dependency, event).await {
+            Ok(()) => {
+                self.count(TriggerOutcome::Dlq);
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, "trigger gave up ({why}); event sent to the DLQ trigger");
+                self.settle(self.consumer.ack(seq).await, seq);
+            }
+            Err(err) => {
+                let delay = self.retry.duration.max(Duration::from_secs(1));
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, ?delay, "DLQ trigger failed, event kept for redelivery: {err}");
+                self.count(TriggerOutcome::Retry);
+                self.settle(self.consumer.nak(seq, delay).await, seq);
+            }
+        }
+    }
+
+    fn count(&self, outcome: TriggerOutcome) {
+        self.metrics
+            .trigger_invocation(&self.sensor, &self.trigger_name, outcome);
+    }
+
+    fn settle(&self, result: Result<(), spillway_bus::BusError>, seq: u64) {
+        if let Err(err) = result {
+            // The bus will redeliver after ack_wait: at least once still holds.
+            tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, seq, "could not settle message: {err}");
+        }
+    }
+}
