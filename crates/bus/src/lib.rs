@@ -17,9 +17,11 @@
 //!   delay, until `max_deliver` deliveries have been made.
 //!
 //! Backends: [`memory::MemoryBus`] (in-process, not durable). The durable
-//! segment log and the JetStream backend implement the same trait.
+//! segment log and the JetStream backend implement the same trait; the
+//! storage engine under the segment log is [`segment::SegmentLog`].
 
 pub mod memory;
+pub mod segment;
 mod types;
 
 pub use types::{

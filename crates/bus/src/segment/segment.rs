@@ -1,0 +1,467 @@
+//! Segment files: the append-only files the log is made of.
+//!
+//! A segment is named after the first sequence number it may hold, zero
+//! padded to 20 digits (`00000000000000000001.seg`), so names sort in log
+//! order and every record in a segment has a seq below the next segment's
+//! name. It starts with a 32-byte header followed by records
+//! ([`record`](mod@super::record)):
+//!
+//! ```text
+//! magic "SPWLSEG\0" | version u32 (1) | flags u32 (0) | base_seq u64 | reserved u32 | crc32c u32 of bytes 0..28
+//! ```
+//!
+//! # What it guarantees
+//!
+//! - Positional reads ([`SegmentLog::read`](super::SegmentLog::read)) use
+//!   `pread` on a shared handle and never block the writer or each other:
+//!   the segment table's lock is held only to clone a file handle.
+//! - [`SegmentLog::delete_before`](super::SegmentLog::delete_before) removes
+//!   only whole segments whose every record is below the floor, oldest
+//!   first, never the last (active) one. A reader that already holds a
+//!   deleted segment's handle still finishes its read (the file lives until
+//!   the handle is closed).
+//! - A new segment's header and directory entry are synced before any
+//!   record is written to it, so an acked record is never in a file whose
+//!   name a crash could lose.
+
+use super::error::LogError;
+use super::record::{self, Record, RECORD_HEADER_LEN};
+use super::state_file::sync_dir;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Extension of segment files.
+pub const SEGMENT_EXT: &str = "seg";
+/// Bytes of the segment header.
+pub const SEGMENT_HEADER_LEN: u64 = 32;
+/// The segment format version this build reads and writes.
+pub const SEGMENT_VERSION: u32 = 1;
+const SEGMENT_MAGIC: [u8; 8] = *b"SPWLSEG\0";
+
+/// Where a record lives: enough to read it back without any index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Location {
+    /// The segment's base sequence (its file name).
+    pub segment: u64,
+    /// Byte offset of the record's frame in the segment file.
+    pub offset: u64,
+    /// Length of the frame on disk (header included).
+    pub len: u32,
+}
+
+/// `00000000000000000042.seg` for base 42.
+pub fn segment_file_name(base: u64) -> String {
+    format!("{base:020}.{SEGMENT_EXT}")
+}
+
+/// The base sequence of a segment file name, if it is one (exactly 20 digits
+/// and `.seg`).
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+pub(crate) fn encode_header(base: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&base.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// What is wrong with a segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    Short,
+    BadMagic,
+    BadCrc,
+    /// A valid header of another format version.
+    Version(u32),
+    /// A valid header naming another base than the file name.
+    BaseMismatch(u64),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Short => f.write_str("file shorter than the segment header"),
+            HeaderError::BadMagic => f.write_str("bad segment marker"),
+            HeaderError::BadCrc => f.write_str("segment header checksum mismatch"),
+            HeaderError::Version(v) => write!(f, "unsupported segment version {v}"),
+            HeaderError::BaseMismatch(b) => write!(f, "header names base seq {b}"),
+        }
+    }
+}
+
+pub(crate) fn check_header(h: &[u8], base: u64) -> Result<(), HeaderError> {
+    let Some(h) = h.get(..SEGMENT_HEADER_LEN as usize) else {
+        return Err(HeaderError::Short);
+    };
+    if h[..8] != SEGMENT_MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    if crc32c::crc32c(&h[..28]).to_le_bytes() != h[28..32] {
+        return Err(HeaderError::BadCrc);
+    }
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if version != SEGMENT_VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[16..24]);
+    let found = u64::from_le_bytes(b);
+    if found != base {
+        return Err(HeaderError::BaseMismatch(found));
+    }
+    Ok(())
+}
+
+/// One open segment file.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base: u64,
+    pub path: PathBuf,
+    /// Read+write handle: the writer uses `pwrite`, readers `pread`.
+    pub file: File,
+    /// Bytes of valid data (header + complete records) in the file; a
+    /// preallocated file is longer (zeros).
+    pub len: AtomicU64,
+}
+
+impl Segment {
+    /// Opens an existing segment file for reading and writing.
+    pub fn open(path: PathBuf, base: u64) -> Result<Segment, LogError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(LogError::io("open segment", &path))?;
+        let len = file
+            .metadata()
+            .map_err(LogError::io("stat segment", &path))?
+            .len();
+        Ok(Segment {
+            base,
+            path,
+            file,
+            len: AtomicU64::new(len),
+        })
+    }
+
+    /// Creates (or empties) segment `base` in `dir` and makes its header and
+    /// directory entry durable.
+    pub fn create(dir: &Path, base: u64) -> Result<Segment, LogError> {
+        let path = dir.join(segment_file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(LogError::io("create segment", &path))?;
+        let seg = Segment {
+            base,
+            path,
+            file,
+            len: AtomicU64::new(0),
+        };
+        seg.rewrite_header()?;
+        sync_dir(dir).map_err(LogError::io("fsync directory", dir))?;
+        Ok(seg)
+    }
+
+    /// Turns a preallocated `spare` into segment `base` of `dir`: header,
+    /// sync, rename, directory sync. Replaces an existing file of that name
+    /// (an empty active segment being swapped for a preallocated one).
+    pub fn install(
+        dir: &Path,
+        base: u64,
+        spare: super::prealloc::Spare,
+    ) -> Result<Segment, LogError> {
+        let path = dir.join(segment_file_name(base));
+        spare
+            .file
+            .write_all_at(&encode_header(base), 0)
+            .and_then(|()| spare.file.sync_data())
+            .map_err(LogError::io("write segment header", &spare.path))?;
+        std::fs::rename(&spare.path, &path).map_err(LogError::io("rename into place", &path))?;
+        sync_dir(dir).map_err(LogError::io("fsync directory", dir))?;
+        Ok(Segment {
+            base,
+            path,
+            file: spare.file,
+            len: AtomicU64::new(SEGMENT_HEADER_LEN),
+        })
+    }
+
+    /// Empties the file down to a fresh header, durably.
+    pub fn rewrite_header(&self) -> Result<(), LogError> {
+        let path = &self.path;
+        self.file
+            .set_len(0)
+            .map_err(LogError::io("truncate segment", path))?;
+        self.file
+            .write_all_at(&encode_header(self.base), 0)
+            .map_err(LogError::io("write segment header", path))?;
+        self.file
+            .sync_data()
+            .map_err(LogError::io("fdatasync", path))?;
+        self.len.store(SEGMENT_HEADER_LEN, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads the frame at `loc` and decodes it, checking it is `seq`.
+    pub fn read(&self, seq: u64, loc: Location) -> Result<Record, LogError> {
+        let corrupt = |source| LogError::Corrupt {
+            seq,
+            location: loc,
+            source,
+        };
+        let len = loc.len as usize;
+        if !(RECORD_HEADER_LEN + record::MIN_BODY_LEN..=RECORD_HEADER_LEN + record::MAX_BODY_LEN)
+            .contains(&len)
+        {
+            return Err(corrupt(record::RecordError::BadLength { len }));
+        }
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                corrupt(record::RecordError::Truncated {
+                    needed: len,
+                    available: 0,
+                })
+            } else {
+                LogError::io("read", &self.path)(e)
+            }
+        })?;
+        let rec = Record::from_frame(&Bytes::from(buf)).map_err(corrupt)?;
+        if rec.seq != seq {
+            return Err(corrupt(record::RecordError::Malformed(
+                "the record at this location has another seq",
+            )));
+        }
+        Ok(rec)
+    }
+}
+
+/// What [`SegmentLog::delete_before`](super::SegmentLog::delete_before) removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteReport {
+    /// Segment files deleted.
+    pub segments: u64,
+    /// Their size on disk.
+    pub bytes: u64,
+}
+
+/// The table of open segments, ordered by base sequence. The last one is the
+/// writer's active segment.
+#[derive(Debug)]
+pub(crate) struct Segments {
+    dir: PathBuf,
+    map: RwLock<BTreeMap<u64, Arc<Segment>>>,
+}
+
+impl Segments {
+    pub fn new(dir: PathBuf, segments: impl IntoIterator<Item = Arc<Segment>>) -> Segments {
+        let map = segments.into_iter().map(|s| (s.base, s)).collect();
+        Segments {
+            dir,
+            map: RwLock::new(map),
+        }
+    }
+
+    /// Adds a new (active) segment.
+    pub fn push(&self, seg: Arc<Segment>) {
+        self.map.write().insert(seg.base, seg);
+    }
+
+    pub fn get(&self, base: u64) -> Option<Arc<Segment>> {
+        self.map.read().get(&base).cloned()
+    }
+
+    /// Reads record `seq` at `loc` (blocking `pread`, normally served from
+    /// the page cache).
+    pub fn read(&self, seq: u64, loc: Location) -> Result<Record, LogError> {
+        let seg = self.get(loc.segment).ok_or(LogError::NotFound {
+            seq,
+            segment: loc.segment,
+        })?;
+        seg.read(seq, loc)
+    }
+
+    /// (segment count, bytes on disk).
+    pub fn usage(&self) -> (u64, u64) {
+        let map = self.map.read();
+        let bytes = map.values().map(|s| s.len.load(Ordering::Acquire)).sum();
+        (map.len() as u64, bytes)
+    }
+
+    /// Deletes, oldest first, every segment whose records all have a seq
+    /// below `floor` (its successor's base is ≤ `floor`). Never the last.
+    pub fn delete_before(&self, floor: u64) -> Result<DeleteReport, LogError> {
+        let mut report = DeleteReport::default();
+        let mut map = self.map.write();
+        loop {
+            let mut bases = map.keys();
+            let (Some(&first), Some(&next)) = (bases.next(), bases.next()) else {
+                break; // only the active segment is left
+            };
+            if next > floor {
+                break;
+            }
+            let Some(seg) = map.get(&first) else { break };
+            match std::fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("remove segment", &seg.path)(e)),
+            }
+            report.segments += 1;
+            report.bytes += seg.len.load(Ordering::Acquire);
+            map.remove(&first);
+        }
+        drop(map);
+        if report.segments > 0 {
+            sync_dir(&self.dir).map_err(LogError::io("fsync directory", &self.dir))?;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(segment_file_name(1), "00000000000000000001.seg");
+        assert_eq!(parse_segment_name("00000000000000000001.seg"), Some(1));
+        assert_eq!(
+            parse_segment_name(&segment_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        for bad in [
+            "1.seg",
+            "0000000000000000001x.seg",
+            "00000000000000000001.log",
+            "99999999999999999999.seg", // > u64::MAX
+            "+0000000000000000001.seg",
+            "000000000000000000001.seg",
+        ] {
+            assert_eq!(parse_segment_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_checks() {
+        let h = encode_header(7);
+        assert_eq!(check_header(&h, 7), Ok(()));
+        assert_eq!(check_header(&h, 8), Err(HeaderError::BaseMismatch(7)));
+        assert_eq!(check_header(&h[..31], 7), Err(HeaderError::Short));
+        let mut bad = h;
+        bad[0] ^= 1;
+        assert_eq!(check_header(&bad, 7), Err(HeaderError::BadMagic));
+        let mut bad = h;
+        bad[17] ^= 1;
+        assert_eq!(check_header(&bad, 7), Err(HeaderError::BadCrc));
+        let mut v2 = h;
+        v2[8] = 2;
+        let crc = crc32c::crc32c(&v2[..28]);
+        v2[28..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(check_header(&v2, 7), Err(HeaderError::Version(2)));
+    }
+
+    #[test]
+    fn create_read_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut locs = Vec::new();
+        let mut segs = Vec::new();
+        for (base, seqs) in [(1u64, 1..3u64), (3, 3..5), (5, 5..6)] {
+            let seg = Segment::create(dir.path(), base).unwrap();
+            let mut off = SEGMENT_HEADER_LEN;
+            for seq in seqs {
+                let mut buf = Vec::new();
+                let m = crate::Message {
+                    subject: format!("s{seq}"),
+                    headers: Vec::new(),
+                    payload: Bytes::from_static(b"p"),
+                };
+                let len = record::encode(seq, std::time::SystemTime::now(), &m, &mut buf).unwrap();
+                seg.file.write_all_at(&buf, off).unwrap();
+                locs.push((
+                    seq,
+                    Location {
+                        segment: base,
+                        offset: off,
+                        len: len as u32,
+                    },
+                ));
+                off += len as u64;
+            }
+            seg.len.store(off, Ordering::Release);
+            segs.push(Arc::new(seg));
+        }
+        let table = Segments::new(dir.path().to_path_buf(), segs);
+        for &(seq, loc) in &locs {
+            assert_eq!(table.read(seq, loc).unwrap().subject, format!("s{seq}"));
+        }
+        // Wrong seq, wrong offset, unknown segment.
+        let (_, loc2) = locs[1];
+        assert!(matches!(
+            table.read(3, loc2),
+            Err(LogError::Corrupt { seq: 3, .. })
+        ));
+        assert!(matches!(
+            table.read(
+                2,
+                Location {
+                    offset: loc2.offset + 1,
+                    ..loc2
+                }
+            ),
+            Err(LogError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            table.read(
+                2,
+                Location {
+                    offset: 1 << 40,
+                    ..loc2
+                }
+            ),
+            Err(LogError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            table.read(2, Location { len: 3, ..loc2 }),
+            Err(LogError::Corrupt { .. })
+        ));
+
+        let held = table.get(1).unwrap();
+        // Floor 3: segment 1 holds 1, 2 (< 3): deleted. Segment 3 holds 4.
+        let r = table.delete_before(3).unwrap();
+        assert_eq!(r.segments, 1);
+        assert!(!dir.path().join(segment_file_name(1)).exists());
+        assert!(matches!(
+            table.read(1, locs[0].1),
+            Err(LogError::NotFound { seq: 1, segment: 1 })
+        ));
+        // A handle taken before the delete still reads.
+        assert_eq!(held.read(1, locs[0].1).unwrap().seq, 1);
+        assert_eq!(table.delete_before(4).unwrap().segments, 0);
+        // The active (last) segment is never deleted, whatever the floor.
+        assert_eq!(table.delete_before(u64::MAX).unwrap().segments, 1);
+        assert_eq!(table.usage().0, 1);
+        assert!(dir.path().join(segment_file_name(5)).exists());
+        assert_eq!(table.read(5, locs[4].1).unwrap().seq, 5);
+    }
+}
