@@ -21,7 +21,10 @@
 //!
 //! Guarantees:
 //! - an event is acked only after its trigger succeeded, its DLQ trigger
-//!   succeeded, or it was filtered out (Argo `atLeastOnce: true`, always);
+//!   succeeded, or it was filtered out (Argo `atLeastOnce: true`, spillway's
+//!   default). Only an explicit `atLeastOnce: false` acks before the trigger
+//!   runs; its retries then happen in memory (same steps and backoff) and
+//!   the event is lost if the process dies first, exactly as in Argo;
 //! - a failure is retried per `retryStrategy` (nak with backoff; the attempt
 //!   is the bus delivery count, so retries survive restarts). A `Retry-After`
 //!   pause is not a retry step: the event is held and sent again when the
@@ -41,6 +44,7 @@ use crate::triggers::{Trigger, TriggerError};
 use spillway_bus::{Consumer, Received};
 use spillway_flowctl::{AdaptiveConcurrency, Busy, GradualDrain, Outcome, RateLimiter, Token};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -70,6 +74,10 @@ pub struct TriggerLimits {
     /// How long the bus waits for an ack before redelivering; held events
     /// are refreshed well before it runs out.
     pub ack_wait: Duration,
+    /// Argo `atLeastOnce` (spillway default `true`). `false` acks the bus
+    /// before the trigger runs and retries in memory: a crash mid-retry
+    /// loses the event, as in Argo.
+    pub at_least_once: bool,
 }
 
 /// The live view of one runner, for metrics and `/api/v1/status`.
@@ -122,9 +130,17 @@ struct RunnerInner {
     concurrency: AdaptiveConcurrency,
     /// Signalled whenever a slot is given back.
     slot_freed: Notify,
+    /// Held events waiting for a slot again (after a `Retry-After` pause or
+    /// an in-memory retry). They go before new fetches: otherwise the fetch
+    /// loop, which holds idle slots while it waits for events, could starve
+    /// them.
+    retriers: AtomicUsize,
+    /// Signalled when `retriers` drops to zero.
+    retriers_done: Notify,
     slow_start: Option<GradualDrain>,
     /// Interval of `in_progress` refreshes for held events.
     keep_alive: Duration,
+    at_least_once: bool,
 }
 
 /// A concurrency slot; giving it back (complete or drop) wakes a waiter.
@@ -169,6 +185,7 @@ impl TriggerRunner {
             sensor_rate,
             slow_start,
             ack_wait,
+            at_least_once,
         } = limits;
         let max_in_flight = max_in_flight.max(1);
         let fetch_cap = [rate.as_ref(), sensor_rate.as_deref()]
@@ -190,8 +207,11 @@ impl TriggerRunner {
                 metrics,
                 concurrency,
                 slot_freed: Notify::new(),
+                retriers: AtomicUsize::new(0),
+                retriers_done: Notify::new(),
                 slow_start,
                 keep_alive: (ack_wait / 3).max(Duration::from_millis(100)),
+                at_least_once,
             }),
             max_in_flight,
             fetch_cap,
@@ -218,7 +238,7 @@ impl TriggerRunner {
             while tasks.try_join_next().is_some() {}
             // One slot first (waits while at the limit or paused), then every
             // other free slot: the fetch never asks for more than the limit allows.
-            let Some(first) = self.inner.acquire_slot(&shutdown, &[]).await else {
+            let Some(first) = self.inner.acquire_slot(&shutdown).await else {
                 break;
             };
             let mut slots = vec![first];
@@ -312,37 +332,85 @@ struct Ready {
 }
 
 impl RunnerInner {
+    /// A slot for fetching, if one is free and no held event is waiting.
     fn try_acquire_slot(self: &Arc<Self>) -> Option<Slot> {
+        if self.retriers.load(Ordering::Acquire) > 0 {
+            return None;
+        }
         self.concurrency.try_acquire().ok().map(|token| Slot {
             token: Some(token),
             inner: Arc::clone(self),
         })
     }
 
-    /// Waits for a concurrency slot (the limit has room and no `Retry-After`
-    /// pause is running), keeping `held` events alive. `None` on shutdown.
-    async fn acquire_slot(
+    /// Waits for a slot to fetch with: the limit has room, no `Retry-After`
+    /// pause is running, and no held event is waiting. `None` on shutdown.
+    async fn acquire_slot(self: &Arc<Self>, shutdown: &CancellationToken) -> Option<Slot> {
+        let wait = async {
+            loop {
+                let retriers_done = self.retriers_done.notified();
+                if self.retriers.load(Ordering::Acquire) > 0 {
+                    retriers_done.await;
+                    continue;
+                }
+                match self.wait_for_slot().await {
+                    Ok(slot) => return slot,
+                    // Woken by a freed slot a held event should have had.
+                    Err(()) => self.slot_freed.notify_one(),
+                }
+            }
+        };
+        self.keep_alive_while(&[], shutdown, wait).await
+    }
+
+    /// Waits for a slot for an event this runner already holds (`held`, kept
+    /// alive meanwhile); such events go before new fetches. `None` on
+    /// shutdown.
+    async fn reacquire_slot(
         self: &Arc<Self>,
         shutdown: &CancellationToken,
         held: &[u64],
     ) -> Option<Slot> {
+        struct Waiting<'a>(&'a RunnerInner);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if self.0.retriers.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.0.retriers_done.notify_waiters();
+                }
+            }
+        }
+        self.retriers.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(self);
         let wait = async {
             loop {
-                // Registered before trying, so a slot freed in between is not missed.
-                let freed = self.slot_freed.notified();
-                match self.concurrency.try_acquire() {
-                    Ok(token) => {
-                        return Slot {
-                            token: Some(token),
-                            inner: Arc::clone(self),
-                        }
-                    }
-                    Err(Busy::AtLimit { .. }) => freed.await,
-                    Err(Busy::Paused { wait }) => tokio::time::sleep(wait).await,
+                if let Ok(slot) = self.wait_for_slot().await {
+                    return slot;
                 }
             }
         };
         self.keep_alive_while(held, shutdown, wait).await
+    }
+
+    /// One slot once the limit has room and no pause runs. `Err` when the
+    /// fetch loop was woken while held events are waiting (it must step back).
+    async fn wait_for_slot(self: &Arc<Self>) -> Result<Slot, ()> {
+        loop {
+            // Registered before trying, so a slot freed in between is not missed.
+            let freed = self.slot_freed.notified();
+            match self.concurrency.try_acquire() {
+                Ok(token) => {
+                    return Ok(Slot {
+                        token: Some(token),
+                        inner: Arc::clone(self),
+                    })
+                }
+                Err(Busy::AtLimit { .. }) => freed.await,
+                Err(Busy::Paused { wait }) => tokio::time::sleep(wait).await,
+            }
+            if self.retriers.load(Ordering::Acquire) > 0 {
+                return Err(());
+            }
+        }
     }
 
     /// Runs `work`, sending `in_progress` for the `held` events every
@@ -422,6 +490,14 @@ impl RunnerInner {
             .duration_since(message.published_at)
             .unwrap_or(Duration::ZERO);
         self.metrics.event_age(&self.sensor, age);
+        if !self.at_least_once {
+            self.settle(self.consumer.ack(seq).await, seq);
+            self.invoke_acked(&dependency, &event, slot, &shutdown)
+                .await;
+            self.metrics
+                .sensor_processing(&self.sensor, delivered.elapsed());
+            return;
+        }
         // A redelivery after the retries were used up goes straight to the
         // DLQ: the trigger already had its `steps` attempts.
         if attempt > self.retry.steps && self.dlq.is_some() {
@@ -466,7 +542,7 @@ impl RunnerInner {
             // retry step.
             self.count(TriggerOutcome::Retry);
             tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, ?pause, "downstream asked to retry later");
-            match self.acquire_slot(&shutdown, &[seq]).await {
+            match self.reacquire_slot(&shutdown, &[seq]).await {
                 Some(next) => slot = next,
                 // Shutting down: left unacked, redelivered later.
                 None => return,
@@ -504,6 +580,97 @@ impl RunnerInner {
         }
         self.metrics
             .sensor_processing(&self.sensor, delivered.elapsed());
+    }
+
+    /// `atLeastOnce: false`: the event is already acked, so the retries
+    /// (same `retryStrategy`) and the DLQ hand-off happen here, in memory.
+    /// The event keeps its concurrency slot through its backoff, so events
+    /// retried in memory stay bounded by `maxInFlight`; only a downstream
+    /// pushback gives the slot back (to the pause) and waits for a new one.
+    async fn invoke_acked(
+        self: &Arc<Self>,
+        dependency: &str,
+        event: &Event,
+        first_slot: Slot,
+        shutdown: &CancellationToken,
+    ) {
+        let mut slot = Some(first_slot);
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let result = self.trigger.invoke(dependency, event).await;
+            let rtt = started.elapsed();
+            let err = match result {
+                Ok(()) => {
+                    // Only a first attempt's time is a clean RTT sample.
+                    if let (Some(slot), 1) = (slot.take(), attempt) {
+                        slot.complete(Outcome::Success { rtt });
+                    }
+                    self.count(TriggerOutcome::Success);
+                    return;
+                }
+                Err(err) => err,
+            };
+            let delay = match &err {
+                TriggerError::Retryable {
+                    retry_after,
+                    pushback,
+                    ..
+                } => {
+                    if let (Some(reason), Some(held)) = (pushback, slot.take()) {
+                        held.complete(Outcome::Dropped {
+                            reason: *reason,
+                            retry_after: *retry_after,
+                        });
+                    }
+                    self.retry.delay_after(attempt, *retry_after)
+                }
+                TriggerError::Permanent { .. } => None,
+            };
+            let Some(delay) = delay else {
+                drop(slot);
+                if self.dlq.is_some() {
+                    self.dead_letter_acked(dependency, event, &err.to_string())
+                        .await;
+                } else {
+                    self.count(TriggerOutcome::Failure);
+                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed; event was acked before the trigger (atLeastOnce: false) and is dropped: {err}");
+                }
+                return;
+            };
+            self.count(TriggerOutcome::Retry);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => {
+                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, "shutting down during a retry of an event acked before its trigger (atLeastOnce: false): dropped");
+                    return;
+                }
+            }
+            attempt += 1;
+            if slot.is_none() {
+                match self.reacquire_slot(shutdown, &[]).await {
+                    Some(next) => slot = Some(next),
+                    None => return,
+                }
+            }
+        }
+    }
+
+    /// The DLQ hand-off of an already-acked event: one attempt.
+    async fn dead_letter_acked(&self, dependency: &str, event: &Event, why: &str) {
+        let Some(dlq) = &self.dlq else {
+            return;
+        };
+        match dlq.invoke(dependency, event).await {
+            Ok(()) => {
+                self.count(TriggerOutcome::Dlq);
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, "trigger gave up ({why}); event sent to the DLQ trigger");
+            }
+            Err(err) => {
+                self.count(TriggerOutcome::Failure);
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, "trigger and DLQ trigger failed; event was acked before the trigger (atLeastOnce: false) and is dropped: {err}");
+            }
+        }
     }
 
     /// Hands an event whose trigger gave up to the DLQ trigger: acked when

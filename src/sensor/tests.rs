@@ -132,6 +132,7 @@ fn limits(max_in_flight: usize) -> TriggerLimits {
         sensor_rate: None,
         slow_start: None,
         ack_wait: Duration::from_secs(30),
+        at_least_once: true,
     }
 }
 
@@ -544,4 +545,49 @@ async fn a_hanging_trigger_does_not_slow_its_sibling() {
     setup.shutdown.cancel();
     // The hanging invocations never end; don't wait for them.
     setup.tasks.abort_all();
+}
+
+/// `atLeastOnce: false` (explicit): the bus is acked before the trigger
+/// runs, the retries still happen (in memory), then the DLQ.
+#[tokio::test(start_paused = true)]
+async fn at_least_once_false_acks_first_and_still_retries_then_dlq() {
+    let mut setup = Setup::new(2).await;
+    let failing = Arc::new(AlwaysFails {
+        start: Instant::now(),
+        calls: Mutex::new(Vec::new()),
+    });
+    let dlq = Arc::new(Recorder::default());
+    let (_, consumer) = setup
+        .runner_with(
+            "api",
+            Arc::clone(&failing) as Arc<dyn CustomTrigger>,
+            Some(Arc::clone(&dlq) as Arc<dyn CustomTrigger>),
+            TriggerLimits {
+                retry: RetryPolicy {
+                    steps: 3,
+                    duration: Duration::from_secs(1),
+                    factor: 2.0,
+                    jitter: 0.0,
+                },
+                at_least_once: false,
+                ..limits(16)
+            },
+        )
+        .await;
+    // Acked before the first call: the bus is empty at once.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(setup.bus.stats().messages, 0);
+    assert_eq!(consumer.stats().ack_pending, 0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = failing.calls.lock().clone();
+    assert_eq!(calls.len(), 6, "3 attempts for each of 2 events: {calls:?}");
+    // In memory, exact: 0 s, 1 s, 3 s.
+    let first: Vec<Duration> = calls
+        .iter()
+        .filter(|c| c.0 == calls[0].0)
+        .map(|c| c.1)
+        .collect();
+    assert_eq!(first, [0, 1, 3].map(Duration::from_secs).to_vec());
+    assert_eq!(dlq.calls().len(), 2);
+    setup.stop().await;
 }

@@ -388,6 +388,7 @@ async fn build_runners(
                 sensor_rate: sensor_rate.clone(),
                 slow_start,
                 ack_wait,
+                at_least_once: trigger.at_least_once.as_ref().is_none_or(|f| f.value),
             },
             Arc::clone(metrics),
         ));
@@ -500,15 +501,6 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
                     at(k.pos),
                     t.name.value
                 ));
-            }
-            if let Some(flag) = &trigger.at_least_once {
-                if !flag.value {
-                    problems.push(format!(
-                        "{}: trigger {:?}: atLeastOnce: false (ack before the trigger) is not supported yet",
-                        at(flag.pos),
-                        t.name.value
-                    ));
-                }
             }
         }
     }
