@@ -187,6 +187,9 @@ struct State {
     interval: u64,
     /// First slot of `interval` not yet taken or lost.
     next_slot: u128,
+    /// Slots in `interval` (`starts_in(interval).max(1)`), cached because
+    /// computing it (a power of `factor`) costs more than the rest of a check.
+    starts: u128,
     last_start: Option<u128>,
 }
 
@@ -226,6 +229,7 @@ impl<C: Clock> GradualDrain<C> {
                 origin,
                 interval: 0,
                 next_slot: 0,
+                starts: config.starts_in(0).max(1),
                 last_start: None,
             }),
         })
@@ -260,6 +264,7 @@ impl<C: Clock> GradualDrain<C> {
         state.origin = now;
         state.interval = 0;
         state.next_slot = 0;
+        state.starts = self.config.starts_in(0).max(1);
     }
 
     /// Admits one start now, or says how long until one would be admitted.
@@ -270,13 +275,14 @@ impl<C: Clock> GradualDrain<C> {
         if state.interval != k {
             state.interval = k;
             state.next_slot = 0;
+            state.starts = self.config.starts_in(k).max(1);
         }
         let due = self.next_due(&state, k);
         if due <= now {
             // Admitted means slot `next_slot` has come; any later ones that
             // have come too are skipped over rather than owed.
             let len = self.config.interval.as_nanos();
-            let n = self.config.starts_in(k).max(1);
+            let n = state.starts;
             let into = now - (state.origin + u128::from(k) * len);
             state.next_slot = into * n / len + 1;
             state.last_start = Some(now);
@@ -315,7 +321,7 @@ impl<C: Clock> GradualDrain<C> {
             Some(last) => at_least.max(last + len / n / 2),
             None => at_least,
         };
-        let n = self.config.starts_in(k).max(1);
+        let n = state.starts;
         if state.next_slot < n {
             let slot = start + (state.next_slot * len).div_ceil(n);
             let due = spaced(n, slot);

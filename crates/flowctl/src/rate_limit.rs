@@ -20,7 +20,6 @@
 //! (whoever checks first after the wait wins).
 
 use crate::clock::{Clock, GovernorClock, TokioClock};
-use governor::clock::Clock as _;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
@@ -230,8 +229,10 @@ impl<C: Clock> RateLimiter<C> {
 
     /// Admits one call now, or says how long until one would be admitted.
     pub fn check(&self) -> Result<(), RateLimited> {
-        self.gcra.check().map_err(|not_until| RateLimited {
-            wait: not_until.wait_time_from(self.clock.now()),
+        self.clock.pinned(|now| {
+            self.gcra.check().map_err(|not_until| RateLimited {
+                wait: not_until.wait_time_from(now),
+            })
         })
     }
 
@@ -240,17 +241,17 @@ impl<C: Clock> RateLimiter<C> {
         let Some(n) = NonZeroU32::new(n) else {
             return Ok(());
         };
-        match self.gcra.check_n(n) {
+        self.clock.pinned(|now| match self.gcra.check_n(n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(RateLimited {
-                wait: not_until.wait_time_from(self.clock.now()),
+                wait: not_until.wait_time_from(now),
             }
             .into()),
             Err(_) => Err(CheckNError::ExceedsBurst {
                 requested: n.get(),
                 burst: self.limit.burst(),
             }),
-        }
+        })
     }
 
     /// Waits (on tokio time) until one call is admitted, and takes it.
