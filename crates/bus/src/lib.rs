@@ -20,6 +20,7 @@
 //! segment log and the JetStream backend implement the same trait; the
 //! storage engine under the segment log is [`segment::SegmentLog`].
 
+pub mod jetstream;
 pub mod memory;
 pub mod segment;
 mod types;

@@ -1,0 +1,675 @@
+//! Durable pull consumers on JetStream.
+//!
+//! # One bus consumer, one or more JetStream consumers
+//!
+//! A bus consumer with zero or one filter subject is one durable JetStream
+//! pull consumer, named after it (see [`subject`](super::subject)). nats-server 2.9
+//! accepts only one `filter_subject` per consumer, so a bus consumer with
+//! several filter subjects (a sensor trigger with several dependencies) is
+//! made of one durable JetStream consumer per subject, named
+//! `<name>.<subject>` sanitised, and its fetches pull from them in turn.
+//! Consequences, all documented limits of the 2.9 server:
+//!
+//! - Each part counts against the stream's `max_consumers`.
+//! - Messages of different subjects are not delivered in stream order
+//!   relative to each other (each subject is in order).
+//! - A waiting fetch polls the parts (20 ms, doubling to 250 ms) instead of
+//!   parking one pull request on the server, so a new message may wait up to
+//!   250 ms; a single-subject consumer is woken by the server at once.
+//! - `max_ack_pending` is set on every part and also enforced across them by
+//!   this process. Several processes sharing the consumer may together have
+//!   up to `max_ack_pending` per part in flight.
+//! - Changing the set of subjects leaves the parts of removed subjects behind
+//!   (they keep holding their messages under interest retention): delete
+//!   them with `nats consumer rm` once no instance uses them.
+//!
+//! # Acks need the delivery handle
+//!
+//! Acknowledging a JetStream message means publishing to the reply subject it
+//! was delivered with. Each consumer keeps, per delivered and not yet settled
+//! stream sequence, that reply subject and when the message becomes due for
+//! redelivery. The map holds at most `max_ack_pending` entries: a fetch
+//! never asks for more than the free credit (entries not yet due), and when
+//! the map is full an insert first drops entries whose ack deadline passed
+//! (the server redelivers those anyway, possibly to another instance). An
+//! ack for a dropped entry is a no-op: the message is redelivered and
+//! processed again (at-least-once).
+//!
+//! # What differs from the memory bus
+//!
+//! - **Shared by many processes.** Binding to the same name from several
+//!   spillway instances shares the JetStream consumer: each message goes to
+//!   one of them at a time. Handles bound in one process share the map
+//!   above, so any of them can ack what another fetched.
+//! - **`max_deliver` is enforced here**, not by the server: on 2.9 a message
+//!   that exhausts the server's `MaxDeliver` stays in an interest stream
+//!   forever. The server consumer has no delivery cap; a nak after the last
+//!   allowed delivery, or a delivery beyond it, terminates the message
+//!   (`+TERM`), which releases it like the memory bus does.
+//! - **Cancelling a fetch** that waits for a message leaves its pull request
+//!   on the server until `max_wait` ends; a message delivered to it then is
+//!   redelivered only after `ack_wait`.
+//! - **Acks are fire-and-forget** NATS publishes (as in every JetStream
+//!   client): `ack` returns once the ack is sent. A lost ack means a
+//!   redelivery, never a loss. While disconnected, settling calls fail with
+//!   [`BusError::Unavailable`] instead of queueing.
+//! - `in_progress` after a `nak` is ignored, as in the memory bus; the server
+//!   would otherwise restart the ack timer and drop the nak delay.
+
+use super::subject::{durable_name, from_header_map};
+use super::Inner;
+use crate::{BusError, Consumer, ConsumerConfig, ConsumerStats, Received};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, ReplayPolicy};
+use async_nats::StatusCode;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// `expires` of a pull request that takes only what is there now. With
+/// `no_wait` the server answers at once when messages are available; the
+/// expiry bounds the one case in which 2.9 never answers on its own (the
+/// consumer is at `max_ack_pending`).
+const NOW_EXPIRES: Duration = Duration::from_millis(1);
+/// Shortest wait worth parking a pull request for.
+const MIN_WAIT: Duration = Duration::from_millis(2);
+/// Poll interval bounds of a waiting multi-subject fetch.
+const POLL_MIN: Duration = Duration::from_millis(20);
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// One JetStream consumer behind a bus consumer.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    pub(crate) durable: String,
+    /// NATS filter subject; empty means the whole stream.
+    pub(crate) filter: String,
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`.
+    next_subject: String,
+}
+
+/// The JetStream consumers a bus consumer needs.
+pub(crate) fn plan(inner: &Inner, config: &ConsumerConfig) -> Vec<Part> {
+    let mut filters: Vec<&String> = Vec::new();
+    for f in &config.filter_subjects {
+        if !filters.contains(&f) {
+            filters.push(f);
+        }
+    }
+    let part = |durable: String, filter: String| Part {
+        next_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{}.{durable}", inner.stream_name),
+        durable,
+        filter,
+    };
+    match filters.as_slice() {
+        [] => vec![part(durable_name(&config.name), String::new())],
+        [only] => vec![part(durable_name(&config.name), inner.space.to_nats(only))],
+        many => many
+            .iter()
+            .map(|f| {
+                part(
+                    durable_name(&format!("{}.{f}", config.name)),
+                    inner.space.to_nats(f),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The server-side configuration of `part`.
+pub(crate) fn part_config(config: &ConsumerConfig, part: &Part) -> pull::Config {
+    pull::Config {
+        durable_name: Some(part.durable.clone()),
+        description: Some(format!("spillway consumer {:?}", config.name)),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        // Enforced by the client (see the module docs).
+        max_deliver: -1,
+        filter_subject: part.filter.clone(),
+        replay_policy: ReplayPolicy::Instant,
+        max_ack_pending: i64::try_from(config.max_ack_pending.max(1)).unwrap_or(i64::MAX),
+        ..Default::default()
+    }
+}
+
+/// Whether an existing server consumer can serve `part` as is (`Ok(true)`),
+/// after an update (`Ok(false)`), or not at all (`Err` with the reason).
+pub(crate) fn compare(
+    existing: &async_nats::jetstream::consumer::Config,
+    want: &pull::Config,
+) -> Result<bool, String> {
+    if existing.deliver_subject.is_some() {
+        return Err("it is a push consumer".to_string());
+    }
+    if existing.filter_subject != want.filter_subject {
+        return Err(format!(
+            "its filter subject is {:?}, not {:?} (nats-server 2.9 cannot change it)",
+            existing.filter_subject, want.filter_subject
+        ));
+    }
+    if existing.ack_policy != AckPolicy::Explicit {
+        return Err(format!("its ack policy is {:?}", existing.ack_policy));
+    }
+    if existing.deliver_policy != DeliverPolicy::All {
+        return Err(format!(
+            "its deliver policy is {:?}",
+            existing.deliver_policy
+        ));
+    }
+    Ok(existing.ack_wait == want.ack_wait
+        && existing.max_ack_pending == want.max_ack_pending
+        && existing.max_deliver == want.max_deliver
+        && existing.description == want.description)
+}
+
+/// A delivered, not yet settled message.
+#[derive(Debug)]
+struct Entry {
+    /// Where acks go.
+    reply: async_nats::Subject,
+    /// When the server will make it available again (ack_wait or nak delay).
+    due: Instant,
+    deliveries: u32,
+    /// Nakked and not redelivered since: `in_progress` has no effect.
+    nakked: bool,
+}
+
+/// Delivery handles by stream sequence; at most `cap` entries.
+#[derive(Debug)]
+struct PendingMap {
+    cap: usize,
+    entries: HashMap<u64, Entry>,
+}
+
+impl PendingMap {
+    /// Free credit (entries not yet due) and the next due time among the others.
+    fn credit(&self, now: Instant) -> (usize, Option<Instant>) {
+        let mut held = 0;
+        let mut next = None::<Instant>;
+        for e in self.entries.values() {
+            if e.due > now {
+                held += 1;
+                next = Some(next.map_or(e.due, |n| n.min(e.due)));
+            }
+        }
+        (self.cap.saturating_sub(held), next)
+    }
+
+    fn insert(&mut self, seq: u64, entry: Entry, now: Instant) {
+        if !self.entries.contains_key(&seq) {
+            while self.entries.len() >= self.cap {
+                let Some((&victim, e)) = self.entries.iter().min_by_key(|(_, e)| e.due) else {
+                    break;
+                };
+                if e.due > now {
+                    tracing::debug!(
+                        seq = victim,
+                        "delivery map full; dropping the handle due first"
+                    );
+                }
+                self.entries.remove(&victim);
+            }
+        }
+        self.entries.insert(seq, entry);
+    }
+}
+
+/// State shared by every handle bound to one consumer name in this process.
+pub(crate) struct ConsumerShared {
+    pub(crate) config: ConsumerConfig,
+    pub(crate) parts: Vec<Part>,
+    pending: Mutex<PendingMap>,
+    /// Notified when credit is freed or a nak may make a message due sooner.
+    changed: Notify,
+    redelivered: AtomicU64,
+    /// First part the next multi-part fetch pulls from (round robin).
+    next_part: AtomicUsize,
+    /// Last figures read from the server.
+    cached: Mutex<CachedStats>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CachedStats {
+    pub(crate) pending: u64,
+    pub(crate) ack_pending: u64,
+    /// Publish time of the oldest message not yet released.
+    pub(crate) oldest: Option<SystemTime>,
+}
+
+impl ConsumerShared {
+    pub(crate) fn new(config: ConsumerConfig, parts: Vec<Part>) -> ConsumerShared {
+        ConsumerShared {
+            pending: Mutex::new(PendingMap {
+                cap: config.max_ack_pending.max(1),
+                entries: HashMap::new(),
+            }),
+            config,
+            parts,
+            changed: Notify::new(),
+            redelivered: AtomicU64::new(0),
+            next_part: AtomicUsize::new(0),
+            cached: Mutex::new(CachedStats::default()),
+        }
+    }
+
+    pub(crate) fn set_cached(&self, stats: CachedStats) {
+        *self.cached.lock() = stats;
+    }
+
+    pub(crate) fn stats(&self) -> ConsumerStats {
+        let c = *self.cached.lock();
+        ConsumerStats {
+            pending: c.pending,
+            ack_pending: c.ack_pending,
+            redelivered: self.redelivered.load(Ordering::Relaxed),
+            oldest_unacked_age: c
+                .oldest
+                .map(|t| SystemTime::now().duration_since(t).unwrap_or_default()),
+        }
+    }
+}
+
+/// A handle on a durable JetStream consumer. See the [module docs](self).
+pub(crate) struct JetStreamConsumer {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) shared: Arc<ConsumerShared>,
+}
+
+/// How long a pull request may wait on the server.
+#[derive(Clone, Copy)]
+enum Pull {
+    /// Only what is available now.
+    Now,
+    /// Up to this long for the batch to fill.
+    Wait(Duration),
+}
+
+impl JetStreamConsumer {
+    /// Sends one pull request to `part` and collects what it delivers, until
+    /// the batch is full or the server ends the request.
+    async fn pull(
+        &self,
+        part: &Part,
+        batch: usize,
+        mode: Pull,
+    ) -> Result<Vec<async_nats::Message>, BusError> {
+        let client = &self.inner.client;
+        let inbox = client.new_inbox();
+        let mut sub = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|err| BusError::Unavailable(format!("cannot subscribe for a pull: {err}")))?;
+        let (body, expires) = match mode {
+            Pull::Now => (
+                format!(
+                    r#"{{"batch":{batch},"no_wait":true,"expires":{}}}"#,
+                    NOW_EXPIRES.as_nanos()
+                ),
+                NOW_EXPIRES,
+            ),
+            Pull::Wait(wait) => (
+                format!(r#"{{"batch":{batch},"expires":{}}}"#, wait.as_nanos()),
+                wait,
+            ),
+        };
+        client
+            .publish_with_reply(part.next_subject.clone(), inbox, body.into())
+            .await
+            .map_err(|err| BusError::Unavailable(format!("cannot send a pull request: {err}")))?;
+        // The server ends every request by `expires`; this only guards
+        // against a lost connection or a server that never answers.
+        let guard = super::later(
+            Instant::now(),
+            expires.saturating_add(self.inner.options.request_timeout),
+        );
+        let mut out = Vec::new();
+        while out.len() < batch {
+            let next = tokio::select! {
+                next = sub.next() => next,
+                _ = tokio::time::sleep_until(guard) => {
+                    tracing::debug!(consumer = %part.durable, "pull request not ended by the server in time");
+                    break;
+                }
+                _ = self.inner.link.interrupted() => {
+                    if self.inner.link.is_closed() || !out.is_empty() {
+                        break;
+                    }
+                    return Err(self.inner.not_connected());
+                }
+            };
+            let Some(msg) = next else {
+                break;
+            };
+            match msg.status {
+                None | Some(StatusCode::OK) if msg.reply.is_some() => out.push(msg),
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                Some(StatusCode::NOT_FOUND) | Some(StatusCode::TIMEOUT) => break,
+                Some(StatusCode::NO_RESPONDERS) => {
+                    return Err(BusError::Unavailable(format!(
+                        "JetStream consumer {:?} does not exist (deleted?)",
+                        part.durable
+                    )));
+                }
+                status => {
+                    tracing::debug!(consumer = %part.durable, ?status, description = ?msg.description, "pull request ended");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A fetch from a single-part consumer: what is there now, else wait on
+    /// the server for one message and top the batch up with what followed.
+    async fn pull_single(
+        &self,
+        batch: usize,
+        deadline: Instant,
+    ) -> Result<Vec<async_nats::Message>, BusError> {
+        let part = &self.shared.parts[0];
+        let mut got = self.pull(part, batch, Pull::Now).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if got.is_empty() && remaining >= MIN_WAIT {
+            got = self.pull(part, 1, Pull::Wait(remaining)).await?;
+            if got.len() == 1 && batch > 1 {
+                match self.pull(part, batch - 1, Pull::Now).await {
+                    Ok(more) => got.extend(more),
+                    Err(err) => tracing::debug!(%err, "top-up pull failed"),
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// One round over every part, starting at the next one in turn.
+    async fn pull_round(&self, batch: usize) -> Result<Vec<async_nats::Message>, BusError> {
+        let parts = &self.shared.parts;
+        let start = self.shared.next_part.fetch_add(1, Ordering::Relaxed);
+        let mut got = Vec::new();
+        for i in 0..parts.len() {
+            if got.len() >= batch {
+                break;
+            }
+            let part = &parts[(start + i) % parts.len()];
+            match self.pull(part, batch - got.len(), Pull::Now).await {
+                Ok(more) => got.extend(more),
+                // Never drop what other parts already delivered.
+                Err(err) if !got.is_empty() => {
+                    tracing::debug!(%err, "pull failed");
+                    break;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Records deliveries and turns them into [`Received`]; terminates
+    /// messages delivered more than `max_deliver` times.
+    async fn accept(&self, raw: Vec<async_nats::Message>) -> Vec<Received> {
+        let now = Instant::now();
+        let config = &self.shared.config;
+        let mut out = Vec::with_capacity(raw.len());
+        let mut give_up = Vec::new();
+        for msg in raw {
+            let js_msg = async_nats::jetstream::Message {
+                message: msg,
+                context: self.inner.js.clone(),
+            };
+            let (seq, deliveries, published_at) = match js_msg.info() {
+                Ok(info) => (
+                    info.stream_sequence,
+                    u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                    SystemTime::from(info.published),
+                ),
+                Err(err) => {
+                    tracing::warn!(%err, reply = ?js_msg.message.reply, "not a JetStream delivery; ignored");
+                    continue;
+                }
+            };
+            let msg = js_msg.message;
+            let Some(reply) = msg.reply.clone() else {
+                continue;
+            };
+            if config.max_deliver.is_some_and(|max| deliveries > max) {
+                give_up.push((seq, deliveries, reply));
+                continue;
+            }
+            if deliveries > 1 {
+                self.shared.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            self.shared.pending.lock().insert(
+                seq,
+                Entry {
+                    reply,
+                    due: super::later(now, config.ack_wait),
+                    deliveries,
+                    nakked: false,
+                },
+                now,
+            );
+            out.push(Received {
+                seq,
+                subject: self.inner.space.strip(msg.subject.as_str()).to_string(),
+                headers: from_header_map(msg.headers.as_ref()),
+                payload: msg.payload,
+                published_at,
+                delivery_count: deliveries,
+            });
+        }
+        for (seq, deliveries, reply) in give_up {
+            tracing::warn!(
+                consumer = %config.name,
+                seq,
+                deliveries = deliveries - 1,
+                "max_deliver reached; message released without ack"
+            );
+            if let Err(err) = self.send(reply, "+TERM".into()).await {
+                tracing::debug!(%err, seq, "could not terminate an exhausted message");
+            }
+        }
+        out
+    }
+
+    /// Publishes an ack-protocol message to `reply`.
+    async fn send(
+        &self,
+        reply: async_nats::Subject,
+        payload: bytes::Bytes,
+    ) -> Result<(), BusError> {
+        if !self.inner.is_connected() {
+            return Err(self.inner.not_connected());
+        }
+        match tokio::time::timeout(
+            self.inner.options.request_timeout,
+            self.inner.client.publish(reply, payload),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(BusError::Unavailable(format!("cannot send ack: {err}"))),
+            Err(_) => Err(BusError::Unavailable(
+                "timed out sending an ack".to_string(),
+            )),
+        }
+    }
+
+    /// The reply subject and delivery count of `seq`, if it is pending here.
+    fn entry(&self, seq: u64) -> Option<(async_nats::Subject, u32, bool)> {
+        self.shared
+            .pending
+            .lock()
+            .entries
+            .get(&seq)
+            .map(|e| (e.reply.clone(), e.deliveries, e.nakked))
+    }
+
+    /// `ack` and `term`: settles `seq` for good.
+    async fn settle(&self, seq: u64, payload: &'static [u8]) -> Result<(), BusError> {
+        let Some((reply, _, _)) = self.entry(seq) else {
+            return Ok(());
+        };
+        self.send(reply, bytes::Bytes::from_static(payload)).await?;
+        self.shared.pending.lock().entries.remove(&seq);
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for JetStreamConsumer {
+    fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    async fn fetch(&self, max: usize, max_wait: Duration) -> Result<Vec<Received>, BusError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = super::later(Instant::now(), max_wait);
+        let mut poll = POLL_MIN;
+        loop {
+            if self.inner.link.is_closed() {
+                return Ok(Vec::new());
+            }
+            if !self.inner.is_connected() {
+                return Err(self.inner.not_connected());
+            }
+            // Registered before looking at the credit, so a release in
+            // between is not missed.
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
+            let (credit, next_due) = self.shared.pending.lock().credit(now);
+            let batch = max.min(credit);
+            if batch == 0 {
+                if now >= deadline {
+                    return Ok(Vec::new());
+                }
+                let until = next_due.map_or(deadline, |due| due.min(deadline));
+                tokio::select! {
+                    _ = changed => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = self.inner.link.interrupted() => {}
+                }
+                continue;
+            }
+            let raw = if self.shared.parts.len() == 1 {
+                self.pull_single(batch, deadline).await?
+            } else {
+                self.pull_round(batch).await?
+            };
+            let out = self.accept(raw).await;
+            let now = Instant::now();
+            if !out.is_empty() || now >= deadline {
+                return Ok(out);
+            }
+            // Multi-part consumers poll; a single part gets here only when
+            // the server ended a wait early (e.g. 409), so do not spin.
+            let until = super::later(now, poll).min(deadline);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = self.inner.link.interrupted() => {}
+            }
+            poll = (poll * 2).min(POLL_MAX);
+        }
+    }
+
+    async fn ack(&self, seq: u64) -> Result<(), BusError> {
+        self.settle(seq, b"+ACK").await
+    }
+
+    async fn nak(&self, seq: u64, delay: Duration) -> Result<(), BusError> {
+        let Some((reply, deliveries, _)) = self.entry(seq) else {
+            return Ok(());
+        };
+        if self
+            .shared
+            .config
+            .max_deliver
+            .is_some_and(|max| deliveries >= max)
+        {
+            tracing::warn!(
+                consumer = %self.shared.config.name,
+                seq,
+                deliveries,
+                "nak after max_deliver deliveries; message released without ack"
+            );
+            return self.settle(seq, b"+TERM").await;
+        }
+        let payload = if delay.is_zero() {
+            bytes::Bytes::from_static(b"-NAK")
+        } else {
+            format!(r#"-NAK {{"delay":{}}}"#, delay.as_nanos()).into()
+        };
+        self.send(reply, payload).await?;
+        if let Some(e) = self.shared.pending.lock().entries.get_mut(&seq) {
+            e.due = super::later(Instant::now(), delay);
+            e.nakked = true;
+        }
+        self.shared.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn in_progress(&self, seq: u64) -> Result<(), BusError> {
+        let Some((reply, _, nakked)) = self.entry(seq) else {
+            return Ok(());
+        };
+        if nakked {
+            return Ok(());
+        }
+        self.send(reply, bytes::Bytes::from_static(b"+WPI")).await?;
+        if let Some(e) = self.shared.pending.lock().entries.get_mut(&seq) {
+            e.due = super::later(Instant::now(), self.shared.config.ack_wait);
+        }
+        Ok(())
+    }
+
+    async fn term(&self, seq: u64) -> Result<(), BusError> {
+        self.settle(seq, b"+TERM").await
+    }
+
+    fn stats(&self) -> ConsumerStats {
+        self.shared.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(due: Instant) -> Entry {
+        Entry {
+            reply: "r".into(),
+            due,
+            deliveries: 1,
+            nakked: false,
+        }
+    }
+
+    #[test]
+    fn pending_map_is_bounded_and_drops_expired_first() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(10);
+        let mut map = PendingMap {
+            cap: 2,
+            entries: HashMap::new(),
+        };
+        map.insert(1, entry(later), now);
+        map.insert(2, entry(now), now);
+        assert_eq!(map.credit(now), (1, Some(later)));
+        map.insert(3, entry(later), now);
+        assert_eq!(map.entries.len(), 2);
+        assert!(map.entries.contains_key(&1) && map.entries.contains_key(&3));
+        assert_eq!(map.credit(now), (0, Some(later)));
+        // Re-inserting a known seq (a redelivery) evicts nothing.
+        map.insert(3, entry(later), now);
+        assert_eq!(map.entries.len(), 2);
+    }
+}
