@@ -22,6 +22,7 @@ use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner
 use crate::sources::webhook::{self, Endpoint, PortState};
 use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
+use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::memory::MemoryBus;
 use spillway_bus::{Bus, ConsumerConfig};
 use spillway_flowctl::{
@@ -83,15 +84,32 @@ pub async fn run_until(
     crate::install_tls_provider();
 
     let limits = config.bus.limits;
-    let bus: Arc<dyn Bus> = MemoryBus::new(limits);
-    tracing::info!(
-        "event bus {:?}: embedded, in memory, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
-        config.bus.name,
-        show(limits.max_msgs),
-        show(limits.max_bytes),
-        show(limits.max_msg_size),
-        limits.discard
-    );
+    let bus: Arc<dyn Bus> = match &config.bus.url {
+        Some(url) => {
+            let bus = JetStreamBus::connect(url, &config.bus.name, limits, &[] as &[&str]).await?;
+            tracing::info!(
+                "event bus {:?}: NATS JetStream at {url}, stream {:?}, max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
+                config.bus.name,
+                bus.stream_name(),
+                show(limits.max_msgs),
+                show(limits.max_bytes),
+                show(limits.max_msg_size),
+                limits.discard
+            );
+            bus
+        }
+        None => {
+            tracing::info!(
+                "event bus {:?}: embedded, in memory, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
+                config.bus.name,
+                show(limits.max_msgs),
+                show(limits.max_bytes),
+                show(limits.max_msg_size),
+                limits.discard
+            );
+            MemoryBus::new(limits)
+        }
+    };
     let metrics = Arc::new(Metrics::new());
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -427,12 +445,6 @@ fn build_trigger(
 /// Refuses config that validates but that this build cannot honour yet.
 fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunError> {
     let mut problems = Vec::new();
-    if let Some(url) = &config.bus.url {
-        problems.push(format!(
-            "EventBus {:?}: jetstream.url {url:?} — the NATS JetStream bus backend is not available in this build yet; remove `url` to use the embedded bus",
-            config.bus.name
-        ));
-    }
     for sensor in &config.sensors {
         let name = sensor.doc.metadata.name().to_string();
         let at = |pos: crate::config::yaml::Pos| format!("{}:{}", sensor.file.display(), pos);

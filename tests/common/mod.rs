@@ -223,3 +223,44 @@ async fn receive(State(receiver): State<Receiver>, body: axum::body::Bytes) -> S
     receiver.bodies.lock().await.push(value);
     StatusCode::OK
 }
+
+/// A `nats-server -js` of this test's own: ephemeral port, temp store,
+/// killed on drop.
+pub struct NatsServer {
+    pub url: String,
+    child: Child,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let store = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new("/usr/sbin/nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn /usr/sbin/nats-server (apt install nats-server)");
+        let server = NatsServer {
+            url: format!("nats://127.0.0.1:{port}"),
+            child,
+            _store: store,
+        };
+        wait_until("nats-server to listen", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        server
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
