@@ -16,13 +16,23 @@
 //! - An unacked message is redelivered after `ack_wait`, or after a `nak`
 //!   delay, until `max_deliver` deliveries have been made.
 //!
-//! Backends: [`memory::MemoryBus`] (in-process, not durable). The durable
-//! segment log and the JetStream backend implement the same trait; the
-//! storage engine under the segment log is [`segment::SegmentLog`].
+//! Backends: [`memory::MemoryBus`] (in-process, not durable),
+//! [`segment_bus::SegmentBus`] (embedded and durable), both thin layers over
+//! one shared stream / consumer state machine (the private `stream` module),
+//! and [`jetstream::JetStreamBus`] (a NATS JetStream stream shared by several
+//! spillway instances). The storage engine under the segment bus is
+//! [`segment::SegmentLog`]. One conformance suite (the private `conformance`
+//! module) runs against the embedded backends.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod jetstream;
 pub mod memory;
 pub mod segment;
+pub mod segment_bus;
+mod stream;
+#[cfg(test)]
+mod test_alloc;
 mod types;
 
 pub use types::{

@@ -1,5 +1,11 @@
 //! The in-memory [`Bus`] backend: one process, no disk.
 //!
+//! A thin layer over the shared stream state machine
+//! (the private `stream` module), storing each held message whole. The
+//! semantics below are the stream's; this module's tests are their
+//! behavioural specification (paused time, exact timings), and the
+//! backend-neutral conformance suite runs against it too.
+//!
 //! # What it guarantees
 //!
 //! - **Ordering and sequence numbers.** Every accepted message gets the next
@@ -29,8 +35,9 @@
 //! # What it does not guarantee
 //!
 //! - **Durability.** Everything lives in this process: a crash or restart
-//!   loses every message and every consumer position. Use a durable backend
-//!   wherever guarantee 1 of the design ("accepted = held durably") matters.
+//!   loses every message and every consumer position. Use
+//!   [`SegmentBus`](crate::segment_bus::SegmentBus) wherever guarantee 1 of
+//!   the design ("accepted = held durably") matters.
 //! - **Delivery of dropped messages.** `discard: old` and `max_age` delete
 //!   messages even if a consumer never saw them (counted in
 //!   `BusStats::discarded` and logged), and a message that exhausts
@@ -46,60 +53,34 @@
 //!
 //! All timing uses [`tokio::time::Instant`], so tests can run on paused time.
 
+use crate::stream::{Shared, Slot};
+#[cfg(test)]
+use crate::stream::{IDLE_RETRY_AFTER, MAX_RETRY_AFTER, MIN_RETRY_AFTER};
+#[cfg(test)]
+use crate::DiscardPolicy;
 use crate::{
-    Bus, BusError, BusStats, Consumer, ConsumerConfig, ConsumerStats, DiscardPolicy, Headers,
-    Limits, Message, PublishError, Received,
+    Bus, BusError, BusStats, Consumer, ConsumerConfig, ConsumerStats, Headers, Limits, Message,
+    PublishError, Received,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet};
+#[cfg(test)]
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Seconds of history the drain-rate estimate looks at.
-const DRAIN_WINDOW_SECS: u64 = 10;
-/// Bounds of [`PublishError::Full::retry_after`].
-const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// `retry_after` when nothing drained during the last [`DRAIN_WINDOW_SECS`]:
-/// there is no rate to extrapolate from, so answer a conservative guess that
-/// keeps retrying producers from hammering a stuck bus while still probing
-/// it every few seconds.
-const IDLE_RETRY_AFTER: Duration = Duration::from_secs(5);
-
 /// An in-process, non-durable [`Bus`]. See the [module docs](self).
 pub struct MemoryBus {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Body>>,
 }
 
 impl MemoryBus {
     /// An empty bus enforcing `limits`.
     pub fn new(limits: Limits) -> Arc<MemoryBus> {
-        let space = Arc::new(Notify::new());
-        let state = State {
-            limits,
-            space: Arc::clone(&space),
-            closed: false,
-            msgs: BTreeMap::new(),
-            bytes: 0,
-            last_seq: 0,
-            published: 0,
-            rejected_full: 0,
-            rejected_too_large: 0,
-            discarded: 0,
-            consumers: Vec::new(),
-            drain: DrainMeter::new(Instant::now()),
-            discard_log: LogThrottle::default(),
-        };
         Arc::new(MemoryBus {
-            shared: Arc::new(Shared {
-                limits,
-                space,
-                state: Mutex::new(state),
-            }),
+            shared: Arc::new(Shared::new(limits)),
         })
     }
 }
@@ -112,521 +93,22 @@ impl std::fmt::Debug for MemoryBus {
     }
 }
 
-/// What the bus and all its consumer handles share.
-struct Shared {
-    limits: Limits,
-    /// Notified whenever a held message is released or removed, and on close.
-    space: Arc<Notify>,
-    /// The whole stream and every consumer: one lock, never held across `.await`.
-    state: Mutex<State>,
-}
-
-/// A held message.
-struct Stored {
-    subject: String,
+/// What the memory backend keeps of a held message besides the stream's
+/// common fields: all of it.
+struct Body {
     headers: Headers,
     payload: Bytes,
     published_at: SystemTime,
-    /// Publish time on the tokio clock (ages, `max_age`).
-    stored_at: Instant,
-    size: u64,
-    /// Consumers that still hold this message; it is released at 0 (unless
-    /// there are no consumers at all).
-    holders: u32,
 }
 
-/// A delivered, unacked message of one consumer.
-struct PendingEntry {
-    deliveries: u32,
-    /// When it becomes due for redelivery (ack_wait or nak delay); `None`
-    /// while it waits in the consumer's `due` set.
-    timer: Option<Instant>,
-    /// Set by `nak` until redelivered; `in_progress` then has no effect.
-    nakked: bool,
-}
-
-struct ConsumerState {
-    config: ConsumerConfig,
-    /// Wakes waiting fetches: new matching message, redelivery scheduled,
-    /// credit freed, close.
-    wake: Arc<Notify>,
-    /// Messages with `seq >= cursor` that match the filter are not delivered yet.
-    cursor: u64,
-    /// Number of those (the consumer's lag).
-    unseen: u64,
-    /// Delivered and not yet acked; at most `max_ack_pending` entries.
-    pending: BTreeMap<u64, PendingEntry>,
-    /// `(due time, seq)` of pending entries with a timer.
-    timers: BTreeSet<(Instant, u64)>,
-    /// Pending entries due for redelivery (the redelivery set).
-    due: BTreeSet<u64>,
-    redelivered: u64,
-}
-
-impl ConsumerState {
-    /// Drops `entry`'s timer or redelivery-set membership.
-    fn unschedule(&mut self, seq: u64, timer: Option<Instant>) {
-        match timer {
-            Some(at) => {
-                self.timers.remove(&(at, seq));
-            }
-            None => {
-                self.due.remove(&seq);
-            }
-        }
-    }
-
-    /// The oldest not-yet-delivered message this consumer holds; moves the
-    /// cursor past messages its filter does not match on the way.
-    fn first_unseen(&mut self, msgs: &BTreeMap<u64, Stored>) -> Option<u64> {
-        if self.unseen == 0 {
-            return None;
-        }
-        for (&seq, m) in msgs.range(self.cursor..) {
-            if self.config.matches(&m.subject) {
-                return Some(seq);
-            }
-            self.cursor = seq + 1;
-        }
-        None
-    }
-}
-
-/// Which limit a publish hit.
-#[derive(Clone, Copy)]
-enum LimitHit {
-    Msgs,
-    Bytes,
-}
-
-impl LimitHit {
-    fn name(self) -> &'static str {
-        match self {
-            LimitHit::Msgs => "max_msgs",
-            LimitHit::Bytes => "max_bytes",
-        }
-    }
-}
-
-struct State {
-    limits: Limits,
-    space: Arc<Notify>,
-    closed: bool,
-    /// Held messages by sequence number. A map rather than a ring so that a
-    /// message released out of order (acks out of order, disjoint filters)
-    /// is freed at once instead of leaving a tombstone behind an old one.
-    msgs: BTreeMap<u64, Stored>,
-    bytes: u64,
-    last_seq: u64,
-    published: u64,
-    rejected_full: u64,
-    rejected_too_large: u64,
-    discarded: u64,
-    /// Never shrinks (there is no delete); indices are consumer ids.
-    consumers: Vec<ConsumerState>,
-    drain: DrainMeter,
-    /// Rate-limits the discard warning.
-    discard_log: LogThrottle,
-}
-
-impl State {
-    /// Applies `max_age` and due timers (redeliveries, `max_deliver` give-ups).
-    fn maintain(&mut self, now: Instant) {
-        self.expire(now);
-        for id in 0..self.consumers.len() {
-            self.sweep_consumer(id, now);
-        }
-    }
-
-    /// Removes messages older than `max_age`.
-    fn expire(&mut self, now: Instant) {
-        let Some(max_age) = self.limits.max_age else {
-            return;
-        };
-        while let Some((&seq, m)) = self.msgs.first_key_value() {
-            if now.saturating_duration_since(m.stored_at) <= max_age {
-                break;
-            }
-            self.discard(seq, now, "max_age");
-        }
-    }
-
-    /// Moves the consumer's due timers into its redelivery set, or releases
-    /// the message if it already had `max_deliver` deliveries.
-    fn sweep_consumer(&mut self, id: usize, now: Instant) {
-        loop {
-            let Some(c) = self.consumers.get_mut(id) else {
-                return;
-            };
-            let Some(&(at, seq)) = c.timers.first() else {
-                return;
-            };
-            if at > now {
-                return;
-            }
-            c.timers.remove(&(at, seq));
-            let max_deliver = c.config.max_deliver;
-            let Some(p) = c.pending.get_mut(&seq) else {
-                continue;
-            };
-            if max_deliver.is_some_and(|max| p.deliveries >= max) {
-                let deliveries = p.deliveries;
-                c.pending.remove(&seq);
-                tracing::warn!(
-                    consumer = %c.config.name,
-                    seq,
-                    deliveries,
-                    "max_deliver reached; message released without ack"
-                );
-                c.wake.notify_waiters();
-                self.release_ref(seq, now);
-            } else {
-                p.timer = None;
-                c.due.insert(seq);
-            }
-        }
-    }
-
-    /// One consumer let go of `seq`; frees it when nobody holds it any more.
-    fn release_ref(&mut self, seq: u64, now: Instant) {
-        let Some(m) = self.msgs.get_mut(&seq) else {
-            return;
-        };
-        m.holders = m.holders.saturating_sub(1);
-        if m.holders == 0 {
-            self.free(seq, now);
-        }
-    }
-
-    /// Takes `seq` out of the stream (no consumer bookkeeping).
-    fn free(&mut self, seq: u64, now: Instant) -> Option<Stored> {
-        let m = self.msgs.remove(&seq)?;
-        self.bytes = self.bytes.saturating_sub(m.size);
-        self.drain.record(now);
-        self.space.notify_waiters();
-        Some(m)
-    }
-
-    /// Deletes `seq` although consumers may still hold it (`discard: old`,
-    /// `max_age`): it is never delivered again.
-    fn discard(&mut self, seq: u64, now: Instant, reason: &'static str) {
-        let Some(m) = self.free(seq, now) else {
-            return;
-        };
-        self.discarded += 1;
-        // One line per interval, not per message: a storm with `discard: old`
-        // would otherwise flood the log. The exact count is in `discarded`.
-        if let Some(suppressed) = self.discard_log.ready(now) {
-            tracing::warn!(seq, subject = %m.subject, reason, suppressed, total = self.discarded, "message discarded before every consumer released it");
-        }
-        for c in &mut self.consumers {
-            if let Some(p) = c.pending.remove(&seq) {
-                c.unschedule(seq, p.timer);
-                c.wake.notify_waiters();
-            } else if seq >= c.cursor && c.config.matches(&m.subject) {
-                c.unseen = c.unseen.saturating_sub(1);
-            }
-        }
-    }
-
-    /// The first limit a new message of `size` bytes would exceed.
-    fn over_limit(&self, size: u64) -> Option<LimitHit> {
-        let held = self.msgs.len() as u64;
-        if self.limits.max_msgs.is_some_and(|max| held + 1 > max) {
-            return Some(LimitHit::Msgs);
-        }
-        if self
-            .limits
-            .max_bytes
-            .is_some_and(|max| self.bytes.saturating_add(size) > max)
-        {
-            return Some(LimitHit::Bytes);
-        }
-        None
-    }
-
-    /// `discard: old`: deletes the oldest messages until `size` bytes fit.
-    /// Deletes nothing and answers `false` if it can never fit.
-    fn make_room(&mut self, size: u64, now: Instant) -> bool {
-        if self.limits.max_msgs == Some(0) {
-            return false;
-        }
-        while self.over_limit(size).is_some() {
-            let Some(&seq) = self.msgs.keys().next() else {
-                return false;
-            };
-            self.discard(seq, now, "discard_old");
-        }
-        true
-    }
-
-    /// How long until `hit` should have room for a message of `size` bytes,
-    /// extrapolating the drain rate over the last [`DRAIN_WINDOW_SECS`]:
-    /// (messages that must be released) / (messages released per second),
-    /// clamped to [1 s, 60 s]; [`IDLE_RETRY_AFTER`] when nothing drained.
-    fn retry_after(&mut self, now: Instant, hit: LimitHit, size: u64) -> Duration {
-        let rate = self.drain.rate(now);
-        if rate <= 0.0 {
-            return IDLE_RETRY_AFTER;
-        }
-        let held = self.msgs.len() as u64;
-        let needed = match hit {
-            LimitHit::Msgs => (held + 1).saturating_sub(self.limits.max_msgs.unwrap_or(u64::MAX)),
-            LimitHit::Bytes => {
-                let over = self
-                    .bytes
-                    .saturating_add(size)
-                    .saturating_sub(self.limits.max_bytes.unwrap_or(u64::MAX));
-                let avg = (self.bytes / held.max(1)).max(1);
-                over.div_ceil(avg)
-            }
-        }
-        .max(1);
-        let secs = needed as f64 / rate;
-        Duration::from_secs_f64(
-            secs.clamp(MIN_RETRY_AFTER.as_secs_f64(), MAX_RETRY_AFTER.as_secs_f64()),
-        )
-    }
-
-    /// The next instant at which `maintain` may release something.
-    fn next_event(&self) -> Option<Instant> {
-        let expiry = self.limits.max_age.and_then(|age| {
-            let (_, m) = self.msgs.first_key_value()?;
-            // Strictly older than max_age: one tick past the boundary.
-            Some(later(later(m.stored_at, age), Duration::from_millis(1)))
-        });
-        self.consumers
-            .iter()
-            .filter_map(|c| c.timers.first().map(|&(at, _)| at))
-            .chain(expiry)
-            .min()
-    }
-
-    /// Hands out up to `max` messages to consumer `id` and marks them
-    /// delivered: due redeliveries first (sequence order), then new messages,
-    /// the latter only while `max_ack_pending` leaves credit.
-    fn take_batch(&mut self, id: usize, max: usize, now: Instant) -> Vec<Received> {
-        let State {
-            msgs, consumers, ..
-        } = self;
-        let Some(c) = consumers.get_mut(id) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let ack_deadline = later(now, c.config.ack_wait);
-        while out.len() < max {
-            let Some(seq) = c.due.pop_first() else {
-                break;
-            };
-            let Some(m) = msgs.get(&seq) else {
-                // Not reachable: removing a message drops its pending entries.
-                c.pending.remove(&seq);
-                continue;
-            };
-            let Some(p) = c.pending.get_mut(&seq) else {
-                continue;
-            };
-            p.deliveries = p.deliveries.saturating_add(1);
-            p.nakked = false;
-            p.timer = Some(ack_deadline);
-            c.timers.insert((ack_deadline, seq));
-            c.redelivered += 1;
-            out.push(received(seq, m, p.deliveries));
-        }
-        let credit = c.config.max_ack_pending.saturating_sub(c.pending.len());
-        let mut want = (max - out.len()).min(credit);
-        if want > 0 && c.unseen > 0 {
-            for (&seq, m) in msgs.range(c.cursor..) {
-                if want == 0 {
-                    break;
-                }
-                c.cursor = seq + 1;
-                if !c.config.matches(&m.subject) {
-                    continue;
-                }
-                c.pending.insert(
-                    seq,
-                    PendingEntry {
-                        deliveries: 1,
-                        timer: Some(ack_deadline),
-                        nakked: false,
-                    },
-                );
-                c.timers.insert((ack_deadline, seq));
-                c.unseen = c.unseen.saturating_sub(1);
-                want -= 1;
-                out.push(received(seq, m, 1));
-            }
-        }
-        out
-    }
-
-    /// `ack` / `term`: consumer `id` releases `seq` for good.
-    fn settle(&mut self, id: usize, seq: u64, now: Instant) {
-        let Some(c) = self.consumers.get_mut(id) else {
-            return;
-        };
-        let Some(p) = c.pending.remove(&seq) else {
-            return;
-        };
-        c.unschedule(seq, p.timer);
-        c.wake.notify_waiters();
-        self.release_ref(seq, now);
-    }
-
-    fn nak(&mut self, id: usize, seq: u64, delay: Duration, now: Instant) {
-        let Some(c) = self.consumers.get_mut(id) else {
-            return;
-        };
-        let max_deliver = c.config.max_deliver;
-        let Some(p) = c.pending.get_mut(&seq) else {
-            return;
-        };
-        let (old_timer, deliveries) = (p.timer, p.deliveries);
-        if max_deliver.is_some_and(|max| deliveries >= max) {
-            c.pending.remove(&seq);
-            c.unschedule(seq, old_timer);
-            tracing::warn!(
-                consumer = %c.config.name,
-                seq,
-                deliveries,
-                "nak after max_deliver deliveries; message released without ack"
-            );
-            c.wake.notify_waiters();
-            self.release_ref(seq, now);
-            return;
-        }
-        p.nakked = true;
-        if delay.is_zero() {
-            p.timer = None;
-        } else {
-            p.timer = Some(later(now, delay));
-        }
-        let new_timer = p.timer;
-        c.unschedule(seq, old_timer);
-        match new_timer {
-            Some(at) => {
-                c.timers.insert((at, seq));
-            }
-            None => {
-                c.due.insert(seq);
-            }
-        }
-        // A waiting fetch may have to wake earlier than it planned.
-        c.wake.notify_waiters();
-    }
-
-    fn in_progress(&mut self, id: usize, seq: u64, now: Instant) {
-        let Some(c) = self.consumers.get_mut(id) else {
-            return;
-        };
-        let at = later(now, c.config.ack_wait);
-        let Some(p) = c.pending.get_mut(&seq) else {
-            return;
-        };
-        if p.nakked {
-            return;
-        }
-        let old_timer = p.timer;
-        p.timer = Some(at);
-        c.unschedule(seq, old_timer);
-        c.timers.insert((at, seq));
-    }
-}
-
-fn received(seq: u64, m: &Stored, delivery_count: u32) -> Received {
+fn received(seq: u64, m: &Slot<Body>, delivery_count: u32) -> Received {
     Received {
         seq,
-        subject: m.subject.clone(),
-        headers: m.headers.clone(),
-        payload: m.payload.clone(),
-        published_at: m.published_at,
+        subject: m.subject.to_string(),
+        headers: m.body.headers.clone(),
+        payload: m.body.payload.clone(),
+        published_at: m.body.published_at,
         delivery_count,
-    }
-}
-
-/// `at + d`, saturating at a far-away instant instead of panicking.
-fn later(at: Instant, d: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-    at.checked_add(d)
-        .or_else(|| at.checked_add(FAR))
-        .unwrap_or(at)
-}
-
-/// Messages released (or removed) per second over a sliding window of
-/// one-second buckets. Fixed size: `DRAIN_WINDOW_SECS` counters.
-struct DrainMeter {
-    start: Instant,
-    /// Index (seconds since `start`) of the newest bucket.
-    head: u64,
-    counts: [u64; DRAIN_WINDOW_SECS as usize],
-}
-
-/// Lets a log line through at most once per [`LogThrottle::INTERVAL`],
-/// counting the ones held back.
-#[derive(Debug, Default)]
-struct LogThrottle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogThrottle {
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    /// `Some(held back since the last line)` when a line may be written now.
-    fn ready(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < Self::INTERVAL => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
-impl DrainMeter {
-    fn new(start: Instant) -> Self {
-        DrainMeter {
-            start,
-            head: 0,
-            counts: [0; DRAIN_WINDOW_SECS as usize],
-        }
-    }
-
-    fn slot(sec: u64) -> usize {
-        (sec % DRAIN_WINDOW_SECS) as usize
-    }
-
-    /// Advances to `now`, zeroing buckets that left the window.
-    fn roll(&mut self, now: Instant) {
-        let sec = now.saturating_duration_since(self.start).as_secs();
-        if sec <= self.head {
-            return;
-        }
-        let steps = (sec - self.head).min(DRAIN_WINDOW_SECS);
-        for i in 1..=steps {
-            self.counts[Self::slot(self.head + i)] = 0;
-        }
-        self.head = sec;
-    }
-
-    fn record(&mut self, now: Instant) {
-        self.roll(now);
-        self.counts[Self::slot(self.head)] += 1;
-    }
-
-    /// Releases per second. The window includes the current, partial second
-    /// but is divided by whole seconds, so the rate errs low (`retry_after`
-    /// errs long). A younger bus divides by its age (at least 1 s).
-    fn rate(&mut self, now: Instant) -> f64 {
-        self.roll(now);
-        let total: u64 = self.counts.iter().sum();
-        let age = now.saturating_duration_since(self.start).as_secs_f64();
-        total as f64 / age.clamp(1.0, DRAIN_WINDOW_SECS as f64)
     }
 }
 
@@ -634,150 +116,39 @@ impl DrainMeter {
 impl Bus for MemoryBus {
     async fn publish(&self, message: Message) -> Result<u64, PublishError> {
         let size = message.size() as u64;
-        let mut st = self.shared.state.lock();
+        let mut st = self.shared.lock();
         if st.closed {
             return Err(PublishError::Closed { message });
         }
         let now = Instant::now();
         st.maintain(now);
-        let limits = self.shared.limits;
-        // A message larger than max_bytes could never fit: refuse it as too
-        // large rather than as "full" (retrying would never help).
-        let max_size = match (limits.max_msg_size, limits.max_bytes) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        if let Err(refusal) = st.admit(&message.subject, size, now) {
+            return Err(refusal.into_error(message));
+        }
+        let seq = st.last_seq + 1;
+        let Message {
+            subject,
+            headers,
+            payload,
+        } = message;
+        let body = Body {
+            headers,
+            payload,
+            published_at: SystemTime::now(),
         };
-        if let Some(max) = max_size {
-            if size > max {
-                st.rejected_too_large += 1;
-                return Err(PublishError::TooLarge { message, size, max });
-            }
-        }
-        let holders = st
-            .consumers
-            .iter()
-            .filter(|c| c.config.matches(&message.subject))
-            .count();
-        if holders == 0 && !st.consumers.is_empty() {
-            // No consumer is interested: accepted and released at once, so
-            // it takes no room and no limit applies.
-            st.last_seq += 1;
-            st.published += 1;
-            return Ok(st.last_seq);
-        }
-        if let Some(hit) = st.over_limit(size) {
-            let fits = match limits.discard {
-                DiscardPolicy::New => false,
-                DiscardPolicy::Old => st.make_room(size, now),
-            };
-            if !fits {
-                st.rejected_full += 1;
-                let retry_after = st.retry_after(now, hit, size);
-                return Err(PublishError::Full {
-                    message,
-                    limit: hit.name(),
-                    retry_after,
-                });
-            }
-        }
-        st.last_seq += 1;
-        st.published += 1;
-        st.bytes += size;
-        let seq = st.last_seq;
-        for c in &mut st.consumers {
-            if c.config.matches(&message.subject) {
-                c.unseen += 1;
-                c.wake.notify_waiters();
-            }
-        }
-        st.msgs.insert(
-            seq,
-            Stored {
-                subject: message.subject,
-                headers: message.headers,
-                payload: message.payload,
-                published_at: SystemTime::now(),
-                stored_at: now,
-                size,
-                holders: u32::try_from(holders).unwrap_or(u32::MAX),
-            },
-        );
+        st.insert(seq, &subject, size, now, body);
         Ok(seq)
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Arc<dyn Consumer>, BusError> {
-        let mut st = self.shared.state.lock();
+        let mut st = self.shared.lock();
         if st.closed {
             return Err(BusError::Closed);
         }
         let now = Instant::now();
         st.maintain(now);
-        if let Some(id) = st
-            .consumers
-            .iter()
-            .position(|c| c.config.name == config.name)
-        {
-            let c = &st.consumers[id];
-            if c.config != config {
-                return Err(BusError::ConsumerMismatch { name: config.name });
-            }
-            return Ok(Arc::new(MemoryConsumer {
-                shared: Arc::clone(&self.shared),
-                id,
-                name: config.name,
-                wake: Arc::clone(&c.wake),
-            }));
-        }
-        if let Some(max) = self.shared.limits.max_consumers {
-            if st.consumers.len() as u64 >= max {
-                return Err(BusError::TooManyConsumers {
-                    name: config.name,
-                    max,
-                });
-            }
-        }
-        let first = st.consumers.is_empty();
-        let cursor = st.msgs.keys().next().copied().unwrap_or(st.last_seq + 1);
-        let mut unseen = 0;
-        for m in st.msgs.values_mut() {
-            if config.matches(&m.subject) {
-                m.holders = m.holders.saturating_add(1);
-                unseen += 1;
-            }
-        }
-        let wake = Arc::new(Notify::new());
-        let id = st.consumers.len();
         let name = config.name.clone();
-        st.consumers.push(ConsumerState {
-            config,
-            wake: Arc::clone(&wake),
-            cursor,
-            unseen,
-            pending: BTreeMap::new(),
-            timers: BTreeSet::new(),
-            due: BTreeSet::new(),
-            redelivered: 0,
-        });
-        if first {
-            // Messages kept only because there was no consumer at all, and
-            // which this one does not want either: nobody is interested.
-            let orphans: Vec<u64> = st
-                .msgs
-                .iter()
-                .filter(|(_, m)| m.holders == 0)
-                .map(|(&seq, _)| seq)
-                .collect();
-            if !orphans.is_empty() {
-                tracing::debug!(
-                    consumer = %name,
-                    released = orphans.len(),
-                    "released held messages that match no consumer"
-                );
-            }
-            for seq in orphans {
-                st.free(seq, now);
-            }
-        }
+        let (id, wake) = st.add_consumer(config, now)?;
         Ok(Arc::new(MemoryConsumer {
             shared: Arc::clone(&self.shared),
             id,
@@ -787,36 +158,7 @@ impl Bus for MemoryBus {
     }
 
     async fn wait_for_space(&self, timeout: Duration) {
-        let deadline = later(Instant::now(), timeout);
-        loop {
-            let notified = self.shared.space.notified();
-            tokio::pin!(notified);
-            // Register before looking at the state, so a release between the
-            // check and the await is not missed.
-            notified.as_mut().enable();
-            let now = Instant::now();
-            let next = {
-                let mut st = self.shared.state.lock();
-                if st.closed {
-                    return;
-                }
-                let held = st.msgs.len();
-                st.maintain(now);
-                if st.msgs.len() < held {
-                    // Expiry or a max_deliver give-up just made room.
-                    return;
-                }
-                st.next_event()
-            };
-            if now >= deadline {
-                return;
-            }
-            let wake_at = next.map_or(deadline, |at| at.min(deadline));
-            tokio::select! {
-                _ = &mut notified => return,
-                _ = tokio::time::sleep_until(wake_at) => {}
-            }
-        }
+        self.shared.wait_for_space(timeout).await
     }
 
     fn limits(&self) -> Limits {
@@ -824,35 +166,21 @@ impl Bus for MemoryBus {
     }
 
     fn stats(&self) -> BusStats {
-        let mut st = self.shared.state.lock();
+        let mut st = self.shared.lock();
         st.maintain(Instant::now());
-        BusStats {
-            messages: st.msgs.len() as u64,
-            bytes: st.bytes,
-            published: st.published,
-            rejected_full: st.rejected_full,
-            rejected_too_large: st.rejected_too_large,
-            discarded: st.discarded,
-            last_seq: st.last_seq,
-            consumers: st.consumers.len() as u64,
-        }
+        st.stats()
     }
 
     async fn close(&self) {
-        let mut st = self.shared.state.lock();
-        st.closed = true;
-        for c in &st.consumers {
-            c.wake.notify_waiters();
-        }
-        st.space.notify_waiters();
+        self.shared.lock().close();
     }
 }
 
 /// A handle on one durable consumer of a [`MemoryBus`]; handles bound to
 /// the same name share its state.
 struct MemoryConsumer {
-    shared: Arc<Shared>,
-    /// Index into `State::consumers`.
+    shared: Arc<Shared<Body>>,
+    /// Index into the stream's consumers.
     id: usize,
     name: String,
     wake: Arc<Notify>,
@@ -868,96 +196,40 @@ impl Consumer for MemoryConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = later(Instant::now(), max_wait);
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            // Register before looking at the state (no lost wake-up).
-            notified.as_mut().enable();
-            let now = Instant::now();
-            let next_timer = {
-                let mut st = self.shared.state.lock();
-                if st.closed {
-                    return Ok(Vec::new());
-                }
-                st.maintain(now);
-                // Marked delivered only here, synchronously, right before
-                // returning: dropping the future never loses a message.
-                let batch = st.take_batch(self.id, max, now);
-                if !batch.is_empty() {
-                    return Ok(batch);
-                }
-                st.consumers
-                    .get(self.id)
-                    .and_then(|c| c.timers.first().map(|&(at, _)| at))
-            };
-            if now >= deadline {
-                return Ok(Vec::new());
-            }
-            let wake_at = next_timer.map_or(deadline, |at| at.min(deadline));
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(wake_at) => {}
-            }
-        }
+        let id = self.id;
+        Ok(self
+            .shared
+            .fetch(id, &self.wake, max_wait, |st, now| {
+                st.take_batch(id, max, now, received)
+            })
+            .await)
     }
 
     async fn ack(&self, seq: u64) -> Result<(), BusError> {
-        self.shared
-            .state
-            .lock()
-            .settle(self.id, seq, Instant::now());
+        self.shared.lock().settle(self.id, seq, Instant::now());
         Ok(())
     }
 
     async fn nak(&self, seq: u64, delay: Duration) -> Result<(), BusError> {
-        self.shared
-            .state
-            .lock()
-            .nak(self.id, seq, delay, Instant::now());
+        self.shared.lock().nak(self.id, seq, delay, Instant::now());
         Ok(())
     }
 
     async fn in_progress(&self, seq: u64) -> Result<(), BusError> {
-        self.shared
-            .state
-            .lock()
-            .in_progress(self.id, seq, Instant::now());
+        self.shared.lock().in_progress(self.id, seq, Instant::now());
         Ok(())
     }
 
     async fn term(&self, seq: u64) -> Result<(), BusError> {
-        self.shared
-            .state
-            .lock()
-            .settle(self.id, seq, Instant::now());
+        self.shared.lock().settle(self.id, seq, Instant::now());
         Ok(())
     }
 
     fn stats(&self) -> ConsumerStats {
-        let mut st = self.shared.state.lock();
+        let mut st = self.shared.lock();
         let now = Instant::now();
         st.maintain(now);
-        let State {
-            msgs, consumers, ..
-        } = &mut *st;
-        let Some(c) = consumers.get_mut(self.id) else {
-            return ConsumerStats::default();
-        };
-        let oldest_pending = c.pending.keys().next().copied();
-        let oldest_unseen = c.first_unseen(msgs);
-        let oldest = match (oldest_pending, oldest_unseen) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        ConsumerStats {
-            pending: c.unseen,
-            ack_pending: c.pending.len() as u64,
-            redelivered: c.redelivered,
-            oldest_unacked_age: oldest
-                .and_then(|seq| msgs.get(&seq))
-                .map(|m| now.saturating_duration_since(m.stored_at)),
-        }
+        st.consumer_stats(self.id, now)
     }
 }
 
@@ -1895,4 +1167,11 @@ mod tests {
         let stats = bus.stats();
         assert_eq!((stats.messages, stats.bytes, stats.published), (0, 0, N));
     }
+}
+
+/// The backend-neutral suite, in real time (the exact timings are checked
+/// on paused time above).
+#[cfg(test)]
+mod conformance_tests {
+    crate::conformance::conformance_suite!(crate::conformance::MemoryBackend);
 }
