@@ -24,9 +24,10 @@ enum Command {
         /// Config files (multi-document YAML, Argo Events kinds).
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
-        /// Directory for durable state (the segment-log bus, once selected).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        /// Directory of the embedded durable bus (segment log and consumer
+        /// state). One spillway process per directory.
+        #[arg(long, default_value = "spillway-data")]
+        data_dir: PathBuf,
         /// Admin server address: /metrics, /healthz, /readyz, /api/v1/status.
         #[arg(long, default_value = "127.0.0.1:9470")]
         admin: SocketAddr,
@@ -100,7 +101,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
 
 fn run(
     files: Vec<PathBuf>,
-    data_dir: Option<PathBuf>,
+    data_dir: PathBuf,
     admin: SocketAddr,
     grace: std::time::Duration,
 ) -> ExitCode {

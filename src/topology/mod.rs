@@ -23,7 +23,7 @@ use crate::sources::webhook::{self, Endpoint, PortState};
 use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::jetstream::JetStreamBus;
-use spillway_bus::memory::MemoryBus;
+use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig};
 use spillway_flowctl::{
     AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, PriorityShedder, RateLimiter,
@@ -43,7 +43,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 /// Options from the command line.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub data_dir: Option<PathBuf>,
+    /// Where the embedded durable bus keeps its log and consumer state
+    /// (unused with a JetStream `url`).
+    pub data_dir: PathBuf,
     pub admin: SocketAddr,
     /// How long in-flight triggers may take to finish on shutdown.
     pub grace: Duration,
@@ -80,11 +82,12 @@ pub async fn run_until(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    refuse_unsupported(&config, &options)?;
+    refuse_unsupported(&config)?;
     crate::install_tls_provider();
 
     let limits = config.bus.limits;
-    let bus: Arc<dyn Bus> = match &config.bus.url {
+    // The lock is held until the pipeline stops: one process per data directory.
+    let (bus, _data_dir_lock): (Arc<dyn Bus>, Option<std::fs::File>) = match &config.bus.url {
         Some(url) => {
             let bus = JetStreamBus::connect(url, &config.bus.name, limits, &[] as &[&str]).await?;
             tracing::info!(
@@ -96,18 +99,23 @@ pub async fn run_until(
                 show(limits.max_msg_size),
                 limits.discard
             );
-            bus
+            (bus, None)
         }
         None => {
+            let dir = options.data_dir.clone();
+            let (bus, lock) = tokio::task::spawn_blocking(move || open_embedded_bus(&dir, limits))
+                .await
+                .map_err(|e| RunError::Config(format!("opening the embedded bus: {e}")))??;
             tracing::info!(
-                "event bus {:?}: embedded, in memory, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
+                "event bus {:?}: embedded and durable in {}, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
                 config.bus.name,
+                options.data_dir.display(),
                 show(limits.max_msgs),
                 show(limits.max_bytes),
                 show(limits.max_msg_size),
                 limits.discard
             );
-            MemoryBus::new(limits)
+            (bus, Some(lock))
         }
     };
     let metrics = Arc::new(Metrics::new());
@@ -282,6 +290,50 @@ fn webhook_endpoints(config: &Config) -> BTreeMap<u16, Vec<Endpoint>> {
     ports
 }
 
+/// Opens (recovering) the segment-log bus in `dir`, after taking the
+/// directory's lock so a second process cannot corrupt it.
+fn open_embedded_bus(
+    dir: &std::path::Path,
+    limits: spillway_bus::Limits,
+) -> Result<(Arc<dyn Bus>, std::fs::File), RunError> {
+    let unusable = |what: &str, e: std::io::Error| {
+        RunError::Config(format!("--data-dir {}: {what}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| unusable("cannot create it", e))?;
+    let lock_path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| unusable("cannot open its lock file", e))?;
+    if let Err(e) = lock.try_lock() {
+        return Err(RunError::Config(format!(
+            "--data-dir {} is in use by another spillway process ({e}); give each process its own directory",
+            dir.display()
+        )));
+    }
+    let (bus, report) = SegmentBus::open(dir, limits, SegmentBusOptions::default())?;
+    let recovery = &report.recovery;
+    if recovery.corrupt_regions > 0 || recovery.bytes_truncated > 0 {
+        tracing::warn!(
+            "recovered the event bus in {}: {} corrupt region(s) ({} bytes) skipped, {} bytes of torn tail truncated",
+            dir.display(),
+            recovery.corrupt_regions,
+            recovery.corrupt_bytes,
+            recovery.bytes_truncated
+        );
+    }
+    if report.held > 0 {
+        tracing::info!(
+            "event bus in {}: {} event(s) from before the restart are waiting for their triggers",
+            dir.display(),
+            report.held
+        );
+    }
+    Ok((bus, lock))
+}
+
 /// The endpoint's priority shedding, if `flowControl.shedding` is set.
 /// Validation has checked the values, so a policy error cannot happen here.
 fn shedding(flow: &WebhookFlowControl) -> Option<Arc<webhook::Shedding>> {
@@ -443,7 +495,7 @@ fn build_trigger(
 }
 
 /// Refuses config that validates but that this build cannot honour yet.
-fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunError> {
+fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
     let mut problems = Vec::new();
     for sensor in &config.sensors {
         let name = sensor.doc.metadata.name().to_string();
@@ -515,12 +567,6 @@ fn refuse_unsupported(config: &Config, options: &RunOptions) -> Result<(), RunEr
                 ));
             }
         }
-    }
-    if let Some(dir) = &options.data_dir {
-        tracing::warn!(
-            "--data-dir {} given, but the durable segment-log bus is not available yet: events are held in memory and lost on restart",
-            dir.display()
-        );
     }
     for source in &config.event_sources {
         if source.doc.spec.pubsub.is_some() {

@@ -53,6 +53,22 @@ impl Spillway {
     /// Writes `config` to a temp file, starts `spillway run`, waits for `/readyz`.
     pub async fn start(config: &str) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        Spillway::start_with(config, dir, &data).await
+    }
+
+    /// Like [`Spillway::start`], with the bus in `data_dir` (to restart on
+    /// the same bus).
+    pub async fn start_in(config: &str, data_dir: &std::path::Path) -> Spillway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Spillway::start_with(config, dir, data_dir).await
+    }
+
+    async fn start_with(
+        config: &str,
+        dir: tempfile::TempDir,
+        data_dir: &std::path::Path,
+    ) -> Spillway {
         let file = dir.path().join("pipeline.yaml");
         std::fs::write(&file, config).expect("write config");
         let log = dir.path().join("spillway.log");
@@ -65,6 +81,8 @@ impl Spillway {
             .arg(format!("127.0.0.1:{admin_port}"))
             .arg("--grace")
             .arg("10s")
+            .arg("--data-dir")
+            .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -123,6 +141,12 @@ impl Spillway {
             .expect("status JSON")
     }
 
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -175,6 +199,8 @@ pub struct Receiver {
     pub url: String,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
     gate: Arc<Semaphore>,
+    /// Requests received, counted on arrival (before the gate).
+    arrivals: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -191,6 +217,7 @@ impl Receiver {
             } else {
                 0
             })),
+            arrivals: Arc::default(),
         };
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
@@ -212,9 +239,17 @@ impl Receiver {
     pub async fn count(&self) -> usize {
         self.bodies.lock().await.len()
     }
+
+    /// Requests that reached the receiver, answered or still held.
+    pub fn arrivals(&self) -> usize {
+        self.arrivals.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 async fn receive(State(receiver): State<Receiver>, body: axum::body::Bytes) -> StatusCode {
+    receiver
+        .arrivals
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     // Waits while the gate is closed; the permit is not consumed.
     if let Ok(permit) = receiver.gate.acquire().await {
         drop(permit);

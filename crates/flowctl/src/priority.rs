@@ -795,9 +795,10 @@ mod tests {
                                 for &(other, op, ot) in &queued {
                                     let other_deadline = ot + aging * u32::from(op);
                                     prop_assert!((deadline, id) < (other_deadline, other));
-                                    // The stated bound, checked directly.
+                                    // The stated bound, checked directly
+                                    // (same instant: the older item first).
                                     prop_assert!(
-                                        t < ot + aging * u32::from(op),
+                                        (t, id) < (ot + aging * u32::from(op), other),
                                         "item {} pushed at {:?} overtook item {} (p{}) pushed at {:?}",
                                         id, t, other, op, ot
                                     );
