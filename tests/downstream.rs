@@ -76,32 +76,7 @@ async fn answer(
 }
 
 fn pipeline(port: u16, trigger: &str) -> String {
-    format!(
-        r#"
-apiVersion: argoproj.io/v1alpha1
-kind: EventSource
-metadata:
-  name: shop
-spec:
-  webhook:
-    orders:
-      port: "{port}"
-      endpoint: /orders
-      method: POST
----
-apiVersion: argoproj.io/v1alpha1
-kind: Sensor
-metadata:
-  name: orders
-spec:
-  dependencies:
-    - name: order
-      eventSourceName: shop
-      eventName: orders
-  triggers:
-{trigger}
-"#
-    )
+    common::orders_pipeline("", port, "", trigger)
 }
 
 async fn post_orders(port: u16, n: usize) {
@@ -131,10 +106,7 @@ fn invocations(metrics: &str, trigger: &str, outcome: &str) -> f64 {
 async fn retry_after_pauses_the_trigger_and_every_event_arrives_once() {
     let downstream = Downstream::start(3, StatusCode::TOO_MANY_REQUESTS).await;
     let port = free_port();
-    let trigger = format!(
-        "    - template:\n        name: api\n        http:\n          url: {}\n          method: POST\n",
-        downstream.url
-    );
+    let trigger = common::http_trigger("api", &downstream.url);
     let mut spillway = Spillway::start(&pipeline(port, &trigger)).await;
     post_orders(port, 5).await;
     wait_until("5 accepted calls downstream", WAIT, || async {

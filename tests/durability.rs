@@ -10,39 +10,9 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn pipeline(port: u16, downstream: &str) -> String {
-    format!(
-        r#"
-apiVersion: argoproj.io/v1alpha1
-kind: EventSource
-metadata:
-  name: shop
-spec:
-  webhook:
-    orders:
-      port: "{port}"
-      endpoint: /orders
-      method: POST
----
-apiVersion: argoproj.io/v1alpha1
-kind: Sensor
-metadata:
-  name: orders
-spec:
-  dependencies:
-    - name: order
-      eventSourceName: shop
-      eventName: orders
-  triggers:
-    - template:
-        name: forward
-        http:
-          url: {downstream}
-          method: POST
-      flowControl:
-        concurrency: fixed
-        maxInFlight: 4
-"#
-    )
+    let trigger = common::http_trigger("forward", downstream)
+        + "      flowControl:\n        concurrency: fixed\n        maxInFlight: 4\n";
+    common::orders_pipeline("", port, "", &trigger)
 }
 
 #[tokio::test]

@@ -10,46 +10,10 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn pipeline(nats: &str, port: u16, downstream: &str) -> String {
-    format!(
-        r#"
-apiVersion: argoproj.io/v1alpha1
-kind: EventBus
-metadata:
-  name: default
-spec:
-  jetstream:
-    url: {nats}
-    settings: |
-      max_msgs: 5
----
-apiVersion: argoproj.io/v1alpha1
-kind: EventSource
-metadata:
-  name: shop
-spec:
-  webhook:
-    orders:
-      port: "{port}"
-      endpoint: /orders
-      method: POST
----
-apiVersion: argoproj.io/v1alpha1
-kind: Sensor
-metadata:
-  name: orders
-spec:
-  dependencies:
-    - name: order
-      eventSourceName: shop
-      eventName: orders
-  triggers:
-    - template:
-        name: forward
-        http:
-          url: {downstream}
-          method: POST
-"#
-    )
+    let bus = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: EventBus\nmetadata:\n  name: default\nspec:\n  jetstream:\n    url: {nats}\n    settings: |\n      max_msgs: 5"
+    );
+    common::orders_pipeline(&bus, port, "", &common::http_trigger("forward", downstream))
 }
 
 #[tokio::test]

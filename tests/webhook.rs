@@ -9,46 +9,12 @@ use common::{free_port, metric, Receiver, Spillway};
 /// One webhook with the given `flowControl:` lines (indented for the
 /// block), feeding an http trigger towards `downstream`.
 fn pipeline(port: u16, downstream: &str, flow_control: &str) -> String {
-    format!(
-        r#"
-apiVersion: argoproj.io/v1alpha1
-kind: EventBus
-metadata:
-  name: default
-spec:
-  jetstream:
-    settings: |
-      max_msgs: 1000
----
-apiVersion: argoproj.io/v1alpha1
-kind: EventSource
-metadata:
-  name: shop
-spec:
-  webhook:
-    orders:
-      port: "{port}"
-      endpoint: /orders
-      method: POST
-      flowControl:
-{flow_control}
----
-apiVersion: argoproj.io/v1alpha1
-kind: Sensor
-metadata:
-  name: orders
-spec:
-  dependencies:
-    - name: order
-      eventSourceName: shop
-      eventName: orders
-  triggers:
-    - template:
-        name: forward
-        http:
-          url: {downstream}
-          method: POST
-"#
+    let bus = "apiVersion: argoproj.io/v1alpha1\nkind: EventBus\nmetadata:\n  name: default\nspec:\n  jetstream:\n    settings: |\n      max_msgs: 1000";
+    common::orders_pipeline(
+        bus,
+        port,
+        &format!("      flowControl:\n{flow_control}"),
+        &common::http_trigger("forward", downstream),
     )
 }
 
@@ -155,10 +121,10 @@ async fn flow_control_values_out_of_range_are_config_errors() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let path = file.display();
     for expected in [
-        format!("{path}:22:38: requestsPerUnit must be at least 1"),
-        format!("{path}:23:28: \"X Priority\" is not a valid HTTP header name"),
-        format!("{path}:23:51: priority.default must be a priority from 0 (most important) to 9"),
-        format!("{path}:24:59: shedPriorityAbove must be a priority from 0 (most important) to 9"),
+        format!("{path}:21:38: requestsPerUnit must be at least 1"),
+        format!("{path}:22:28: \"X Priority\" is not a valid HTTP header name"),
+        format!("{path}:22:51: priority.default must be a priority from 0 (most important) to 9"),
+        format!("{path}:23:59: shedPriorityAbove must be a priority from 0 (most important) to 9"),
     ] {
         assert!(
             stderr.contains(&expected),

@@ -299,3 +299,48 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// The tests' standard pipeline: webhook `shop/orders` on `port` (with
+/// `webhook_extra` lines appended under the event, e.g. a `flowControl:`
+/// block) → sensor `orders` with `triggers` (YAML list items, indented by
+/// 4). `eventbus` is a whole EventBus document, or empty for the default.
+pub fn orders_pipeline(eventbus: &str, port: u16, webhook_extra: &str, triggers: &str) -> String {
+    let bus = if eventbus.is_empty() {
+        String::new()
+    } else {
+        format!("{eventbus}\n---\n")
+    };
+    format!(
+        r#"{bus}apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "{port}"
+      endpoint: /orders
+      method: POST
+{webhook_extra}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+{triggers}
+"#
+    )
+}
+
+/// One http trigger `name` posting events to `url`, as a `triggers:` item.
+pub fn http_trigger(name: &str, url: &str) -> String {
+    format!(
+        "    - template:\n        name: {name}\n        http:\n          url: {url}\n          method: POST\n"
+    )
+}
