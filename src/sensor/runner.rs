@@ -43,6 +43,7 @@ use crate::telemetry::{Metrics, TriggerOutcome};
 use crate::triggers::{Trigger, TriggerError};
 use spillway_bus::{Consumer, Received};
 use spillway_flowctl::{AdaptiveConcurrency, Busy, GradualDrain, Outcome, RateLimiter, Token};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -263,18 +264,18 @@ impl TriggerRunner {
                     }
                 }
             };
-            let mut held: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+            let mut held: VecDeque<u64> = messages.iter().map(|m| m.seq).collect();
             for (message, slot) in messages.into_iter().zip(slots.drain(..)) {
                 let Some(ready) = self.inner.prepare(message).await else {
-                    held.remove(0);
+                    held.pop_front();
                     continue;
                 };
                 // `held` still starts with this event's own seq.
                 let admitted = self
                     .inner
-                    .keep_alive_while(&held, &shutdown, self.admit())
+                    .keep_alive_while(held.make_contiguous(), &shutdown, self.admit())
                     .await;
-                held.remove(0);
+                held.pop_front();
                 if admitted.is_none() {
                     // Shutting down: the unacked events are redelivered later.
                     break;
