@@ -165,6 +165,8 @@ async fn a_failing_downstream_gets_exactly_steps_attempts_then_the_dlq() {
         http:
           url: {}
           method: POST
+      flowControl:
+        concurrency: gradient
       retryStrategy:
         steps: 3
         duration: 200ms

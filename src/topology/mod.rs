@@ -520,13 +520,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             if let Some(flow) = &trigger.flow_control {
                 let flow = &flow.value;
                 let not_yet = [
-                    (
-                        "concurrency",
-                        flow.concurrency
-                            .as_ref()
-                            .filter(|c| c.value.0 != ConcurrencyMode::Fixed)
-                            .map(|c| c.pos),
-                    ),
                     ("onReject", flow.on_reject.as_ref().map(|o| o.pos)),
                     ("maxPending", flow.max_pending.as_ref().map(|m| m.pos)),
                     ("autoscale", flow.autoscale.as_ref().map(|a| a.pos)),
