@@ -60,10 +60,12 @@ pub struct BufferLimits {
 }
 
 impl BufferLimits {
-    /// Kafka's producer default: 32 MiB and no bound on the item count.
+    /// Kafka's producer default: 32 MiB. Kafka bounds only bytes; the item
+    /// count is capped at one item per byte of that budget so that empty
+    /// items cannot grow the buffer without bound.
     pub fn kafka_default() -> Self {
         BufferLimits {
-            max_items: usize::MAX,
+            max_items: KAFKA_BUFFER_MEMORY,
             max_bytes: KAFKA_BUFFER_MEMORY,
         }
     }

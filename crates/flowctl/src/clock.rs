@@ -13,6 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `d` in whole nanoseconds, saturating at `u64::MAX` (~584 years).
+pub(crate) fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `nanos` as a `Duration`, saturating at `u64::MAX` nanoseconds.
+pub(crate) fn duration_from_nanos(nanos: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
 /// A monotonic source of time, measured from an origin fixed at creation.
 pub trait Clock: Clone + Send + Sync + 'static {
     /// Time elapsed since this clock's origin.
@@ -94,7 +104,7 @@ impl FakeClock {
 
     /// Moves time forward by `by` (saturating after ~584 years).
     pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let by = saturating_nanos(by);
         // fetch_update cannot fail with a closure that always returns Some.
         let _ = self
             .nanos
@@ -105,7 +115,7 @@ impl FakeClock {
 
     /// Moves time forward to `at` if it is later than now.
     pub fn advance_to(&self, at: Duration) {
-        let at = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+        let at = saturating_nanos(at);
         self.nanos.fetch_max(at, Ordering::AcqRel);
     }
 }

@@ -42,10 +42,10 @@
 //! - Any notion of consumer health: the caller decides when overload is back
 //!   and calls [`GradualDrain::reset`].
 
-use crate::clock::{Clock, TokioClock};
+use crate::clock::{duration_from_nanos, Clock, TokioClock};
 use crate::rate_limit::RateLimited;
+use parking_lot::{Mutex, MutexGuard};
 use std::fmt;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Highest `max_rate` accepted: one start per nanosecond, the clock's
@@ -112,10 +112,6 @@ pub enum SlowStartError {
 fn micros(rate: f64) -> u128 {
     // Saturating float-to-int cast; callers have checked `rate` is finite.
     (rate * MICROS_PER_START).round() as u128
-}
-
-fn duration(nanos: u128) -> Duration {
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 impl SlowStart {
@@ -187,10 +183,22 @@ struct State {
     interval: u64,
     /// First slot of `interval` not yet taken or lost.
     next_slot: u128,
-    /// Slots in `interval` (`starts_in(interval).max(1)`), cached because
-    /// computing it (a power of `factor`) costs more than the rest of a check.
+    /// Slots in `interval` and in the one after it (`starts_in(k).max(1)`),
+    /// cached because computing them (a power of `factor`) costs more than
+    /// the rest of a check.
     starts: u128,
+    next_starts: u128,
     last_start: Option<u128>,
+}
+
+impl State {
+    /// Moves the slot index to interval `k` of the ramp.
+    fn enter(&mut self, k: u64, config: &SlowStart) {
+        self.interval = k;
+        self.next_slot = 0;
+        self.starts = config.starts_in(k).max(1);
+        self.next_starts = config.starts_in(k.saturating_add(1)).max(1);
+    }
 }
 
 /// Paces starts along a [`SlowStart`] ramp; shared by reference between
@@ -225,12 +233,17 @@ impl<C: Clock> GradualDrain<C> {
         Ok(GradualDrain {
             config,
             clock,
-            state: Mutex::new(State {
-                origin,
-                interval: 0,
-                next_slot: 0,
-                starts: config.starts_in(0).max(1),
-                last_start: None,
+            state: Mutex::new({
+                let mut state = State {
+                    origin,
+                    interval: 0,
+                    next_slot: 0,
+                    starts: 0,
+                    next_starts: 0,
+                    last_start: None,
+                };
+                state.enter(0, &config);
+                state
             }),
         })
     }
@@ -262,9 +275,7 @@ impl<C: Clock> GradualDrain<C> {
         let now = self.clock.now().as_nanos();
         let mut state = self.lock();
         state.origin = now;
-        state.interval = 0;
-        state.next_slot = 0;
-        state.starts = self.config.starts_in(0).max(1);
+        state.enter(0, &self.config);
     }
 
     /// Admits one start now, or says how long until one would be admitted.
@@ -273,9 +284,7 @@ impl<C: Clock> GradualDrain<C> {
         let mut state = self.lock();
         let k = self.interval_at(state.origin, now);
         if state.interval != k {
-            state.interval = k;
-            state.next_slot = 0;
-            state.starts = self.config.starts_in(k).max(1);
+            state.enter(k, &self.config);
         }
         let due = self.next_due(&state, k);
         if due <= now {
@@ -289,7 +298,7 @@ impl<C: Clock> GradualDrain<C> {
             Ok(())
         } else {
             Err(RateLimited {
-                wait: duration(due - now),
+                wait: duration_from_nanos(due - now),
             })
         }
     }
@@ -302,9 +311,7 @@ impl<C: Clock> GradualDrain<C> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // No code panics while holding the lock, and every update leaves the
-        // state consistent, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn interval_at(&self, origin: u128, now: u128) -> u64 {
@@ -332,8 +339,7 @@ impl<C: Clock> GradualDrain<C> {
         // This interval is spent: the first slot of the next one. The rate
         // only grows, so its spacing is no longer than this one's and the
         // result still falls inside it.
-        let n_next = self.config.starts_in(k.saturating_add(1)).max(1);
-        spaced(n_next, start + len)
+        spaced(state.next_starts, start + len)
     }
 }
 

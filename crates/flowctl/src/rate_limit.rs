@@ -19,7 +19,7 @@
 //! Not guaranteed: fairness between concurrent waiters of `until_ready`
 //! (whoever checks first after the wait wins).
 
-use crate::clock::{Clock, GovernorClock, TokioClock};
+use crate::clock::{duration_from_nanos, Clock, GovernorClock, TokioClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
@@ -130,7 +130,7 @@ impl RateLimit {
         let unit = self.unit.duration().as_nanos();
         let n = u128::from(self.requests_per_unit.get());
         let nanos = unit.div_ceil(n).max(1);
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        duration_from_nanos(nanos)
     }
 
     /// Calls per second, for display and metrics.

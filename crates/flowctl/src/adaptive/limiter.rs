@@ -9,10 +9,11 @@
 use super::aimd::Aimd;
 use super::gradient::Gradient2;
 use super::{Algorithm, InvalidConfig, Outcome};
-use crate::clock::{Clock, TokioClock};
+use crate::clock::{saturating_nanos, Clock, TokioClock};
+use parking_lot::Mutex;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why [`AdaptiveConcurrency::try_acquire`] refused.
@@ -45,6 +46,19 @@ struct Shared<C> {
     /// is pending, so the common case reads no clock.
     paused_until: AtomicU64,
     state: Option<Mutex<State>>,
+}
+
+impl<C> Shared<C> {
+    /// Records that demand reached the limit, which is what lets AIMD grow
+    /// it. Only AIMD reads the flag; the load first keeps a saturated
+    /// limiter from bouncing the cache line between cores with stores.
+    fn note_demand_at_limit(&self) {
+        if matches!(self.algorithm, Algorithm::Aimd(_))
+            && !self.reached_limit.load(Ordering::Relaxed)
+        {
+            self.reached_limit.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// An adaptive concurrency limit for one downstream; clones share it.
@@ -127,7 +141,7 @@ impl<C: Clock> AdaptiveConcurrency<C> {
         let shared = &*self.shared;
         let until = shared.paused_until.load(Ordering::Acquire);
         if until != 0 {
-            let now = nanos_u64(shared.clock.now());
+            let now = saturating_nanos(shared.clock.now());
             if now < until {
                 return Err(Busy::Paused {
                     wait: Duration::from_nanos(until - now),
@@ -144,8 +158,7 @@ impl<C: Clock> AdaptiveConcurrency<C> {
         let mut in_flight = shared.in_flight.load(Ordering::Acquire);
         loop {
             if in_flight >= limit {
-                // Demand beyond the limit is what lets AIMD grow it.
-                shared.reached_limit.store(true, Ordering::Release);
+                shared.note_demand_at_limit();
                 return Err(Busy::AtLimit { limit, in_flight });
             }
             match shared.in_flight.compare_exchange_weak(
@@ -159,10 +172,8 @@ impl<C: Clock> AdaptiveConcurrency<C> {
             }
         }
         let in_flight = in_flight + 1;
-        // Checked first so a saturated limiter does not bounce the line
-        // between cores with redundant stores.
-        if in_flight >= limit && !shared.reached_limit.load(Ordering::Relaxed) {
-            shared.reached_limit.store(true, Ordering::Release);
+        if in_flight >= limit {
+            shared.note_demand_at_limit();
         }
         Ok(Token {
             shared: Arc::clone(&self.shared),
@@ -180,7 +191,7 @@ impl<C: Clock> Shared<C> {
             Outcome::Success { rtt } => Some(rtt),
             Outcome::Dropped { retry_after, .. } => {
                 if let Some(wait) = retry_after.filter(|wait| !wait.is_zero()) {
-                    let until = nanos_u64(now()).saturating_add(nanos_u64(wait));
+                    let until = saturating_nanos(now()).saturating_add(saturating_nanos(wait));
                     self.paused_until.fetch_max(until, Ordering::AcqRel);
                 }
                 None
@@ -189,8 +200,7 @@ impl<C: Clock> Shared<C> {
         let Some(state) = &self.state else {
             return;
         };
-        // The state is plain numbers, valid even if a holder panicked.
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = state.lock();
         let limit = match &mut *state {
             State::Aimd(aimd) => aimd.on_sample(now(), rtt, || {
                 self.reached_limit.swap(false, Ordering::AcqRel)
@@ -245,11 +255,6 @@ impl<C: Clock> fmt::Debug for Token<C> {
             .field("in_flight_at_acquire", &self.in_flight)
             .finish_non_exhaustive()
     }
-}
-
-/// Saturating nanoseconds (~584 years).
-fn nanos_u64(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
