@@ -6,7 +6,9 @@
 //! two meet, so a default is written down once.
 
 use super::decode::Spanned;
-use super::values::{one_of, rate_unit, GoDuration, RateUnit};
+use super::values::{
+    flowctl_rate_limit, one_of, rate_unit, requests_per_unit_problem, GoDuration, RateUnit,
+};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use spillway_flowctl::ConcurrencyMode;
@@ -58,11 +60,11 @@ impl BurstRateLimit {
     /// The enforced limit; `None` for a zero rate or burst (reported by
     /// validation).
     pub fn to_flowctl(&self) -> Option<spillway_flowctl::RateLimit> {
-        spillway_flowctl::RateLimit::new(
-            self.requests_per_unit.value,
-            self.unit.unwrap_or(RateUnit::Second),
-        )?
-        .with_burst(self.burst.as_ref().map_or(1, |b| b.value))
+        flowctl_rate_limit(
+            &self.requests_per_unit,
+            self.unit,
+            self.burst.as_ref().map(|b| b.value),
+        )
     }
 }
 
@@ -306,13 +308,9 @@ impl TriggerFlowControl {
 impl BurstRateLimit {
     /// Out-of-range values.
     pub fn problems(&self) -> Vec<Problem> {
-        let mut out = Vec::new();
-        if self.requests_per_unit.value == 0 {
-            out.push((
-                self.requests_per_unit.pos,
-                "requestsPerUnit must be at least 1".into(),
-            ));
-        }
+        let mut out: Vec<Problem> = requests_per_unit_problem(&self.requests_per_unit)
+            .into_iter()
+            .collect();
         at_least_one("burst", &self.burst, &mut out);
         out
     }

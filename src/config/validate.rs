@@ -340,7 +340,7 @@ fn check_sensor(
         }
     }
     if let Some(rate) = &spec.rate_limit {
-        check_rate(file, rate, report);
+        report_problems(file, rate.value.problems(), report);
     }
     if let Some(flow) = &spec.flow_control {
         report_problems(file, flow.value.problems(), report);
@@ -362,16 +362,6 @@ fn check_sensor(
 fn report_problems(file: &Path, problems: Vec<Problem>, report: &mut Report<'_>) {
     for (pos, message) in problems {
         report.error(file, pos, message);
-    }
-}
-
-fn check_rate(file: &Path, rate: &Spanned<super::values::RateLimit>, report: &mut Report<'_>) {
-    if rate.value.requests_per_unit.value == 0 {
-        report.error(
-            file,
-            rate.value.requests_per_unit.pos,
-            "requestsPerUnit must be at least 1",
-        );
     }
 }
 
@@ -405,7 +395,7 @@ fn check_trigger(
         );
     }
     if let Some(rate) = &trigger.rate_limit {
-        check_rate(file, rate, report);
+        report_problems(file, rate.value.problems(), report);
     }
     if let Some(flow) = &trigger.flow_control {
         report_problems(file, flow.value.problems(), report);

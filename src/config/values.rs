@@ -120,12 +120,38 @@ impl RateLimit {
     /// `flowControl.burst`, default 1). `None` for a zero rate or burst,
     /// which validation has already reported.
     pub fn to_flowctl(&self, burst: Option<u32>) -> Option<spillway_flowctl::RateLimit> {
-        spillway_flowctl::RateLimit::new(
-            self.requests_per_unit.value,
-            self.unit.unwrap_or(RateUnit::Second),
-        )?
-        .with_burst(burst.unwrap_or(1))
+        flowctl_rate_limit(&self.requests_per_unit, self.unit, burst)
     }
+
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<super::flow_control::Problem> {
+        requests_per_unit_problem(&self.requests_per_unit)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `requestsPerUnit` per `unit` (default `Second`) with `burst` (default 1)
+/// as flowctl's limit; `None` for a zero rate or burst.
+pub(super) fn flowctl_rate_limit(
+    requests_per_unit: &Spanned<u32>,
+    unit: Option<RateUnit>,
+    burst: Option<u32>,
+) -> Option<spillway_flowctl::RateLimit> {
+    spillway_flowctl::RateLimit::new(requests_per_unit.value, unit.unwrap_or(RateUnit::Second))?
+        .with_burst(burst.unwrap_or(1))
+}
+
+/// The error of a `requestsPerUnit` of 0, if it is.
+pub(super) fn requests_per_unit_problem(
+    requests_per_unit: &Spanned<u32>,
+) -> Option<super::flow_control::Problem> {
+    (requests_per_unit.value == 0).then(|| {
+        (
+            requests_per_unit.pos,
+            "requestsPerUnit must be at least 1".to_string(),
+        )
+    })
 }
 
 /// "unknown X "v"; expected one of a, b (did you mean a?)".

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Each trigger's credit window until `flowControl.maxInFlight` exists.
+/// A trigger's credit window without `flowControl.maxInFlight`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
 /// Options from the command line.
@@ -87,37 +87,34 @@ pub async fn run_until(
 
     let limits = config.bus.limits;
     // The lock is held until the pipeline stops: one process per data directory.
-    let (bus, _data_dir_lock): (Arc<dyn Bus>, Option<std::fs::File>) = match &config.bus.url {
-        Some(url) => {
-            let bus = JetStreamBus::connect(url, &config.bus.name, limits, &[] as &[&str]).await?;
-            tracing::info!(
-                "event bus {:?}: NATS JetStream at {url}, stream {:?}, max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
-                config.bus.name,
-                bus.stream_name(),
-                show(limits.max_msgs),
-                show(limits.max_bytes),
-                show(limits.max_msg_size),
-                limits.discard
-            );
-            (bus, None)
-        }
-        None => {
-            let dir = options.data_dir.clone();
-            let (bus, lock) = tokio::task::spawn_blocking(move || open_embedded_bus(&dir, limits))
-                .await
-                .map_err(|e| RunError::Config(format!("opening the embedded bus: {e}")))??;
-            tracing::info!(
-                "event bus {:?}: embedded and durable in {}, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
-                config.bus.name,
-                options.data_dir.display(),
-                show(limits.max_msgs),
-                show(limits.max_bytes),
-                show(limits.max_msg_size),
-                limits.discard
-            );
-            (bus, Some(lock))
-        }
-    };
+    let (bus, _data_dir_lock, backend): (Arc<dyn Bus>, Option<std::fs::File>, String) =
+        match &config.bus.url {
+            Some(url) => {
+                let bus =
+                    JetStreamBus::connect(url, &config.bus.name, limits, &[] as &[&str]).await?;
+                let backend = format!("NATS JetStream at {url}, stream {:?}", bus.stream_name());
+                (bus, None, backend)
+            }
+            None => {
+                let dir = options.data_dir.clone();
+                let (bus, lock) =
+                    tokio::task::spawn_blocking(move || open_embedded_bus(&dir, limits))
+                        .await
+                        .map_err(|e| {
+                            RunError::Config(format!("opening the embedded bus: {e}"))
+                        })??;
+                let backend = format!("embedded and durable in {}", options.data_dir.display());
+                (bus, Some(lock), backend)
+            }
+        };
+    tracing::info!(
+        "event bus {:?}: {backend}, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
+        config.bus.name,
+        show(limits.max_msgs),
+        show(limits.max_bytes),
+        show(limits.max_msg_size),
+        limits.discard
+    );
     let metrics = Arc::new(Metrics::new());
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -350,7 +347,7 @@ fn shedding(flow: &WebhookFlowControl) -> Option<Arc<webhook::Shedding>> {
         default_priority: priority
             .and_then(|p| p.default.as_ref())
             .map_or(webhook::DEFAULT_PRIORITY, |d| {
-                spillway_flowctl::clamp_priority(u8::try_from(d.value).unwrap_or(u8::MAX))
+                webhook::priority_from(u64::from(d.value))
             }),
         shedder: PriorityShedder::new(policy),
     }))

@@ -50,5 +50,7 @@ pub use priority::{
     clamp_priority, Decision, PolicyError, PriorityCounts, PriorityQueue, PriorityShedder,
     QueueFull, Queued, ShedLevel, SheddingPolicy, LOWEST_PRIORITY, PRIORITY_LEVELS,
 };
-pub use rate_limit::{CheckNError, RateLimit, RateLimited, RateLimiter, RateUnit, UnknownRateUnit};
+pub use rate_limit::{
+    retry_after_secs, CheckNError, RateLimit, RateLimited, RateLimiter, RateUnit, UnknownRateUnit,
+};
 pub use semaphore::{AcquireError, Permit, Semaphore, TryAcquireError, DEFAULT_MAX_PENDING};

@@ -167,12 +167,18 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
-    /// `wait` as whole seconds for an HTTP `Retry-After` header: rounded up,
-    /// and at least 1 (a `Retry-After: 0` invites an immediate retry storm).
+    /// `wait` as whole seconds for an HTTP `Retry-After` header
+    /// (see [`retry_after_secs`]).
     pub fn retry_after_secs(&self) -> u64 {
-        let secs = self.wait.as_secs() + u64::from(self.wait.subsec_nanos() > 0);
-        secs.max(1)
+        retry_after_secs(self.wait)
     }
+}
+
+/// `wait` as whole seconds for an HTTP `Retry-After` header: rounded up, and
+/// at least 1 (a `Retry-After: 0` invites an immediate retry storm).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// Why [`RateLimiter::check_n`] refused.

@@ -86,10 +86,14 @@ impl Shedding {
             .and_then(|name| headers.get(name))
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(self.default_priority, |p| {
-                spillway_flowctl::clamp_priority(u8::try_from(p).unwrap_or(u8::MAX))
-            })
+            .map_or(self.default_priority, priority_from)
     }
+}
+
+/// A priority number as flowctl takes it: anything past the lowest priority
+/// counts as the lowest, so an out-of-range value can never buy precedence.
+pub fn priority_from(number: u64) -> u8 {
+    spillway_flowctl::clamp_priority(u8::try_from(number).unwrap_or(u8::MAX))
 }
 
 /// Shared state of one port's server.
@@ -341,8 +345,8 @@ fn unavailable(why: &str) -> Response {
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 fn set_retry_after(response: &mut Response, after: Duration) {
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(spillway_flowctl::retry_after_secs(after)),
+    );
 }
