@@ -308,9 +308,20 @@ impl<B> Stream<B> {
     }
 
     /// `discard: old`: deletes the oldest messages until `size` bytes fit.
-    /// Deletes nothing and answers `false` if it can never fit.
+    /// Deletes nothing and answers `false` if it cannot fit even with every
+    /// stored message gone, because room reserved by publishes still being
+    /// written (or a limit of 0) is in the way: deleting would lose messages
+    /// and still refuse this one.
     fn make_room(&mut self, size: u64, now: Instant) -> bool {
-        if self.limits.max_msgs == Some(0) {
+        let fits_when_empty = self
+            .limits
+            .max_msgs
+            .is_none_or(|max| self.reserved_msgs < max)
+            && self
+                .limits
+                .max_bytes
+                .is_none_or(|max| self.reserved_bytes.saturating_add(size) <= max);
+        if !fits_when_empty {
             return false;
         }
         while self.over_limit(size).is_some() {
@@ -533,5 +544,43 @@ impl<B> Stream<B> {
             last_seq: self.last_seq,
             consumers: self.consumers.len() as u64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DiscardPolicy;
+
+    /// `discard: old` with room reserved by a publish still being written
+    /// (the segment backend's fsync window): deleting stored messages cannot
+    /// make room, so nothing is deleted and the publish is refused.
+    #[test]
+    fn discard_old_deletes_nothing_when_reservations_fill_the_stream() {
+        let limits = Limits {
+            max_msgs: Some(2),
+            discard: DiscardPolicy::Old,
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        let mut stream: Stream<()> = Stream::new(limits, Arc::new(Notify::new()), now);
+        stream.insert(1, "a", 10, now, ());
+        stream.reserve(10);
+        stream.reserve(10);
+        assert!(matches!(
+            stream.admit("a", 10, now),
+            Err(Refusal::Full { .. })
+        ));
+        assert_eq!(
+            stream.msgs.len(),
+            1,
+            "a held message was deleted for nothing"
+        );
+        assert_eq!(stream.stats().discarded, 0);
+
+        // With one reservation gone, deleting the stored message does make room.
+        stream.unreserve(10);
+        assert!(matches!(stream.admit("a", 10, now), Ok(Admitted::Held)));
+        assert_eq!(stream.stats().discarded, 1);
     }
 }
