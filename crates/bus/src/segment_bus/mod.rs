@@ -795,7 +795,7 @@ impl Consumer for SegmentConsumer {
                         // Possibly transient (EIO, EMFILE): try again soon.
                         _ => {
                             warn!(consumer = %self.name, seq, error = %e, "cannot read message from the log; retrying in {READ_RETRY:?}");
-                            st.nak(id, seq, READ_RETRY, now);
+                            st.undeliver(id, seq, READ_RETRY, now);
                         }
                     }
                 }

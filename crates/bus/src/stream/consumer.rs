@@ -330,11 +330,14 @@ impl<B> Stream<B> {
             let Some(p) = c.pending.get_mut(&seq) else {
                 continue;
             };
+            // 0 deliveries: a first delivery taken back by `undeliver`.
+            if p.deliveries > 0 {
+                c.redelivered += 1;
+            }
             p.deliveries = p.deliveries.saturating_add(1);
             p.nakked = false;
             p.timer = Some(ack_deadline);
             c.timers.insert((ack_deadline, seq));
-            c.redelivered += 1;
             c.dirty = true;
             out.push(make(seq, m, p.deliveries));
         }
@@ -379,6 +382,30 @@ impl<B> Stream<B> {
         c.dirty = true;
         c.wake.notify_waiters();
         self.release_ref(seq, now);
+    }
+
+    /// Takes back a delivery `take_batch` counted but the caller could not
+    /// hand out (the backend failed to read the message): the delivery does
+    /// not count against `max_deliver` or as a redelivery, and the message is
+    /// due again after `retry_in`.
+    pub(crate) fn undeliver(&mut self, id: usize, seq: u64, retry_in: Duration, now: Instant) {
+        let Some(c) = self.consumers.get_mut(id) else {
+            return;
+        };
+        let Some(p) = c.pending.get_mut(&seq) else {
+            return;
+        };
+        if p.deliveries > 1 {
+            c.redelivered = c.redelivered.saturating_sub(1);
+        }
+        p.deliveries = p.deliveries.saturating_sub(1);
+        let old_timer = p.timer;
+        let at = later(now, retry_in);
+        p.timer = Some(at);
+        c.unschedule(seq, old_timer);
+        c.timers.insert((at, seq));
+        c.dirty = true;
+        c.wake.notify_waiters();
     }
 
     pub(crate) fn nak(&mut self, id: usize, seq: u64, delay: Duration, now: Instant) {

@@ -583,4 +583,29 @@ mod tests {
         assert!(matches!(stream.admit("a", 10, now), Ok(Admitted::Held)));
         assert_eq!(stream.stats().discarded, 1);
     }
+
+    /// A delivery the backend could not hand out (a failed read) is taken
+    /// back: with `max_deliver: 1` the message is still delivered later, as
+    /// its first delivery, and it is not counted as a redelivery.
+    #[test]
+    fn undeliver_does_not_spend_a_delivery() {
+        let now = Instant::now();
+        let mut stream: Stream<()> = Stream::new(Limits::default(), Arc::new(Notify::new()), now);
+        let mut config = crate::ConsumerConfig::new("c");
+        config.max_deliver = Some(1);
+        let (id, _) = stream.add_consumer(config, now).expect("consumer");
+        stream.insert(1, "a", 10, now, ());
+        let first = stream.take_batch(id, 10, now, |seq, _, n| (seq, n));
+        assert_eq!(first, [(1, 1)]);
+        stream.undeliver(id, 1, Duration::from_secs(1), now);
+        assert!(stream
+            .take_batch(id, 10, now, |seq, _, n| (seq, n))
+            .is_empty());
+        let later = now + Duration::from_secs(1);
+        stream.sweep_consumer(id, later);
+        let again = stream.take_batch(id, 10, later, |seq, _, n| (seq, n));
+        assert_eq!(again, [(1, 1)]);
+        assert_eq!(stream.consumer_stats(id, later).redelivered, 0);
+        assert_eq!(stream.msgs.len(), 1, "the message must still be held");
+    }
 }
