@@ -311,26 +311,41 @@ impl Segments {
     /// below `floor` (its successor's base is ≤ `floor`). Never the last.
     pub fn delete_before(&self, floor: u64) -> Result<DeleteReport, LogError> {
         let mut report = DeleteReport::default();
-        let mut map = self.map.write();
-        loop {
-            let mut bases = map.keys();
-            let (Some(&first), Some(&next)) = (bases.next(), bases.next()) else {
-                break; // only the active segment is left
-            };
-            if next > floor {
-                break;
+        // Taken out of the table under the lock, unlinked after it: readers
+        // and the writer's roll do not wait on the file system. A reader
+        // still holding one of them keeps reading its open file.
+        let mut victims = Vec::new();
+        {
+            let mut map = self.map.write();
+            loop {
+                let mut bases = map.keys();
+                let (Some(&first), Some(&next)) = (bases.next(), bases.next()) else {
+                    break; // only the active segment is left
+                };
+                if next > floor {
+                    break;
+                }
+                let Some(seg) = map.remove(&first) else { break };
+                victims.push((first, seg));
             }
-            let Some(seg) = map.get(&first) else { break };
+        }
+        let mut victims = victims.into_iter();
+        while let Some((base, seg)) = victims.next() {
             match std::fs::remove_file(&seg.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(LogError::io("remove segment", &seg.path)(e)),
+                Err(e) => {
+                    // Not deleted: back in the table, to be tried again.
+                    let error = LogError::io("remove segment", &seg.path)(e);
+                    let mut map = self.map.write();
+                    map.insert(base, seg);
+                    map.extend(victims);
+                    return Err(error);
+                }
             }
             report.segments += 1;
             report.bytes += seg.len.load(Ordering::Acquire);
-            map.remove(&first);
         }
-        drop(map);
         if report.segments > 0 {
             sync_dir(&self.dir).map_err(LogError::io("fsync directory", &self.dir))?;
         }

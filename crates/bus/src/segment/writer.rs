@@ -108,7 +108,9 @@ pub(crate) const HWM_RESERVE: u64 = 1_000_000;
 /// Counters shared by the writer and the handle.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    pub failed: Mutex<Option<Arc<str>>>,
+    /// Why the log went read-only; set once (the first failure is the
+    /// cause), read on every append, so a lock-free cell.
+    pub failed: std::sync::OnceLock<Arc<str>>,
     pub next_seq: AtomicU64,
     pub appended: AtomicU64,
     pub batches: AtomicU64,
@@ -128,7 +130,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn failed(&self) -> Option<Arc<str>> {
-        self.failed.lock().clone()
+        self.failed.get().cloned()
     }
 }
 
@@ -444,7 +446,8 @@ impl Writer {
 
     fn fail(&self, reason: String) {
         error!(dir = %self.dir.display(), %reason, "segment log is now read-only until reopened");
-        *self.shared.failed.lock() = Some(reason.into());
+        // A later failure only follows from the first; keep the cause.
+        let _ = self.shared.failed.set(reason.into());
     }
 
     /// Syncs written-but-unsynced records (Interval, close, roll).

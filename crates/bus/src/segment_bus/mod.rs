@@ -772,14 +772,8 @@ impl Consumer for SegmentConsumer {
             let mut unreadable = Vec::new();
             for (seq, location, delivery_count) in batch {
                 match self.inner.log.read(seq, location) {
-                    Ok(r) => out.push(Received {
-                        seq,
-                        subject: r.subject,
-                        headers: r.headers,
-                        payload: r.payload,
-                        published_at: r.published_at,
-                        delivery_count,
-                    }),
+                    // `read` checked that the record is `seq`.
+                    Ok(r) => out.push(r.into_received(delivery_count)),
                     Err(e) => unreadable.push((seq, e)),
                 }
             }
