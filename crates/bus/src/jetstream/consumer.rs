@@ -323,7 +323,7 @@ impl JetStreamConsumer {
             .map_err(|err| BusError::Unavailable(format!("cannot send a pull request: {err}")))?;
         // The server ends every request by `expires`; this only guards
         // against a lost connection or a server that never answers.
-        let guard = super::later(
+        let guard = crate::stream::later(
             Instant::now(),
             expires.saturating_add(self.inner.options.request_timeout),
         );
@@ -447,7 +447,7 @@ impl JetStreamConsumer {
                 seq,
                 Entry {
                     reply,
-                    due: super::later(now, config.ack_wait),
+                    due: crate::stream::later(now, config.ack_wait),
                     deliveries,
                     nakked: false,
                 },
@@ -531,7 +531,7 @@ impl Consumer for JetStreamConsumer {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = super::later(Instant::now(), max_wait);
+        let deadline = crate::stream::later(Instant::now(), max_wait);
         let mut poll = POLL_MIN;
         loop {
             if self.inner.link.is_closed() {
@@ -572,7 +572,7 @@ impl Consumer for JetStreamConsumer {
             }
             // Multi-part consumers poll; a single part gets here only when
             // the server ended a wait early (e.g. 409), so do not spin.
-            let until = super::later(now, poll).min(deadline);
+            let until = crate::stream::later(now, poll).min(deadline);
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => {}
                 _ = self.inner.link.interrupted() => {}
@@ -610,7 +610,7 @@ impl Consumer for JetStreamConsumer {
         };
         self.send(reply, payload).await?;
         if let Some(e) = self.shared.pending.lock().entries.get_mut(&seq) {
-            e.due = super::later(Instant::now(), delay);
+            e.due = crate::stream::later(Instant::now(), delay);
             e.nakked = true;
         }
         self.shared.changed.notify_waiters();
@@ -626,7 +626,7 @@ impl Consumer for JetStreamConsumer {
         }
         self.send(reply, bytes::Bytes::from_static(b"+WPI")).await?;
         if let Some(e) = self.shared.pending.lock().entries.get_mut(&seq) {
-            e.due = super::later(Instant::now(), self.shared.config.ack_wait);
+            e.due = crate::stream::later(Instant::now(), self.shared.config.ack_wait);
         }
         Ok(())
     }

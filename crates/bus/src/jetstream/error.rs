@@ -10,6 +10,7 @@
 //! | `10054 message size exceeds maximum allowed` | `TooLarge` |
 //! | no PubAck in time, connection lost, no responders, anything else | `Unavailable` |
 
+use crate::stream::LimitHit;
 use crate::{BusError, Message, PublishError};
 use async_nats::jetstream::context::{PublishError as NatsPublishError, PublishErrorKind};
 use async_nats::jetstream::ErrorCode;
@@ -24,7 +25,7 @@ pub(crate) const MAXIMUM_CONSUMERS_LIMIT: u64 = 10026;
 /// How a refused publish should be reported (the message is attached later).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    Full(&'static str),
+    Full(LimitHit),
     TooLarge,
     Unavailable(String),
 }
@@ -33,14 +34,14 @@ impl Refusal {
     pub(crate) fn into_error(
         self,
         message: Message,
-        retry_after: impl FnOnce(&'static str) -> std::time::Duration,
+        retry_after: impl FnOnce(LimitHit) -> std::time::Duration,
         max_size: u64,
     ) -> PublishError {
         match self {
-            Refusal::Full(limit) => PublishError::Full {
+            Refusal::Full(hit) => PublishError::Full {
                 message,
-                limit,
-                retry_after: retry_after(limit),
+                limit: hit.name(),
+                retry_after: retry_after(hit),
             },
             Refusal::TooLarge => PublishError::TooLarge {
                 size: message.size() as u64,
@@ -77,9 +78,9 @@ pub(crate) fn classify_publish(err: &NatsPublishError) -> Refusal {
 /// Classifies a JetStream API error returned to a publish.
 pub(crate) fn classify_api(code: ErrorCode, text: &str) -> Refusal {
     match code.0 {
-        STREAM_STORE_FAILED if text.contains("maximum messages") => Refusal::Full("max_msgs"),
-        STREAM_STORE_FAILED if text.contains("maximum bytes") => Refusal::Full("max_bytes"),
-        STORAGE_RESOURCES_EXCEEDED | INSUFFICIENT_RESOURCES => Refusal::Full("max_bytes"),
+        STREAM_STORE_FAILED if text.contains("maximum messages") => Refusal::Full(LimitHit::Msgs),
+        STREAM_STORE_FAILED if text.contains("maximum bytes") => Refusal::Full(LimitHit::Bytes),
+        STORAGE_RESOURCES_EXCEEDED | INSUFFICIENT_RESOURCES => Refusal::Full(LimitHit::Bytes),
         MESSAGE_EXCEEDS_MAXIMUM => Refusal::TooLarge,
         _ => Refusal::Unavailable(format!("JetStream refused the message: {text}")),
     }
@@ -99,13 +100,16 @@ mod tests {
         let full = |text| classify_api(ErrorCode(10077), text);
         assert_eq!(
             full("maximum messages exceeded (code 503, error code 10077)"),
-            Refusal::Full("max_msgs")
+            Refusal::Full(LimitHit::Msgs)
         );
-        assert_eq!(full("maximum bytes exceeded"), Refusal::Full("max_bytes"));
+        assert_eq!(
+            full("maximum bytes exceeded"),
+            Refusal::Full(LimitHit::Bytes)
+        );
         assert!(matches!(full("disk on fire"), Refusal::Unavailable(_)));
         assert_eq!(
             classify_api(ErrorCode(10047), "insufficient storage"),
-            Refusal::Full("max_bytes")
+            Refusal::Full(LimitHit::Bytes)
         );
         assert_eq!(
             classify_api(ErrorCode(10054), "message size exceeds maximum allowed"),

@@ -65,6 +65,7 @@ mod test_server;
 #[cfg(test)]
 mod tests;
 
+use crate::stream::{later, LimitHit};
 use crate::{
     Bus, BusError, BusStats, Consumer, ConsumerConfig, DiscardPolicy, Limits, Message, PublishError,
 };
@@ -244,11 +245,11 @@ impl Inner {
             && self.limits.max_bytes.is_none_or(|max| state.bytes < max)
     }
 
-    fn retry_after(&self, limit: &'static str, size: u64) -> Duration {
+    fn retry_after(&self, hit: LimitHit, size: u64) -> Duration {
         let state = self.budget.lock().state;
         self.drain
             .lock()
-            .retry_after(limit, state, &self.limits, size)
+            .retry_after(hit, state, &self.limits, size)
     }
 
     /// Reserves `stored` bytes against the client-side `max_bytes` check
@@ -304,7 +305,7 @@ impl Inner {
         }
         refusal.into_error(
             message,
-            |limit| self.retry_after(limit, size),
+            |hit| self.retry_after(hit, size),
             self.max_size().unwrap_or(size),
         )
     }
@@ -330,14 +331,6 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.inner.release_bytes(self.stored, self.accepted);
     }
-}
-
-/// `at + d`, saturating at a far-away instant instead of panicking.
-pub(crate) fn later(at: Instant, d: Duration) -> Instant {
-    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-    at.checked_add(d)
-        .or_else(|| at.checked_add(FAR))
-        .unwrap_or(at)
 }
 
 impl JetStreamBus {
@@ -631,7 +624,7 @@ impl Bus for JetStreamBus {
         let nats_subject = inner.space.to_nats(&message.subject);
         let stored = stream::stored_size(nats_subject.len(), header_block, message.payload.len());
         if !inner.reserve_bytes(stored).await {
-            return Err(inner.refuse(Refusal::Full("max_bytes"), message));
+            return Err(inner.refuse(Refusal::Full(LimitHit::Bytes), message));
         }
         let mut reservation = Reservation {
             inner,

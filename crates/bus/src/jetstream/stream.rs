@@ -28,6 +28,7 @@
 //!   it is on disk (the embedded segment log acks only after `fdatasync`).
 
 use super::error::unavailable;
+use crate::stream::{retry_after_for, LimitHit};
 use crate::{BusError, DiscardPolicy, Limits};
 use async_nats::jetstream::{self, stream};
 use std::collections::VecDeque;
@@ -154,13 +155,7 @@ impl ByteBudget {
 }
 
 /// Seconds of history the drain-rate estimate looks at (as in the memory bus).
-const DRAIN_WINDOW: Duration = Duration::from_secs(10);
-/// Bounds of `retry_after`, and the answer when nothing drained (as in the
-/// memory bus).
-pub(crate) const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-pub(crate) const IDLE_RETRY_AFTER: Duration = Duration::from_secs(5);
-
+const DRAIN_WINDOW: Duration = Duration::from_secs(crate::stream::DRAIN_WINDOW_SECS);
 /// The stream's drain rate from periodic samples of its state.
 ///
 /// Messages that left the stream between two samples (acked by every
@@ -208,42 +203,24 @@ impl DrainMeter {
         removed / secs
     }
 
-    /// How long until a full stream should have room, from the drain rate:
-    /// (messages that must leave) / (messages leaving per second), clamped
-    /// to [1 s, 60 s]; 5 s when nothing drained lately.
+    /// How long until a full stream in `state` should have room for a
+    /// message of `size` bytes under `hit`, from the drain rate (the same
+    /// rule as the embedded bus: [`retry_after_for`]).
     pub(crate) fn retry_after(
         &self,
-        limit: &str,
+        hit: LimitHit,
         state: StreamState,
         limits: &Limits,
         size: u64,
     ) -> Duration {
-        let rate = self.rate();
-        if rate <= 0.0 {
-            return IDLE_RETRY_AFTER;
-        }
-        let needed = match limit {
-            "max_bytes" => {
-                let over = state
-                    .bytes
-                    .saturating_add(size)
-                    .saturating_sub(limits.max_bytes.unwrap_or(u64::MAX));
-                let avg = (state.bytes / state.messages.max(1)).max(1);
-                over.div_ceil(avg)
-            }
-            _ => (state.messages + 1).saturating_sub(limits.max_msgs.unwrap_or(u64::MAX)),
-        }
-        .max(1);
-        let secs = needed as f64 / rate;
-        Duration::from_secs_f64(
-            secs.clamp(MIN_RETRY_AFTER.as_secs_f64(), MAX_RETRY_AFTER.as_secs_f64()),
-        )
+        retry_after_for(self.rate(), hit, state.messages, state.bytes, limits, size)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::{IDLE_RETRY_AFTER, MAX_RETRY_AFTER, MIN_RETRY_AFTER};
 
     fn state(messages: u64, last_seq: u64) -> StreamState {
         StreamState {
@@ -301,7 +278,7 @@ mod tests {
         let t0 = Instant::now();
         let mut meter = DrainMeter::default();
         assert_eq!(
-            meter.retry_after("max_msgs", state(10, 10), &limits(10), 1),
+            meter.retry_after(LimitHit::Msgs, state(10, 10), &limits(10), 1),
             IDLE_RETRY_AFTER
         );
         meter.record(t0, state(10, 10));
@@ -309,17 +286,17 @@ mod tests {
         meter.record(t0 + Duration::from_secs(4), state(10, 12));
         assert_eq!(meter.rate(), 0.5);
         assert_eq!(
-            meter.retry_after("max_msgs", state(10, 12), &limits(10), 1),
+            meter.retry_after(LimitHit::Msgs, state(10, 12), &limits(10), 1),
             Duration::from_secs(2)
         );
         // Slow: clamped to 60 s; fast: clamped to 1 s.
         assert_eq!(
-            meter.retry_after("max_msgs", state(200, 12), &limits(10), 1),
+            meter.retry_after(LimitHit::Msgs, state(200, 12), &limits(10), 1),
             MAX_RETRY_AFTER
         );
         meter.record(t0 + Duration::from_secs(5), state(10, 1000));
         assert_eq!(
-            meter.retry_after("max_msgs", state(10, 1000), &limits(10), 1),
+            meter.retry_after(LimitHit::Msgs, state(10, 1000), &limits(10), 1),
             MIN_RETRY_AFTER
         );
         // Old samples leave the window; a recreated stream resets it.

@@ -320,7 +320,8 @@ async fn discard_new_refuses_at_max_msgs_and_hands_the_message_back() {
             assert_eq!(message, refused);
             assert_eq!(limit, "max_msgs");
             assert!(
-                (stream::MIN_RETRY_AFTER..=stream::MAX_RETRY_AFTER).contains(&retry_after),
+                (crate::stream::MIN_RETRY_AFTER..=crate::stream::MAX_RETRY_AFTER)
+                    .contains(&retry_after),
                 "{retry_after:?}"
             );
         }

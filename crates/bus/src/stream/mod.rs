@@ -60,7 +60,9 @@ mod meter;
 mod shared;
 
 pub(crate) use consumer::{ConsumerSnapshot, ConsumerState};
-pub(crate) use meter::{later, IDLE_RETRY_AFTER, MAX_RETRY_AFTER, MIN_RETRY_AFTER};
+pub(crate) use meter::{
+    later, DRAIN_WINDOW_SECS, IDLE_RETRY_AFTER, MAX_RETRY_AFTER, MIN_RETRY_AFTER,
+};
 pub(crate) use shared::Shared;
 
 use crate::{BusStats, DiscardPolicy, Limits, Message, PublishError};
@@ -86,19 +88,52 @@ pub(crate) struct Slot<B> {
 }
 
 /// Which limit a publish hit.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LimitHit {
     Msgs,
     Bytes,
 }
 
 impl LimitHit {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             LimitHit::Msgs => "max_msgs",
             LimitHit::Bytes => "max_bytes",
         }
     }
+}
+
+/// How long until a stream holding `held` messages of `held_bytes` has room
+/// for one more of `size` bytes under `hit`, when `rate` messages leave per
+/// second: (messages that must leave) / rate, clamped to
+/// [[`MIN_RETRY_AFTER`], [`MAX_RETRY_AFTER`]]; [`IDLE_RETRY_AFTER`] when
+/// nothing drains. Shared by every backend so `Retry-After` means the same.
+pub(crate) fn retry_after_for(
+    rate: f64,
+    hit: LimitHit,
+    held: u64,
+    held_bytes: u64,
+    limits: &Limits,
+    size: u64,
+) -> Duration {
+    if rate <= 0.0 {
+        return IDLE_RETRY_AFTER;
+    }
+    let needed = match hit {
+        LimitHit::Msgs => (held + 1).saturating_sub(limits.max_msgs.unwrap_or(u64::MAX)),
+        LimitHit::Bytes => {
+            let over = held_bytes
+                .saturating_add(size)
+                .saturating_sub(limits.max_bytes.unwrap_or(u64::MAX));
+            let avg = (held_bytes / held.max(1)).max(1);
+            over.div_ceil(avg)
+        }
+    }
+    .max(1);
+    let secs = needed as f64 / rate;
+    Duration::from_secs_f64(
+        secs.clamp(MIN_RETRY_AFTER.as_secs_f64(), MAX_RETRY_AFTER.as_secs_f64()),
+    )
 }
 
 /// Why [`Stream::admit`] refused a message (already counted).
@@ -339,25 +374,13 @@ impl<B> Stream<B> {
     /// [1 s, 60 s]; [`IDLE_RETRY_AFTER`] when nothing drained.
     fn retry_after(&mut self, now: Instant, hit: LimitHit, size: u64) -> Duration {
         let rate = self.drain.rate(now);
-        if rate <= 0.0 {
-            return IDLE_RETRY_AFTER;
-        }
-        let held = self.held();
-        let needed = match hit {
-            LimitHit::Msgs => (held + 1).saturating_sub(self.limits.max_msgs.unwrap_or(u64::MAX)),
-            LimitHit::Bytes => {
-                let bytes = self.held_bytes();
-                let over = bytes
-                    .saturating_add(size)
-                    .saturating_sub(self.limits.max_bytes.unwrap_or(u64::MAX));
-                let avg = (bytes / held.max(1)).max(1);
-                over.div_ceil(avg)
-            }
-        }
-        .max(1);
-        let secs = needed as f64 / rate;
-        Duration::from_secs_f64(
-            secs.clamp(MIN_RETRY_AFTER.as_secs_f64(), MAX_RETRY_AFTER.as_secs_f64()),
+        retry_after_for(
+            rate,
+            hit,
+            self.held(),
+            self.held_bytes(),
+            &self.limits,
+            size,
         )
     }
 
