@@ -206,30 +206,27 @@ impl Consumer for MemoryConsumer {
     }
 
     async fn ack(&self, seq: u64) -> Result<(), BusError> {
-        self.shared.lock().settle(self.id, seq, Instant::now());
+        self.shared.settle(self.id, seq);
         Ok(())
     }
 
     async fn nak(&self, seq: u64, delay: Duration) -> Result<(), BusError> {
-        self.shared.lock().nak(self.id, seq, delay, Instant::now());
+        self.shared.nak(self.id, seq, delay);
         Ok(())
     }
 
     async fn in_progress(&self, seq: u64) -> Result<(), BusError> {
-        self.shared.lock().in_progress(self.id, seq, Instant::now());
+        self.shared.in_progress(self.id, seq);
         Ok(())
     }
 
     async fn term(&self, seq: u64) -> Result<(), BusError> {
-        self.shared.lock().settle(self.id, seq, Instant::now());
+        self.shared.settle(self.id, seq);
         Ok(())
     }
 
     fn stats(&self) -> ConsumerStats {
-        let mut st = self.shared.lock();
-        let now = Instant::now();
-        st.maintain(now);
-        st.consumer_stats(self.id, now)
+        self.shared.consumer_stats(self.id)
     }
 }
 

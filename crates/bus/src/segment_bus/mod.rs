@@ -801,41 +801,26 @@ impl Consumer for SegmentConsumer {
     }
 
     async fn ack(&self, seq: u64) -> Result<(), BusError> {
-        self.inner
-            .shared
-            .lock()
-            .settle(self.id, seq, Instant::now());
+        self.inner.shared.settle(self.id, seq);
         Ok(())
     }
 
     async fn nak(&self, seq: u64, delay: Duration) -> Result<(), BusError> {
-        self.inner
-            .shared
-            .lock()
-            .nak(self.id, seq, delay, Instant::now());
+        self.inner.shared.nak(self.id, seq, delay);
         Ok(())
     }
 
     async fn in_progress(&self, seq: u64) -> Result<(), BusError> {
-        self.inner
-            .shared
-            .lock()
-            .in_progress(self.id, seq, Instant::now());
+        self.inner.shared.in_progress(self.id, seq);
         Ok(())
     }
 
     async fn term(&self, seq: u64) -> Result<(), BusError> {
-        self.inner
-            .shared
-            .lock()
-            .settle(self.id, seq, Instant::now());
+        self.inner.shared.settle(self.id, seq);
         Ok(())
     }
 
     fn stats(&self) -> ConsumerStats {
-        let mut st = self.inner.shared.lock();
-        let now = Instant::now();
-        st.maintain(now);
-        st.consumer_stats(self.id, now)
+        self.inner.shared.consumer_stats(self.id)
     }
 }

@@ -34,6 +34,29 @@ impl<B> Shared<B> {
         self.state.lock()
     }
 
+    /// `Consumer::ack` / `term` of consumer `id`, now.
+    pub(crate) fn settle(&self, id: usize, seq: u64) {
+        self.state.lock().settle(id, seq, Instant::now());
+    }
+
+    /// `Consumer::nak` of consumer `id`, now.
+    pub(crate) fn nak(&self, id: usize, seq: u64, delay: Duration) {
+        self.state.lock().nak(id, seq, delay, Instant::now());
+    }
+
+    /// `Consumer::in_progress` of consumer `id`, now.
+    pub(crate) fn in_progress(&self, id: usize, seq: u64) {
+        self.state.lock().in_progress(id, seq, Instant::now());
+    }
+
+    /// `Consumer::stats` of consumer `id`, with timers applied first.
+    pub(crate) fn consumer_stats(&self, id: usize) -> crate::ConsumerStats {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        st.maintain(now);
+        st.consumer_stats(id, now)
+    }
+
     /// Waits up to `max_wait` for `take` to hand out something for consumer
     /// `id` (woken by `wake` and by the consumer's redelivery timers).
     /// `take` runs under the lock after `maintain`; what it returns counts
