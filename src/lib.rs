@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod event;
+pub mod failpoint;
 pub mod json_path;
 pub mod sensor;
 pub mod sources;

@@ -1,6 +1,7 @@
 //! The embedded bus is durable: `kill -9` of spillway loses no accepted
 //! event, and an event whose trigger was running when the process died (so
-//! it was never acked) is delivered again after the restart (at least once).
+//! it was never acked) is delivered again after the restart (at least once),
+//! including one whose trigger had already succeeded when the process died.
 
 mod common;
 
@@ -65,6 +66,53 @@ async fn kill_9_loses_no_accepted_event_and_redelivers_unacked_ones() {
         "arrivals {} (held before the kill {held_before})",
         receiver.arrivals()
     );
+    assert!(second.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_crash_between_trigger_success_and_ack_redelivers_the_event() {
+    let receiver = Receiver::start(true).await;
+    let port = free_port();
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = pipeline(port, &receiver.url);
+    let mut first = Spillway::start_crashing_at(
+        &config,
+        data.path(),
+        spillway::failpoint::CrashPoint::AfterTriggerSuccess,
+    )
+    .await;
+    let response = common::client()
+        .post(format!("http://127.0.0.1:{port}/orders"))
+        .header("content-type", "application/json")
+        .body(r#"{"id":"o-1"}"#)
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(response.status(), 200);
+    // The downstream answered 200, then the process died before the ack.
+    let status = first.terminate_wait().await;
+    assert!(!status.success(), "the crash point aborts: {status}");
+    assert!(
+        first.log_text().contains("after-trigger-success"),
+        "died somewhere else:\n{}",
+        first.log_text()
+    );
+    assert_eq!(receiver.arrivals(), 1);
+
+    let mut second = Spillway::start_in(&config, data.path()).await;
+    wait_until("the event is acked after the restart", WAIT, || async {
+        second.status().await["bus"]["messages"] == 0
+    })
+    .await;
+    // At least once: the downstream saw the same event twice, and nothing
+    // else.
+    let ids: Vec<String> = receiver
+        .bodies()
+        .await
+        .iter()
+        .map(|b| b["body"]["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(ids, ["o-1", "o-1"]);
     assert!(second.terminate().await.success());
 }
 

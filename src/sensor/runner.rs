@@ -552,6 +552,7 @@ impl RunnerInner {
         match result {
             Ok(()) => {
                 self.count(TriggerOutcome::Success);
+                crate::failpoint::crash_point(crate::failpoint::CrashPoint::AfterTriggerSuccess);
                 self.settle(self.consumer.ack(seq).await, seq);
             }
             Err(err) => {

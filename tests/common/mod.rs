@@ -54,20 +54,33 @@ impl Spillway {
     pub async fn start(config: &str) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        Spillway::start_with(config, dir, &data).await
+        Spillway::start_with(config, dir, &data, &[]).await
     }
 
     /// Like [`Spillway::start`], with the bus in `data_dir` (to restart on
     /// the same bus).
     pub async fn start_in(config: &str, data_dir: &std::path::Path) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
-        Spillway::start_with(config, dir, data_dir).await
+        Spillway::start_with(config, dir, data_dir, &[]).await
+    }
+
+    /// Like [`Spillway::start_in`], armed to abort at a crash point
+    /// (`SPILLWAY_CRASH_AT`, see `spillway::failpoint`).
+    pub async fn start_crashing_at(
+        config: &str,
+        data_dir: &std::path::Path,
+        point: spillway::failpoint::CrashPoint,
+    ) -> Spillway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = [(spillway::failpoint::CRASH_AT_ENV, point.name())];
+        Spillway::start_with(config, dir, data_dir, &env).await
     }
 
     async fn start_with(
         config: &str,
         dir: tempfile::TempDir,
         data_dir: &std::path::Path,
+        env: &[(&str, &str)],
     ) -> Spillway {
         let file = dir.path().join("pipeline.yaml");
         std::fs::write(&file, config).expect("write config");
@@ -84,6 +97,7 @@ impl Spillway {
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -162,7 +176,7 @@ impl Spillway {
         self.terminate_wait().await
     }
 
-    /// Waits for the process to exit (after a signal was sent).
+    /// Waits for the process to exit (after a signal was sent, or a crash point).
     pub async fn terminate_wait(&mut self) -> ExitStatus {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
