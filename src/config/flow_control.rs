@@ -42,6 +42,11 @@ pub struct TriggerFlowControl {
     pub autoscale: Option<Spanned<Autoscale>>,
     /// Ramp the send rate up after recovering from overload.
     pub slow_start: Option<Spanned<SlowStart>>,
+    /// How long the bus waits for an ack before redelivering an event to
+    /// another worker (JetStream `ack_wait`, default 30s). Events still in
+    /// progress are kept alive, so this bounds how late a crashed instance's
+    /// events are redelivered, not how long a trigger may run.
+    pub ack_wait: Option<Spanned<GoDuration>>,
 }
 
 /// `rateLimit` inside a `flowControl` block: Argo's fields plus `burst`.
@@ -223,6 +228,13 @@ fn at_least_one(field: &str, value: &Option<Spanned<u32>>, out: &mut Vec<Problem
 /// queue in disguise.
 pub const MAX_WINDOW: u32 = 100_000;
 
+/// Shortest `ackWait`: keep-alives go out every third of it, and a bus
+/// round trip must fit well inside that.
+pub const MIN_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `ackWait` when not configured (JetStream's default).
+pub const DEFAULT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn window(field: &str, value: &Option<Spanned<u32>>, out: &mut Vec<Problem>) {
     if let Some(v) = value {
         if v.value == 0 || v.value > MAX_WINDOW {
@@ -294,6 +306,17 @@ impl TriggerFlowControl {
                 if poll.value.0.is_zero() {
                     out.push((poll.pos, "pollingInterval must be longer than 0s".into()));
                 }
+            }
+        }
+        if let Some(ack_wait) = &self.ack_wait {
+            if ack_wait.value.0 < MIN_ACK_WAIT {
+                out.push((
+                    ack_wait.pos,
+                    format!(
+                        "ackWait must be at least {}s (events are kept alive every ackWait/3)",
+                        MIN_ACK_WAIT.as_secs()
+                    ),
+                ));
             }
         }
         if let Some(slow) = &self.slow_start {

@@ -422,19 +422,31 @@ impl RunnerInner {
         shutdown: &CancellationToken,
         work: impl Future<Output = T>,
     ) -> Option<T> {
+        let work = async {
+            tokio::select! {
+                done = work => Some(done),
+                _ = shutdown.cancelled() => None,
+            }
+        };
+        self.keep_alive_during(held, work).await
+    }
+
+    /// Runs `work` to completion, sending `in_progress` for the `held`
+    /// events every `keep_alive` meanwhile, so the bus does not redeliver
+    /// them to another worker while they are still being handled.
+    async fn keep_alive_during<T>(&self, held: &[u64], work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         let mut keep_alive =
             tokio::time::interval_at(Instant::now() + self.keep_alive, self.keep_alive);
         loop {
             tokio::select! {
-                done = &mut work => return Some(done),
+                done = &mut work => return done,
                 _ = keep_alive.tick() => {
                     for &seq in held {
                         let result = self.consumer.in_progress(seq).await;
                         self.settle(result, seq);
                     }
                 }
-                _ = shutdown.cancelled() => return None,
             }
         }
     }
@@ -509,7 +521,9 @@ impl RunnerInner {
         }
         let result = loop {
             let started = Instant::now();
-            let result = self.trigger.invoke(&dependency, &event).await;
+            let result = self
+                .keep_alive_during(&[seq], self.trigger.invoke(&dependency, &event))
+                .await;
             let rtt = started.elapsed();
             let pause = match &result {
                 Ok(()) => {
@@ -682,7 +696,10 @@ impl RunnerInner {
         let Some(dlq) = &self.dlq else {
             return;
         };
-        match dlq.invoke(dependency, event).await {
+        match self
+            .keep_alive_during(&[seq], dlq.invoke(dependency, event))
+            .await
+        {
             Ok(()) => {
                 self.count(TriggerOutcome::Dlq);
                 tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, "trigger gave up ({why}); event sent to the DLQ trigger");

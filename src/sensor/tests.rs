@@ -267,6 +267,31 @@ async fn held_events_are_not_redelivered_during_a_long_rate_wait() {
     setup.stop().await;
 }
 
+/// A trigger call that runs for 6× `ack_wait` is kept alive: the bus does
+/// not hand the event to another worker while it runs.
+#[tokio::test(start_paused = true)]
+async fn a_call_longer_than_ack_wait_is_not_redelivered_while_it_runs() {
+    let mut setup = Setup::new(3).await;
+    let slow = Arc::new(Latency {
+        millis: AtomicUsize::new(60_000),
+    });
+    let (_, consumer) = setup
+        .runner_with(
+            "slow",
+            Arc::clone(&slow) as Arc<dyn CustomTrigger>,
+            None,
+            TriggerLimits {
+                ack_wait: Duration::from_secs(10),
+                ..limits(16)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(consumer.stats().redelivered, 0);
+    assert_eq!(setup.bus.stats().messages, 0, "all three acked");
+    setup.stop().await;
+}
+
 /// The credit window caps concurrent invocations.
 #[tokio::test(start_paused = true)]
 async fn max_in_flight_caps_concurrent_invocations() {

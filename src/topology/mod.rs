@@ -436,8 +436,11 @@ async fn build_runners(
         let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
         consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
         consumer_config.max_ack_pending = max_in_flight;
-        // An invocation must not be redelivered while it is still running.
-        consumer_config.ack_wait = action.max_duration() + Duration::from_secs(30);
+        // Invocations in progress are kept alive (every ack_wait / 3), so
+        // ack_wait only bounds how late a crashed instance's events come back.
+        consumer_config.ack_wait = flow
+            .and_then(|f| f.ack_wait.as_ref())
+            .map_or(crate::config::flow_control::DEFAULT_ACK_WAIT, |a| a.value.0);
         let ack_wait = consumer_config.ack_wait;
         let consumer = bus.consumer(consumer_config).await?;
         runners.push(TriggerRunner::new(
