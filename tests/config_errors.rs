@@ -917,6 +917,37 @@ spec:
     );
 }
 
+#[test]
+fn stream_replicas_out_of_range_and_ignored_by_the_embedded_bus() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventBus
+metadata:
+  name: default
+spec:
+  jetstream:
+    streamConfig: |
+      replicas: 7
+"#,
+        &[error(8, 17, &["`replicas` must be between 1 and 5", "found 7"])],
+    );
+    let config = expect_ok(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventBus
+metadata:
+  name: default
+spec:
+  jetstream:
+    settings: |
+      replicas: 3
+"#,
+        &[warning(8, 17, &["`replicas` applies to a JetStream cluster"])],
+    );
+    assert_eq!(config.bus.replicas, 3);
+}
+
 // ---------------------------------------------------- several errors, one run
 
 #[test]

@@ -57,6 +57,8 @@ pub struct SettingsLimits {
     pub discard: Option<Spanned<Discard>>,
     /// nats-server's name for the largest message; same as `max_msg_size`.
     pub max_payload: Option<Spanned<ByteSize>>,
+    /// Stream replicas on a JetStream cluster (see [`StreamConfigLimits::replicas`]).
+    pub replicas: Option<Spanned<i64>>,
 }
 
 /// Limits in Argo's camelCase `streamConfig` form.
@@ -71,6 +73,10 @@ pub struct StreamConfigLimits {
     pub discard: Option<Spanned<Discard>>,
     /// Duplicate-detection window (accepted; the embedded bus does not dedupe).
     pub duplicates: Option<Spanned<GoDuration>>,
+    /// Stream replicas on a JetStream cluster, 1 to 5 (Argo's default
+    /// config says 3; spillway defaults to 1 so a single server works).
+    /// The embedded bus is one machine and ignores it, with a warning.
+    pub replicas: Option<Spanned<i64>>,
 }
 
 /// `discard: new` (reject, the default) or `old` (delete the oldest).

@@ -169,18 +169,27 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
         _ => decode_document(file, doc, diags, &mut loaded.config.workflow_templates),
     };
     if kind == "EventBus" && ok {
-        let limits = bus_limits(text, doc, diags);
-        if let (Some(limits), Some(last)) = (limits, loaded.bus_docs.last()) {
+        let stream = bus_limits(text, doc, diags);
+        if let (Some(stream), Some(last)) = (stream, loaded.bus_docs.last()) {
+            let url = last
+                .doc
+                .spec
+                .jetstream
+                .as_ref()
+                .and_then(|j| j.url.as_ref())
+                .map(|u| u.value.clone());
+            if let (None, Some(pos)) = (&url, stream.replicas_pos) {
+                diags.warning(
+                    pos,
+                    "`replicas` applies to a JetStream cluster (`jetstream.url`); the embedded bus \
+                     is one machine and ignores it",
+                );
+            }
             loaded.config.bus = BusConfig {
                 name: name.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
-                url: last
-                    .doc
-                    .spec
-                    .jetstream
-                    .as_ref()
-                    .and_then(|j| j.url.as_ref())
-                    .map(|u| u.value.clone()),
-                limits,
+                url,
+                limits: stream.limits,
+                replicas: stream.replicas,
             };
         }
     }
@@ -231,11 +240,26 @@ fn is_valid_name(name: &str) -> bool {
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
 
+/// The stream an EventBus document asks for.
+struct StreamSettings {
+    limits: spillway_bus::Limits,
+    replicas: usize,
+    /// Where `replicas` was set, if it was.
+    replicas_pos: Option<Pos>,
+}
+
+/// Most replicas JetStream allows for a stream.
+const MAX_REPLICAS: i64 = 5;
+
 /// Resolves `spec.jetstream.settings` and `streamConfig` into bus limits.
 /// `None` when they contain errors (already reported).
-fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<spillway_bus::Limits> {
+fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<StreamSettings> {
     let jetstream = doc.get("spec").and_then(|s| s.get("jetstream"));
-    let mut limits = spillway_bus::Limits::default();
+    let mut stream = StreamSettings {
+        limits: spillway_bus::Limits::default(),
+        replicas: 1,
+        replicas_pos: None,
+    };
     let mut ok = true;
     let mut set_by: Vec<(&'static str, Pos)> = Vec::new();
     let mut note = |field: &'static str, pos: Pos, diags: &Diagnostics| {
@@ -264,7 +288,7 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<spillway_bu
                     (a, b) => a.or(b),
                 };
                 apply(
-                    &mut limits,
+                    &mut stream,
                     LimitFields {
                         max_msgs: s.max_msgs,
                         max_bytes: s.max_bytes,
@@ -272,6 +296,7 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<spillway_bu
                         max_consumers: s.max_consumers,
                         max_age: s.max_age,
                         discard: s.discard,
+                        replicas: s.replicas,
                     },
                     diags,
                     &mut note,
@@ -283,7 +308,7 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<spillway_bu
     if let Some(node) = jetstream.and_then(|j| j.get("streamConfig")) {
         match embedded::<StreamConfigLimits>(text, node, diags) {
             Some(s) => apply(
-                &mut limits,
+                &mut stream,
                 LimitFields {
                     max_msgs: s.max_msgs,
                     max_bytes: s.max_bytes,
@@ -291,6 +316,7 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<spillway_bu
                     max_consumers: s.max_consumers,
                     max_age: s.max_age,
                     discard: s.discard,
+                    replicas: s.replicas,
                 },
                 diags,
                 &mut note,
@@ -301,10 +327,10 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<spillway_bu
     if let Some(node) = jetstream.and_then(|j| j.get("maxPayload")) {
         if let Ok(size) = decode::<super::values::ByteSize>(node, diags) {
             note("max_msg_size", node.pos, diags);
-            limits.max_msg_size = Some(size.0);
+            stream.limits.max_msg_size = Some(size.0);
         }
     }
-    ok.then_some(limits)
+    ok.then_some(stream)
 }
 
 struct LimitFields {
@@ -314,14 +340,16 @@ struct LimitFields {
     max_consumers: Option<super::Spanned<i64>>,
     max_age: Option<super::Spanned<super::values::GoDuration>>,
     discard: Option<super::Spanned<Discard>>,
+    replicas: Option<super::Spanned<i64>>,
 }
 
 fn apply(
-    limits: &mut spillway_bus::Limits,
+    stream: &mut StreamSettings,
     fields: LimitFields,
     diags: &Diagnostics,
     note: &mut impl FnMut(&'static str, Pos, &Diagnostics),
 ) {
+    let limits = &mut stream.limits;
     let positive = |name: &'static str, v: &super::Spanned<i64>| -> Option<u64> {
         if v.value > 0 {
             Some(v.value as u64)
@@ -352,6 +380,21 @@ fn apply(
     if let Some(v) = fields.max_age {
         note("max_age", v.pos, diags);
         limits.max_age = (!v.value.0.is_zero()).then_some(v.value.0);
+    }
+    if let Some(v) = fields.replicas {
+        note("replicas", v.pos, diags);
+        if (1..=MAX_REPLICAS).contains(&v.value) {
+            stream.replicas = v.value as usize;
+            stream.replicas_pos = Some(v.pos);
+        } else {
+            diags.error(
+                v.pos,
+                format!(
+                    "`replicas` must be between 1 and {MAX_REPLICAS} (JetStream's limit), found {}",
+                    v.value
+                ),
+            );
+        }
     }
     if let Some(v) = fields.discard {
         note("discard", v.pos, diags);

@@ -51,6 +51,8 @@ pub struct BusConfig {
     /// A JetStream server to use instead of the embedded bus.
     pub url: Option<String>,
     pub limits: spillway_bus::Limits,
+    /// JetStream stream replicas (1 unless the EventBus says otherwise).
+    pub replicas: usize,
 }
 
 impl Default for BusConfig {
@@ -59,6 +61,7 @@ impl Default for BusConfig {
             name: "default".to_string(),
             url: None,
             limits: spillway_bus::Limits::default(),
+            replicas: 1,
         }
     }
 }

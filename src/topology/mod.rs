@@ -90,8 +90,18 @@ pub async fn run_until(
     let (bus, _data_dir_lock, backend): (Arc<dyn Bus>, Option<std::fs::File>, String) =
         match &config.bus.url {
             Some(url) => {
-                let bus =
-                    JetStreamBus::connect(url, &config.bus.name, limits, &[] as &[&str]).await?;
+                let options = spillway_bus::jetstream::JetStreamOptions {
+                    replicas: config.bus.replicas,
+                    ..Default::default()
+                };
+                let bus = JetStreamBus::connect_with(
+                    url,
+                    &config.bus.name,
+                    limits,
+                    &[] as &[&str],
+                    options,
+                )
+                .await?;
                 let backend = format!("NATS JetStream at {url}, stream {:?}", bus.stream_name());
                 (bus, None, backend)
             }
