@@ -930,7 +930,11 @@ spec:
     streamConfig: |
       replicas: 7
 "#,
-        &[error(8, 17, &["`replicas` must be between 1 and 5", "found 7"])],
+        &[error(
+            8,
+            17,
+            &["`replicas` must be between 1 and 5", "found 7"],
+        )],
     );
     let config = expect_ok(
         r#"
@@ -943,7 +947,11 @@ spec:
     settings: |
       replicas: 3
 "#,
-        &[warning(8, 17, &["`replicas` applies to a JetStream cluster"])],
+        &[warning(
+            8,
+            17,
+            &["`replicas` applies to a JetStream cluster"],
+        )],
     );
     assert_eq!(config.bus.replicas, 3);
 }

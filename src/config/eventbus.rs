@@ -32,8 +32,9 @@ pub struct EventBusSpec {
 #[derive(Debug, Clone, PartialEq, DeriveDeserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JetStreamBus {
-    /// `nats://host:port` of an existing JetStream server (spillway
-    /// extension). Without it the embedded bus enforces the limits.
+    /// `nats://host:port` of an existing JetStream server, or several
+    /// separated by commas for a cluster (spillway extension). Without it
+    /// the embedded bus enforces the limits.
     pub url: Option<Spanned<String>>,
     /// The seed form: snake_case limits as YAML in a string (or a mapping).
     /// Decoded by the loader into [`SettingsLimits`] so that positions

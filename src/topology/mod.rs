@@ -40,6 +40,11 @@ use tokio_util::sync::CancellationToken;
 /// A trigger's credit window without `flowControl.maxInFlight`.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 16;
 
+/// How many instances sharing a JetStream consumer may each fill their
+/// in-flight window (the seed's KEDA `maxReplicaCount`); sizes the
+/// consumer's `max_ack_pending`.
+pub const MAX_SCALE_OUT_INSTANCES: usize = 100;
+
 /// Options from the command line.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -133,8 +138,10 @@ pub async fn run_until(
         .build()
         .map_err(|e| RunError::Config(format!("cannot build the HTTP client: {e}")))?;
     let mut runners = Vec::new();
+    // A JetStream bus may be shared by several spillway instances.
+    let shared_bus = config.bus.url.is_some();
     for sensor in &config.sensors {
-        runners.extend(build_runners(sensor, &bus, &http_client, &metrics).await?);
+        runners.extend(build_runners(sensor, &bus, shared_bus, &http_client, &metrics).await?);
     }
     let handles: Vec<_> = runners.iter().map(TriggerRunner::handle).collect();
 
@@ -367,6 +374,7 @@ fn shedding(flow: &WebhookFlowControl) -> Option<Arc<webhook::Shedding>> {
 async fn build_runners(
     sensor: &Located<Sensor>,
     bus: &Arc<dyn Bus>,
+    shared_bus: bool,
     http_client: &reqwest::Client,
     metrics: &Arc<Metrics>,
 ) -> Result<Vec<TriggerRunner>, RunError> {
@@ -445,7 +453,14 @@ async fn build_runners(
         };
         let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
         consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
-        consumer_config.max_ack_pending = max_in_flight;
+        // Every instance of a scaled-out pipeline pulls from the same durable
+        // consumer, each holding at most max_in_flight: the consumer-wide cap
+        // must leave room for all of them.
+        consumer_config.max_ack_pending = if shared_bus {
+            max_in_flight.saturating_mul(MAX_SCALE_OUT_INSTANCES)
+        } else {
+            max_in_flight
+        };
         // Invocations in progress are kept alive (every ack_wait / 3), so
         // ack_wait only bounds how late a crashed instance's events come back.
         consumer_config.ack_wait = flow

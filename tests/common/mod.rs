@@ -82,6 +82,18 @@ impl Spillway {
         data_dir: &std::path::Path,
         env: &[(&str, &str)],
     ) -> Spillway {
+        match Spillway::try_start_with(config, dir, data_dir, env).await {
+            Ok(spillway) => spillway,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    async fn try_start_with(
+        config: &str,
+        dir: tempfile::TempDir,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Result<Spillway, String> {
         let file = dir.path().join("pipeline.yaml");
         std::fs::write(&file, config).expect("write config");
         let log = dir.path().join("spillway.log");
@@ -113,11 +125,14 @@ impl Spillway {
         loop {
             if let Ok(r) = client().get(&ready).send().await {
                 if r.status().is_success() {
-                    break;
+                    return Ok(spillway);
                 }
             }
             if let Ok(Some(status)) = spillway.child.try_wait() {
-                panic!("spillway exited with {status}:\n{}", spillway.log_text());
+                return Err(format!(
+                    "spillway exited with {status}:\n{}",
+                    spillway.log_text()
+                ));
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -126,7 +141,21 @@ impl Spillway {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        spillway
+    }
+
+    /// Like [`Spillway::start`], starting again while the process exits
+    /// during start-up (a bus that is not ready yet), for up to `limit`.
+    pub async fn start_retrying(config: &str, limit: Duration) -> Spillway {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let data = dir.path().join("data");
+            match Spillway::try_start_with(config, dir, &data, &[]).await {
+                Ok(spillway) => return spillway,
+                Err(why) if tokio::time::Instant::now() >= deadline => panic!("{why}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -277,40 +306,97 @@ async fn receive(State(receiver): State<Receiver>, body: axum::body::Bytes) -> S
 /// killed on drop.
 pub struct NatsServer {
     pub url: String,
-    child: Child,
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
     _store: tempfile::TempDir,
 }
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
+        NatsServer::start_with(&[]).await
+    }
+
+    /// A server with extra command-line arguments (cluster settings).
+    async fn start_with(extra: &[String]) -> NatsServer {
         let store = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let mut args: Vec<String> = ["-js", "-a", "127.0.0.1", "-p"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.push(port.to_string());
+        args.push("-sd".into());
+        args.push(store.path().display().to_string());
+        args.extend(extra.iter().cloned());
+        let mut server = NatsServer {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            args,
+            child: None,
+            _store: store,
+        };
+        server.resume().await;
+        server
+    }
+
+    /// Stops the server (SIGKILL); its store survives for [`resume`](Self::resume).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "nats-server is already running");
         let child = Command::new("/usr/sbin/nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn /usr/sbin/nats-server (apt install nats-server)");
-        let server = NatsServer {
-            url: format!("nats://127.0.0.1:{port}"),
-            child,
-            _store: store,
-        };
+        self.child = Some(child);
+        let port = self.port;
         wait_until("nats-server to listen", Duration::from_secs(10), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
         })
         .await;
-        server
+    }
+
+    /// A JetStream cluster of `nodes` servers on loopback ports; node `i`
+    /// is named `n{i}`.
+    pub async fn cluster(nodes: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let all_routes = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let extra = [
+                "--name".to_string(),
+                format!("n{i}"),
+                "--cluster_name".to_string(),
+                "spillway-test".to_string(),
+                "--cluster".to_string(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".to_string(),
+                all_routes.clone(),
+            ];
+            servers.push(NatsServer::start_with(&extra).await);
+        }
+        servers
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

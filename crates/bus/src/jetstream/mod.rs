@@ -113,6 +113,45 @@ impl Default for JetStreamOptions {
     }
 }
 
+/// Parses `url`: one NATS URL, or several separated by commas (the seed
+/// servers of a cluster; the client learns the rest from them).
+fn server_list(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>().map_err(|err| {
+                BusError::Unavailable(format!("invalid NATS server URL {u:?}: {err}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|servers| {
+            if servers.is_empty() {
+                Err(BusError::Unavailable("no NATS server URL given".into()))
+            } else {
+                Ok(servers)
+            }
+        })
+}
+
+#[cfg(test)]
+mod server_list_tests {
+    use super::server_list;
+
+    #[test]
+    fn one_or_several_urls_and_clear_errors() {
+        assert_eq!(
+            server_list("nats://127.0.0.1:4222").map(|s| s.len()).ok(),
+            Some(1)
+        );
+        let cluster = "nats://10.0.0.1:4222, nats://10.0.0.2:4222,nats://10.0.0.3:4222";
+        assert_eq!(server_list(cluster).map(|s| s.len()).ok(), Some(3));
+        let bad = server_list("nats://a:4222,nats://b:port").expect_err("bad port");
+        assert!(bad.to_string().contains("nats://b:port"), "{bad}");
+        assert!(server_list(" , ").is_err());
+    }
+}
+
 /// A [`Bus`] on a NATS JetStream stream. See the [module docs](self).
 pub struct JetStreamBus {
     inner: Arc<Inner>,
@@ -371,6 +410,7 @@ impl JetStreamBus {
                  `.`, `*`, `>`, `/`, `\\` or whitespace"
             )));
         }
+        let servers = server_list(url)?;
         let patterns: Vec<String> = subjects.iter().map(|s| s.as_ref().to_string()).collect();
         let link = Arc::new(Link::default());
         let events = Arc::clone(&link);
@@ -395,7 +435,7 @@ impl JetStreamBus {
                     }
                 }
             })
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|err| error::unavailable(format!("cannot connect to NATS at {url}"), err))?;
         link.set_connected(true);
