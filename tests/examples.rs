@@ -68,3 +68,48 @@ fn validate_accepts_the_quickstart() {
         "stdout should start with `ok:`\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
 }
+
+/// The pipeline the Kubernetes example mounts (`data."pipeline.yaml"` of
+/// its ConfigMap) is a valid spillway config.
+#[test]
+fn the_kubernetes_pipeline_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("deploy/kubernetes/pipeline-configmap.yaml"))
+        .expect("read the ConfigMap");
+    #[derive(serde::Deserialize)]
+    struct ConfigMap {
+        data: std::collections::BTreeMap<String, String>,
+    }
+    let map: ConfigMap = serde_saphyr::from_str(&text).expect("a ConfigMap");
+    let pipeline = &map.data["pipeline.yaml"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("pipeline.yaml");
+    std::fs::write(&file, pipeline).expect("write the pipeline");
+    let config = spillway::config::load(std::slice::from_ref(&file)).unwrap_or_else(|errors| {
+        let lines: Vec<String> = errors.iter().map(|d| format!("  {d}")).collect();
+        panic!("{}", lines.join("\n"))
+    });
+    assert_eq!(config.bus.replicas, 3);
+    assert_eq!(config.bus.url.as_deref(), Some("nats://nats:4222"));
+}
+
+/// The 3-node cluster configs are valid for the nats-server on this machine.
+#[test]
+fn the_nats_cluster_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for node in 1..=3 {
+        let conf = root.join(format!("deploy/nats/nats-{node}.conf"));
+        let output = Command::new("/usr/sbin/nats-server")
+            .arg("-t")
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .expect("run nats-server -t (apt install nats-server)");
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            conf.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
