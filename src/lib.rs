@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod event;
 pub mod json_path;
+pub mod secrets;
 pub mod sensor;
 pub mod sources;
 pub mod telemetry;

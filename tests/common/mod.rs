@@ -54,20 +54,30 @@ impl Spillway {
     pub async fn start(config: &str) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        Spillway::start_with(config, dir, &data).await
+        Spillway::launch(config, dir, &data, &[], &[]).await
+    }
+
+    /// Like [`Spillway::start`], with extra `spillway run` arguments and
+    /// environment variables (e.g. `--secrets-dir`, `SPILLWAY_SECRET_…`).
+    pub async fn start_with(config: &str, args: &[&str], envs: &[(&str, &str)]) -> Spillway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        Spillway::launch(config, dir, &data, args, envs).await
     }
 
     /// Like [`Spillway::start`], with the bus in `data_dir` (to restart on
     /// the same bus).
     pub async fn start_in(config: &str, data_dir: &std::path::Path) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
-        Spillway::start_with(config, dir, data_dir).await
+        Spillway::launch(config, dir, data_dir, &[], &[]).await
     }
 
-    async fn start_with(
+    async fn launch(
         config: &str,
         dir: tempfile::TempDir,
         data_dir: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
     ) -> Spillway {
         let file = dir.path().join("pipeline.yaml");
         std::fs::write(&file, config).expect("write config");
@@ -83,6 +93,8 @@ impl Spillway {
             .arg("10s")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
