@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod failpoint;
 pub mod json_path;
+pub mod secrets;
 pub mod sensor;
 pub mod sources;
 pub mod telemetry;

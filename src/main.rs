@@ -34,6 +34,16 @@ enum Command {
         /// How long to let in-flight triggers finish on SIGTERM/SIGINT.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace: std::time::Duration,
+        /// Secrets named in the config (`authSecret: {name, key}` …) are read
+        /// from DIR/<name>/<key>, laid out like a mounted Kubernetes Secret,
+        /// unless the variable SPILLWAY_SECRET_<NAME>_<KEY> is set.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "SPILLWAY_SECRETS_DIR",
+            default_value = "secrets"
+        )]
+        secrets_dir: PathBuf,
     },
     /// Check config files; print FILE:LINE:COL errors; exit 2 on any error.
     Validate {
@@ -62,7 +72,16 @@ fn main() -> ExitCode {
             data_dir,
             admin,
             grace,
-        } => run(files, data_dir, admin, grace),
+            secrets_dir,
+        } => run(
+            files,
+            spillway::topology::RunOptions {
+                data_dir,
+                admin,
+                grace,
+                secrets_dir,
+            },
+        ),
     }
 }
 
@@ -99,12 +118,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(
-    files: Vec<PathBuf>,
-    data_dir: PathBuf,
-    admin: SocketAddr,
-    grace: std::time::Duration,
-) -> ExitCode {
+fn run(files: Vec<PathBuf>, options: spillway::topology::RunOptions) -> ExitCode {
     let Some(config) = load(&files) else {
         return ExitCode::from(2);
     };
@@ -114,11 +128,6 @@ fn run(
             eprintln!("error: cannot start the async runtime: {err}");
             return ExitCode::from(1);
         }
-    };
-    let options = spillway::topology::RunOptions {
-        data_dir,
-        admin,
-        grace,
     };
     match runtime.block_on(spillway::topology::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -279,7 +279,7 @@ spec:
             7,
             &[
                 "unknown field `colour`",
-                "expected one of: endpoint, flowControl, maxPayloadSize, metadata, method, port, url",
+                "expected one of: authSecret, endpoint, flowControl, maxPayloadSize, metadata, method, port, url",
             ],
         )],
     );

@@ -6,8 +6,9 @@
 //! here and `spillway run` says so.
 
 use super::decode::Spanned;
+use super::flow_control::Problem;
 use super::flow_control::{BurstRateLimit, Priority, Shedding};
-use super::values::{ByteSize, GoDuration, NamedMap, ObjectMeta};
+use super::values::{ByteSize, GoDuration, NamedMap, ObjectMeta, SecretKeySelector};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -47,7 +48,24 @@ pub struct WebhookEvent {
     pub max_payload_size: Option<Spanned<ByteSize>>,
     /// Extra key/values attached to every event from this endpoint.
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Argo's bearer token: requests must carry `Authorization: Bearer
+    /// <value of this secret>`, or get 401.
+    pub auth_secret: Option<Spanned<SecretKeySelector>>,
     pub flow_control: Option<WebhookFlowControl>,
+}
+
+impl WebhookEvent {
+    /// Out-of-range values of the endpoint's spillway fields.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Some(secret) = &self.auth_secret {
+            out.extend(secret.value.problems());
+        }
+        if let Some(flow) = &self.flow_control {
+            out.extend(flow.problems());
+        }
+        out
+    }
 }
 
 /// spillway extensions for a webhook endpoint.
@@ -62,6 +80,77 @@ pub struct WebhookFlowControl {
     pub priority: Option<Spanned<Priority>>,
     /// Refuse low-priority requests while the bus is deep (`429 shed`).
     pub shedding: Option<Spanned<Shedding>>,
+    /// Require an HMAC-SHA256 signature of the body (GitHub style), or 401.
+    pub signature: Option<Spanned<Signature>>,
+    /// Time a client has to send a request's headers, and the longest a
+    /// kept-alive connection may sit idle (slowloris guard). Per port: the
+    /// smallest value among the port's endpoints applies. Default 10s.
+    pub header_read_timeout: Option<Spanned<GoDuration>>,
+    /// Time a client has to send the whole body, or 408. Default 30s.
+    pub body_read_timeout: Option<Spanned<GoDuration>>,
+    /// Most connections open at once on the endpoint's port; a connection
+    /// over it gets 503 and is closed. Per port: the smallest value among
+    /// the port's endpoints applies. Default 512.
+    pub max_connections: Option<Spanned<u32>>,
+}
+
+impl WebhookFlowControl {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Some(rate) = &self.rate_limit {
+            out.extend(rate.value.problems());
+        }
+        if let Some(shedding) = &self.shedding {
+            out.extend(shedding.value.problems());
+        }
+        if let Some(priority) = &self.priority {
+            out.extend(priority.value.problems());
+        }
+        if let Some(signature) = &self.signature {
+            out.extend(signature.value.problems());
+        }
+        for (field, timeout) in [
+            ("headerReadTimeout", &self.header_read_timeout),
+            ("bodyReadTimeout", &self.body_read_timeout),
+        ] {
+            if let Some(t) = timeout.as_ref().filter(|t| t.value.0.is_zero()) {
+                out.push((t.pos, format!("{field} must be greater than zero")));
+            }
+        }
+        if let Some(max) = self.max_connections.as_ref().filter(|m| m.value == 0) {
+            out.push((max.pos, "maxConnections must be at least 1".to_string()));
+        }
+        out
+    }
+}
+
+/// `flowControl.signature: {secret, header}`: the body's HMAC-SHA256 under
+/// `secret`, sent hex-encoded as `<header>: sha256=<hex>` (GitHub's
+/// `X-Hub-Signature-256` format).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Signature {
+    /// The shared HMAC key.
+    pub secret: Spanned<SecretKeySelector>,
+    /// Request header carrying the signature (default `X-Hub-Signature-256`).
+    pub header: Option<Spanned<String>>,
+}
+
+impl Signature {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = self.secret.value.problems();
+        if let Some(header) = &self.header {
+            if axum::http::HeaderName::try_from(header.value.as_str()).is_err() {
+                out.push((
+                    header.pos,
+                    format!("{:?} is not a valid HTTP header name", header.value),
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// Google Cloud Pub/Sub subscription (accepted, not run here).

@@ -145,18 +145,7 @@ fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
         }
     }
     for (_, hook) in spec.webhook.iter().flat_map(|w| w.iter()) {
-        let Some(flow) = &hook.flow_control else {
-            continue;
-        };
-        if let Some(rate) = &flow.rate_limit {
-            report_problems(file, rate.value.problems(), report);
-        }
-        if let Some(shedding) = &flow.shedding {
-            report_problems(file, shedding.value.problems(), report);
-        }
-        if let Some(priority) = &flow.priority {
-            report_problems(file, priority.value.problems(), report);
-        }
+        report_problems(file, hook.problems(), report);
     }
     for (name, event) in spec.pubsub.iter().flat_map(|p| p.iter()) {
         check_event_name(file, name, report);

@@ -236,6 +236,61 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for NamedMap<T> {
     }
 }
 
+/// Kubernetes' `SecretKeySelector` (`{name, key}`): one key of a Secret.
+/// Outside Kubernetes spillway resolves it at start-up (see
+/// `crate::secrets`); the config only names it, never holds the value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// The Secret's name (a DNS subdomain, as in Kubernetes).
+    pub name: Spanned<String>,
+    /// The key within the Secret.
+    pub key: Spanned<String>,
+}
+
+impl SecretKeySelector {
+    /// Names Kubernetes would refuse. They are also path components of
+    /// `--secrets-dir`, so these rules keep a selector inside that directory.
+    pub fn problems(&self) -> Vec<super::flow_control::Problem> {
+        let mut out = Vec::new();
+        let name = &self.name.value;
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !name_ok {
+            out.push((
+                self.name.pos,
+                format!(
+                    "invalid secret name {name:?}: like a Kubernetes Secret name, it must be \
+                     lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+                ),
+            ));
+        }
+        let key = &self.key.value;
+        let key_ok = !key.is_empty()
+            && key.len() <= 253
+            && key != "."
+            && key != ".."
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !key_ok {
+            out.push((
+                self.key.pos,
+                format!(
+                    "invalid secret key {key:?}: like a Kubernetes Secret key, it must be \
+                     letters, digits, '-', '_' and '.' (and not \".\" or \"..\")"
+                ),
+            ));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,7 @@ pub enum SourceOutcome {
     Shed,
     BusFull,
     TooLarge,
+    Unauthorized,
     Invalid,
     Unavailable,
 }
@@ -78,6 +79,7 @@ impl SourceOutcome {
             SourceOutcome::Shed => "shed",
             SourceOutcome::BusFull => "bus_full",
             SourceOutcome::TooLarge => "too_large",
+            SourceOutcome::Unauthorized => "unauthorized",
             SourceOutcome::Invalid => "invalid",
             SourceOutcome::Unavailable => "unavailable",
         }

@@ -14,22 +14,20 @@
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
 use crate::api::AdminState;
-use crate::config::eventsource::WebhookFlowControl;
 use crate::config::sensor::Sensor;
 use crate::config::{Config, Located};
 use crate::event::Event;
+use crate::secrets::SecretStore;
 use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner};
-use crate::sources::webhook::{self, Endpoint, PortState};
+use crate::sources::webhook::{self, PortState};
 use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig};
 use spillway_flowctl::{
-    AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, PriorityShedder, RateLimiter,
-    SheddingPolicy,
+    AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, RateLimiter,
 };
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +52,9 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     /// How long in-flight triggers may take to finish on shutdown.
     pub grace: Duration,
+    /// Where secrets named in the config (`authSecret` …) are read from
+    /// when no `SPILLWAY_SECRET_<NAME>_<KEY>` variable is set: `DIR/<name>/<key>`.
+    pub secrets_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,9 @@ pub async fn run_until(
 ) -> Result<(), RunError> {
     refuse_unsupported(&config)?;
     crate::install_tls_provider();
+    // Before anything opens or listens: a missing secret is a config error.
+    let webhook_ports = webhook::ports(&config, &SecretStore::new(&options.secrets_dir))
+        .map_err(|e| RunError::Config(e.to_string()))?;
 
     let limits = config.bus.limits;
     // The lock is held until the pipeline stops: one process per data directory.
@@ -159,24 +163,17 @@ pub async fn run_until(
     });
     let server_stop = CancellationToken::new();
     let mut webhook_listeners = Vec::new();
-    for (port, endpoints) in webhook_endpoints(&config) {
-        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    for port in webhook_ports {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port.port));
         let listener = bind(addr).await?;
-        tracing::info!(
-            "webhook listening on {addr}: {}",
-            endpoints
-                .iter()
-                .map(|e| format!("{} {} → {}.{}", e.method, e.path, e.source, e.event))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        tracing::info!("webhook listening on {addr} {}", port.summary());
         let state = Arc::new(PortState {
-            endpoints,
+            endpoints: port.endpoints,
             bus: Arc::clone(&bus),
             metrics: Arc::clone(&metrics),
             draining: Arc::clone(&draining),
         });
-        webhook_listeners.push((listener, webhook::router(state)));
+        webhook_listeners.push((listener, webhook::router(state), port.limits));
     }
     tracing::info!(
         "admin server on http://{}",
@@ -193,8 +190,13 @@ pub async fn run_until(
     for runner in runners {
         runner_tasks.spawn(runner.run(runner_stop.clone()));
     }
-    for (listener, router) in webhook_listeners {
-        servers.push(serve(listener, router, server_stop.clone()));
+    for (listener, router, limits) in webhook_listeners {
+        servers.push(tokio::spawn(webhook::serve(
+            listener,
+            router,
+            limits,
+            server_stop.clone(),
+        )));
     }
     ready.store(true, Ordering::Release);
     tracing::info!("ready");
@@ -259,51 +261,6 @@ fn signal_listener(shutdown: CancellationToken) -> Result<tokio::task::JoinHandl
     }))
 }
 
-/// Webhook endpoints grouped by port.
-fn webhook_endpoints(config: &Config) -> BTreeMap<u16, Vec<Endpoint>> {
-    let mut ports: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
-    let bus_max = config.bus.limits.max_msg_size.unwrap_or(u64::MAX);
-    for source in &config.event_sources {
-        let source_name = source.doc.metadata.name().to_string();
-        for (event, hook) in source.doc.spec.webhook.iter().flat_map(|w| w.iter()) {
-            // Validation guarantees a valid port and method.
-            let Ok(port) = hook.port.value.trim().parse::<u16>() else {
-                continue;
-            };
-            let method = hook
-                .method
-                .as_ref()
-                .and_then(|m| {
-                    axum::http::Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()).ok()
-                })
-                .unwrap_or(axum::http::Method::POST);
-            let flow = hook.flow_control.as_ref();
-            let max_payload = hook
-                .max_payload_size
-                .as_ref()
-                .map_or(webhook::DEFAULT_MAX_PAYLOAD, |s| s.value.0)
-                .min(bus_max);
-            ports.entry(port).or_default().push(Endpoint {
-                source: source_name.clone(),
-                event: event.value.clone(),
-                path: hook.endpoint.value.clone(),
-                method,
-                max_payload,
-                max_block: flow
-                    .and_then(|f| f.max_block.as_ref())
-                    .map_or(Duration::ZERO, |d| d.value.0),
-                metadata: hook.metadata.clone().unwrap_or_default(),
-                rate_limit: flow
-                    .and_then(|f| f.rate_limit.as_ref())
-                    .and_then(|r| r.value.to_flowctl())
-                    .map(|limit| Arc::new(RateLimiter::new(limit))),
-                shedding: flow.and_then(shedding),
-            });
-        }
-    }
-    ports
-}
-
 /// Opens (recovering) the segment-log bus in `dir`, after taking the
 /// directory's lock so a second process cannot corrupt it.
 fn open_embedded_bus(
@@ -346,28 +303,6 @@ fn open_embedded_bus(
         );
     }
     Ok((bus, lock))
-}
-
-/// The endpoint's priority shedding, if `flowControl.shedding` is set.
-/// Validation has checked the values, so a policy error cannot happen here.
-fn shedding(flow: &WebhookFlowControl) -> Option<Arc<webhook::Shedding>> {
-    let rule = &flow.shedding.as_ref()?.value;
-    let policy = SheddingPolicy::single(
-        rule.queue_depth_above.value,
-        i64::from(rule.shed_priority_above.value),
-    )
-    .ok()?;
-    let priority = flow.priority.as_ref().map(|p| &p.value);
-    Some(Arc::new(webhook::Shedding {
-        header: priority
-            .and_then(|p| axum::http::HeaderName::try_from(p.header.value.as_str()).ok()),
-        default_priority: priority
-            .and_then(|p| p.default.as_ref())
-            .map_or(webhook::DEFAULT_PRIORITY, |d| {
-                webhook::priority_from(u64::from(d.value))
-            }),
-        shedder: PriorityShedder::new(policy),
-    }))
 }
 
 /// One runner per trigger, each with its own durable consumer.

@@ -54,14 +54,22 @@ impl Spillway {
     pub async fn start(config: &str) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
-        Spillway::start_with(config, dir, &data, &[]).await
+        Spillway::launch(config, dir, &data, &[], &[]).await
+    }
+
+    /// Like [`Spillway::start`], with extra `spillway run` arguments and
+    /// environment variables (e.g. `--secrets-dir`, `SPILLWAY_SECRET_…`).
+    pub async fn start_with(config: &str, args: &[&str], envs: &[(&str, &str)]) -> Spillway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        Spillway::launch(config, dir, &data, args, envs).await
     }
 
     /// Like [`Spillway::start`], with the bus in `data_dir` (to restart on
     /// the same bus).
     pub async fn start_in(config: &str, data_dir: &std::path::Path) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
-        Spillway::start_with(config, dir, data_dir, &[]).await
+        Spillway::launch(config, dir, data_dir, &[], &[]).await
     }
 
     /// Like [`Spillway::start_in`], armed to abort at a crash point
@@ -73,26 +81,28 @@ impl Spillway {
     ) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
         let env = [(spillway::failpoint::CRASH_AT_ENV, point.name())];
-        Spillway::start_with(config, dir, data_dir, &env).await
+        Spillway::launch(config, dir, data_dir, &[], &env).await
     }
 
-    async fn start_with(
+    async fn launch(
         config: &str,
         dir: tempfile::TempDir,
         data_dir: &std::path::Path,
-        env: &[(&str, &str)],
+        args: &[&str],
+        envs: &[(&str, &str)],
     ) -> Spillway {
-        match Spillway::try_start_with(config, dir, data_dir, env).await {
+        match Spillway::try_launch(config, dir, data_dir, args, envs).await {
             Ok(spillway) => spillway,
             Err(why) => panic!("{why}"),
         }
     }
 
-    async fn try_start_with(
+    async fn try_launch(
         config: &str,
         dir: tempfile::TempDir,
         data_dir: &std::path::Path,
-        env: &[(&str, &str)],
+        args: &[&str],
+        envs: &[(&str, &str)],
     ) -> Result<Spillway, String> {
         let file = dir.path().join("pipeline.yaml");
         std::fs::write(&file, config).expect("write config");
@@ -108,8 +118,9 @@ impl Spillway {
             .arg("10s")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -150,7 +161,7 @@ impl Spillway {
         loop {
             let dir = tempfile::tempdir().expect("tempdir");
             let data = dir.path().join("data");
-            match Spillway::try_start_with(config, dir, &data, &[]).await {
+            match Spillway::try_launch(config, dir, &data, &[], &[]).await {
                 Ok(spillway) => return spillway,
                 Err(why) if tokio::time::Instant::now() >= deadline => panic!("{why}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,

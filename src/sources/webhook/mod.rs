@@ -6,45 +6,55 @@
 //! | situation | answer |
 //! |---|---|
 //! | accepted (the bus holds the event) | `200 {"id","seq"}` |
+//! | no or wrong bearer token (`authSecret`), missing or wrong body signature (`flowControl.signature`) | `401` |
 //! | over `flowControl.rateLimit` | `429` + `Retry-After` (exact wait) + `X-Spillway-Reason: rate_limited` |
 //! | shed by priority (`flowControl.shedding`, bus deeper than the threshold) | `429` + `Retry-After` + `X-Spillway-Reason: shed` |
-//! | bus full, after waiting up to `flowControl.maxBlock` | `429` + `Retry-After` + `X-Spillway-Reason: bus_full` |
+//! | bus full, after waiting up to `flowControl.maxBlock` | `429` + `Retry-After` (the bus's drain estimate, ≥ 1 s) + `X-Spillway-Reason: bus_full` |
 //! | body over `maxPayloadSize` / `max_msg_size` | `413` |
+//! | body not sent within `flowControl.bodyReadTimeout` | `408` |
 //! | body is not JSON | `400` |
 //! | unknown path / wrong method | `404` / `405` (+ `Allow`) |
 //! | shutting down, bus closed or failing | `503` + `Retry-After` |
+//! | more than `flowControl.maxConnections` connections open | `503` + `Retry-After: 1`, connection closed ([`server`]) |
 //!
-//! Guarantees: a `200` is sent only after [`Bus::publish`] returned a
-//! sequence number; every other answer means the event was not accepted and
-//! the producer still owns it. Every request is counted in
-//! `spillway_source_events_total` with its outcome. Bodies are read with a
-//! size cap, so a large or endless body cannot exhaust memory. Rate limit
-//! and shedding are decided from the headers alone, before the body is read,
-//! so refusing a storm costs almost nothing.
+//! Guarantees: a `200` is sent only after [`Bus::publish`](spillway_bus::Bus::publish)
+//! returned a sequence number; every other answer means the event was not
+//! accepted and the producer still owns it. Every request that reaches an
+//! endpoint is counted in `spillway_source_events_total` with its outcome
+//! (a `408` counts as `invalid`). Bodies are read with a size cap and a
+//! time limit, headers with a time limit, and connections are capped per
+//! port, so slow or huge requests cannot exhaust memory, tasks or sockets.
+//! Authentication, rate limit and shedding are decided from the headers
+//! alone, before the body is read, so refusing a storm costs almost
+//! nothing; only a body signature needs the body.
+//!
+//! Files: `handler.rs` answers one request, `auth.rs` checks credentials,
+//! `server.rs` runs a port's connections, `build.rs` turns the config into
+//! ports.
 
-use crate::event::Event;
-use crate::telemetry::{Metrics, SourceOutcome};
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use spillway_bus::{Bus, PublishError};
-use spillway_flowctl::{Decision, PriorityShedder, RateLimiter};
+mod auth;
+mod build;
+mod handler;
+pub mod server;
+
+pub use auth::{Auth, AuthError, SignatureCheck, DEFAULT_SIGNATURE_HEADER};
+pub use build::{ports, BuildError, Port};
+pub use handler::error;
+pub use server::{serve, ServerLimits};
+
+use crate::telemetry::Metrics;
+use axum::http::{HeaderMap, Method};
+use spillway_bus::Bus;
+use spillway_flowctl::{PriorityShedder, RateLimiter};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Argo's default `maxPayloadSize` (1 MiB).
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
-/// `Retry-After` sent while shutting down or when the bus is unavailable.
-const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
-/// `Retry-After` sent to shed requests: the backlog that caused shedding
-/// takes a while to drain, so low-priority producers should stay away for
-/// longer than a bus-full retry.
-const SHED_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Default `flowControl.bodyReadTimeout`.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Argo-style default priority of a request without the priority header.
 pub const DEFAULT_PRIORITY: u8 = 5;
 
@@ -57,10 +67,14 @@ pub struct Endpoint {
     pub method: Method,
     /// Largest body accepted (bytes).
     pub max_payload: u64,
+    /// How long a client may take to send the body before getting 408.
+    pub body_read_timeout: Duration,
     /// How long to wait for bus space before answering 429.
     pub max_block: Duration,
     /// Argo `metadata`, attached to every event.
     pub metadata: BTreeMap<String, String>,
+    /// `authSecret` and `flowControl.signature`: without them, 401.
+    pub auth: Auth,
     /// `flowControl.rateLimit`: requests over it get `429 rate_limited`.
     pub rate_limit: Option<Arc<RateLimiter>>,
     /// `flowControl.shedding` with the priority source.
@@ -107,246 +121,7 @@ pub struct PortState {
 
 /// The axum router serving `state`'s endpoints.
 pub fn router(state: Arc<PortState>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(state)
-}
-
-async fn handle(
-    State(state): State<Arc<PortState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let path = uri.path();
-    let on_path: Vec<&Endpoint> = state.endpoints.iter().filter(|e| e.path == path).collect();
-    if on_path.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no endpoint at {path}"),
-        );
-    }
-    let Some(endpoint) = on_path.iter().find(|e| e.method == method) else {
-        let allow: Vec<&str> = on_path.iter().map(|e| e.method.as_str()).collect();
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{path} accepts {}", allow.join(", ")),
-        );
-        if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
-            response.headers_mut().insert(header::ALLOW, value);
-        }
-        return response;
-    };
-    let count = |outcome| {
-        state
-            .metrics
-            .source_event(&endpoint.source, &endpoint.event, outcome)
-    };
-    if state.draining.load(Ordering::Acquire) {
-        count(SourceOutcome::Unavailable);
-        return unavailable("shutting down");
-    }
-    if let Some(rate) = &endpoint.rate_limit {
-        if let Err(limited) = rate.check() {
-            count(SourceOutcome::RateLimited);
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("over the rate limit of {}; retry later", rate.limit()),
-            );
-            set_retry_after(&mut response, limited.wait);
-            return response;
-        }
-    }
-    if let Some(shedding) = &endpoint.shedding {
-        let priority = shedding.priority(&headers);
-        let depth = state.bus.stats().messages;
-        if let Decision::Shed {
-            queue_depth_above, ..
-        } = shedding.shedder.decide(priority, depth)
-        {
-            count(SourceOutcome::Shed);
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "shed",
-                format!(
-                    "priority {priority} is shed while the bus holds more than {queue_depth_above} events; retry later"
-                ),
-            );
-            set_retry_after(&mut response, SHED_RETRY_AFTER);
-            return response;
-        }
-    }
-    let limit = usize::try_from(endpoint.max_payload).unwrap_or(usize::MAX);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > endpoint.max_payload) {
-        count(SourceOutcome::TooLarge);
-        return too_large(endpoint.max_payload);
-    }
-    let body = match axum::body::to_bytes(body, limit).await {
-        Ok(body) => body,
-        Err(err) => {
-            let over_limit = std::error::Error::source(&err)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over_limit {
-                count(SourceOutcome::TooLarge);
-                return too_large(endpoint.max_payload);
-            }
-            count(SourceOutcome::Invalid);
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid",
-                format!("cannot read body: {err}"),
-            );
-        }
-    };
-    let data = match event_data(&headers, &body, &endpoint.metadata) {
-        Ok(data) => data,
-        Err(message) => {
-            count(SourceOutcome::Invalid);
-            return error(StatusCode::BAD_REQUEST, "invalid", message);
-        }
-    };
-    let event = Event::new(&endpoint.source, "webhook", &endpoint.event, data);
-    let id = event.context.id.clone();
-    match publish(&state, endpoint, event).await {
-        Ok(seq) => {
-            count(SourceOutcome::Accepted);
-            (
-                StatusCode::OK,
-                axum::Json(serde_json::json!({"id": id, "seq": seq})),
-            )
-                .into_response()
-        }
-        Err(PublishError::Full {
-            retry_after, limit, ..
-        }) => {
-            count(SourceOutcome::BusFull);
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "bus_full",
-                format!("the event bus is full ({limit} reached); retry later"),
-            );
-            set_retry_after(&mut response, retry_after);
-            response
-        }
-        Err(PublishError::TooLarge { size, max, .. }) => {
-            count(SourceOutcome::TooLarge);
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("event of {size} bytes exceeds the bus max_msg_size of {max} bytes"),
-            )
-        }
-        Err(PublishError::Closed { .. }) => {
-            count(SourceOutcome::Unavailable);
-            unavailable("the event bus is closed")
-        }
-        Err(PublishError::Unavailable { reason, .. }) => {
-            count(SourceOutcome::Unavailable);
-            tracing::warn!(source = %endpoint.source, event = %endpoint.event, "bus unavailable: {reason}");
-            unavailable("the event bus is unavailable")
-        }
-    }
-}
-
-/// Publishes, waiting up to the endpoint's `max_block` for space when the
-/// bus is full. The wait is recorded in `producer_block_seconds`.
-async fn publish(
-    state: &PortState,
-    endpoint: &Endpoint,
-    event: Event,
-) -> Result<u64, PublishError> {
-    let started = Instant::now();
-    let deadline = started + endpoint.max_block;
-    let mut message = event.to_message();
-    let result = loop {
-        match state.bus.publish(message).await {
-            Err(PublishError::Full {
-                message: returned,
-                limit,
-                retry_after,
-            }) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    break Err(PublishError::Full {
-                        message: returned,
-                        limit,
-                        retry_after,
-                    });
-                }
-                message = returned;
-                state.bus.wait_for_space(deadline - now).await;
-            }
-            other => break other,
-        }
-    };
-    state
-        .metrics
-        .producer_blocked(&endpoint.source, started.elapsed());
-    result
-}
-
-/// Argo's webhook event data: `{"header": {name: [values]}, "body": <json>, "metadata": {...}}`.
-fn event_data(
-    headers: &HeaderMap,
-    body: &Bytes,
-    metadata: &BTreeMap<String, String>,
-) -> Result<Bytes, String> {
-    let body_json: serde_json::Value = if body.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_slice(body).map_err(|err| format!("body is not valid JSON: {err}"))?
-    };
-    let mut header_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (name, value) in headers {
-        header_map
-            .entry(name.as_str())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
-    let mut data = serde_json::json!({"header": header_map, "body": body_json});
-    if !metadata.is_empty() {
-        data["metadata"] = serde_json::json!(metadata);
-    }
-    Ok(Bytes::from(data.to_string()))
-}
-
-/// Every error body is `{"error": …, "reason": …}`.
-pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
-    let mut response = (
-        status,
-        axum::Json(serde_json::json!({"error": message.into(), "reason": reason})),
-    )
-        .into_response();
-    if let Ok(value) = HeaderValue::from_str(reason) {
-        response.headers_mut().insert("x-spillway-reason", value);
-    }
-    response
-}
-
-fn too_large(max: u64) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
-        format!("body exceeds the maximum of {max} bytes"),
-    )
-}
-
-fn unavailable(why: &str) -> Response {
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
-    set_retry_after(&mut response, UNAVAILABLE_RETRY_AFTER);
-    response
-}
-
-/// `Retry-After` in whole seconds, rounded up, at least 1.
-fn set_retry_after(response: &mut Response, after: Duration) {
-    response.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(spillway_flowctl::retry_after_secs(after)),
-    );
+    axum::Router::new()
+        .fallback(handler::handle)
+        .with_state(state)
 }

@@ -1,0 +1,340 @@
+//! Answers one webhook request (see the contract table in the module docs
+//! of [`super`]). Checks run cheapest first: route, shutdown, credentials in
+//! the headers, rate limit, shedding, declared size; then the body is read
+//! (size-capped, time-limited), its signature checked, and the event
+//! published, waiting up to `maxBlock` for bus space.
+
+use super::auth::AuthError;
+use super::{Endpoint, PortState};
+use crate::event::Event;
+use crate::telemetry::SourceOutcome;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use spillway_bus::PublishError;
+use spillway_flowctl::Decision;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// `Retry-After` sent while shutting down or when the bus is unavailable.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// `Retry-After` sent to shed requests: the backlog that caused shedding
+/// takes a while to drain, so low-priority producers should stay away for
+/// longer than a bus-full retry.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+pub(super) async fn handle(
+    State(state): State<Arc<PortState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let path = uri.path();
+    let on_path: Vec<&Endpoint> = state.endpoints.iter().filter(|e| e.path == path).collect();
+    if on_path.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no endpoint at {path}"),
+        );
+    }
+    let Some(endpoint) = on_path.iter().find(|e| e.method == method) else {
+        let allow: Vec<&str> = on_path.iter().map(|e| e.method.as_str()).collect();
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} accepts {}", allow.join(", ")),
+        );
+        if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        return response;
+    };
+    let count = |outcome| {
+        state
+            .metrics
+            .source_event(&endpoint.source, &endpoint.event, outcome)
+    };
+    if state.draining.load(Ordering::Acquire) {
+        count(SourceOutcome::Unavailable);
+        return unavailable("shutting down");
+    }
+    // Before the rate limit, so requests without credentials cannot use up
+    // the budget of the producers that have them.
+    let pending_signature = match endpoint.auth.check_headers(&headers) {
+        Ok(pending) => pending,
+        Err(err) => {
+            count(SourceOutcome::Unauthorized);
+            return unauthorized(&err);
+        }
+    };
+    if let Some(rate) = &endpoint.rate_limit {
+        if let Err(limited) = rate.check() {
+            count(SourceOutcome::RateLimited);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("over the rate limit of {}; retry later", rate.limit()),
+            );
+            set_retry_after(&mut response, limited.wait);
+            return response;
+        }
+    }
+    if let Some(shedding) = &endpoint.shedding {
+        let priority = shedding.priority(&headers);
+        let depth = state.bus.stats().messages;
+        if let Decision::Shed {
+            queue_depth_above, ..
+        } = shedding.shedder.decide(priority, depth)
+        {
+            count(SourceOutcome::Shed);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "shed",
+                format!(
+                    "priority {priority} is shed while the bus holds more than {queue_depth_above} events; retry later"
+                ),
+            );
+            set_retry_after(&mut response, SHED_RETRY_AFTER);
+            return response;
+        }
+    }
+    let body = match read_body(endpoint, &headers, body).await {
+        Ok(body) => body,
+        Err((outcome, response)) => {
+            count(outcome);
+            return response;
+        }
+    };
+    if let Some(pending) = pending_signature {
+        if let Err(err) = endpoint.auth.check_body(pending, &body) {
+            count(SourceOutcome::Unauthorized);
+            return unauthorized(&err);
+        }
+    }
+    let data = match event_data(&headers, &body, endpoint) {
+        Ok(data) => data,
+        Err(message) => {
+            count(SourceOutcome::Invalid);
+            return error(StatusCode::BAD_REQUEST, "invalid", message);
+        }
+    };
+    let event = Event::new(&endpoint.source, "webhook", &endpoint.event, data);
+    let id = event.context.id.clone();
+    match publish(&state, endpoint, event).await {
+        Ok(seq) => {
+            count(SourceOutcome::Accepted);
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({"id": id, "seq": seq})),
+            )
+                .into_response()
+        }
+        Err(PublishError::Full {
+            retry_after, limit, ..
+        }) => {
+            count(SourceOutcome::BusFull);
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "bus_full",
+                format!("the event bus is full ({limit} reached); retry later"),
+            );
+            set_retry_after(&mut response, retry_after);
+            response
+        }
+        Err(PublishError::TooLarge { size, max, .. }) => {
+            count(SourceOutcome::TooLarge);
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("event of {size} bytes exceeds the bus max_msg_size of {max} bytes"),
+            )
+        }
+        Err(PublishError::Closed { .. }) => {
+            count(SourceOutcome::Unavailable);
+            unavailable("the event bus is closed")
+        }
+        Err(PublishError::Unavailable { reason, .. }) => {
+            count(SourceOutcome::Unavailable);
+            tracing::warn!(source = %endpoint.source, event = %endpoint.event, "bus unavailable: {reason}");
+            unavailable("the event bus is unavailable")
+        }
+    }
+}
+
+/// The whole body, at most `max_payload` bytes, within `body_read_timeout`;
+/// otherwise the refusal and how to count it.
+async fn read_body(
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, (SourceOutcome, Response)> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > endpoint.max_payload) {
+        return Err((SourceOutcome::TooLarge, too_large(endpoint.max_payload)));
+    }
+    let limit = usize::try_from(endpoint.max_payload).unwrap_or(usize::MAX);
+    let read = tokio::time::timeout(
+        endpoint.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    match read {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(err)) => {
+            let over_limit = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                return Err((SourceOutcome::TooLarge, too_large(endpoint.max_payload)));
+            }
+            Err((
+                SourceOutcome::Invalid,
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("cannot read body: {err}"),
+                ),
+            ))
+        }
+        Err(_elapsed) => {
+            let mut response = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body was not received within {:?}",
+                    endpoint.body_read_timeout
+                ),
+            );
+            // The rest of the body is still on its way: the connection
+            // cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err((SourceOutcome::Invalid, response))
+        }
+    }
+}
+
+/// Publishes, waiting up to the endpoint's `max_block` for space when the
+/// bus is full. A publish that found the bus full records the time it was
+/// held (0 without `maxBlock`) in `producer_block_seconds`; one that got
+/// in at once records nothing, so the histogram's count is the number of
+/// producers that met a full bus.
+async fn publish(
+    state: &PortState,
+    endpoint: &Endpoint,
+    event: Event,
+) -> Result<u64, PublishError> {
+    let mut message = event.to_message();
+    let mut blocked_since: Option<Instant> = None;
+    let result = loop {
+        match state.bus.publish(message).await {
+            Err(PublishError::Full {
+                message: returned,
+                limit,
+                retry_after,
+            }) => {
+                let now = Instant::now();
+                let deadline = *blocked_since.get_or_insert(now) + endpoint.max_block;
+                if now >= deadline {
+                    break Err(PublishError::Full {
+                        message: returned,
+                        limit,
+                        retry_after,
+                    });
+                }
+                message = returned;
+                state.bus.wait_for_space(deadline - now).await;
+            }
+            other => break other,
+        }
+    };
+    if let Some(since) = blocked_since {
+        state
+            .metrics
+            .producer_blocked(&endpoint.source, since.elapsed());
+    }
+    result
+}
+
+/// Argo's webhook event data: `{"header": {name: [values]}, "body": <json>, "metadata": {...}}`.
+/// With a bearer `authSecret`, the `Authorization` header is left out: it
+/// holds the endpoint's secret, which must not travel on to the bus, the
+/// triggers and their logs.
+fn event_data(headers: &HeaderMap, body: &Bytes, endpoint: &Endpoint) -> Result<Bytes, String> {
+    let body_json: serde_json::Value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(body).map_err(|err| format!("body is not valid JSON: {err}"))?
+    };
+    let mut header_map: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (name, value) in headers {
+        if name == header::AUTHORIZATION && endpoint.auth.bearer.is_some() {
+            continue;
+        }
+        header_map
+            .entry(name.as_str())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let mut data = serde_json::json!({"header": header_map, "body": body_json});
+    if !endpoint.metadata.is_empty() {
+        data["metadata"] = serde_json::json!(endpoint.metadata);
+    }
+    Ok(Bytes::from(data.to_string()))
+}
+
+/// Every error body is `{"error": …, "reason": …}`.
+pub fn error(status: StatusCode, reason: &str, message: impl Into<String>) -> Response {
+    let mut response = (
+        status,
+        axum::Json(serde_json::json!({"error": message.into(), "reason": reason})),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(reason) {
+        response.headers_mut().insert("x-spillway-reason", value);
+    }
+    response
+}
+
+fn unauthorized(err: &AuthError) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string());
+    if matches!(err, AuthError::MissingBearer | AuthError::WrongBearer) {
+        // RFC 6750: a 401 for a bearer token names the scheme.
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn too_large(max: u64) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("body exceeds the maximum of {max} bytes"),
+    )
+}
+
+fn unavailable(why: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+    set_retry_after(&mut response, UNAVAILABLE_RETRY_AFTER);
+    response
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn set_retry_after(response: &mut Response, after: Duration) {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(spillway_flowctl::retry_after_secs(after)),
+    );
+}
