@@ -119,6 +119,7 @@ fn run(
         data_dir,
         admin,
         grace,
+        files,
     };
     match runtime.block_on(spillway::topology::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
