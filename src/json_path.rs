@@ -17,11 +17,26 @@ pub fn get<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
 }
 
 /// Puts `new` at `path`, creating objects on the way and replacing
-/// non-object values that are in the way.
+/// non-object values that are in the way. A numeric segment indexes an
+/// existing array element (`spec.arguments.parameters.0.value`).
 pub fn set(value: &mut Value, path: &str, new: Value) {
     let mut current = value;
     let mut segments = path.split('.').peekable();
     while let Some(segment) = segments.next() {
+        let index = segment.parse::<usize>().ok();
+        if let (Value::Array(items), Some(i)) = (&*current, index) {
+            if i < items.len() {
+                let Value::Array(items) = current else {
+                    return;
+                };
+                if segments.peek().is_none() {
+                    items[i] = new;
+                    return;
+                }
+                current = &mut items[i];
+                continue;
+            }
+        }
         if !current.is_object() {
             *current = Value::Object(Map::new());
         }
@@ -66,5 +81,20 @@ mod tests {
         set(&mut v, "order.id", json!("o-1"));
         set(&mut v, "total", json!(42));
         assert_eq!(v, json!({"order": {"id": "o-1"}, "total": 42}));
+    }
+
+    #[test]
+    fn set_indexes_existing_arrays() {
+        let mut v = json!({"spec": {"arguments": {"parameters": [{"name": "a"}, {"name": "b"}]}}});
+        set(&mut v, "spec.arguments.parameters.1.value", json!("x"));
+        assert_eq!(
+            v,
+            json!({"spec": {"arguments": {"parameters": [{"name": "a"}, {"name": "b", "value": "x"}]}}})
+        );
+        set(&mut v, "spec.arguments.parameters.0", json!("whole"));
+        assert_eq!(
+            get(&v, "spec.arguments.parameters.0"),
+            Some(&json!("whole"))
+        );
     }
 }

@@ -74,12 +74,13 @@ fn main() -> ExitCode {
             grace,
             secrets_dir,
         } => run(
-            files,
+            files.clone(),
             spillway::topology::RunOptions {
                 data_dir,
                 admin,
                 grace,
                 secrets_dir,
+                files,
             },
         ),
     }

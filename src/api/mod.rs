@@ -6,6 +6,7 @@
 
 use crate::sensor::TriggerHandle;
 use crate::telemetry::Metrics;
+use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +22,8 @@ pub struct AdminState {
     pub backend: &'static str,
     pub bus: Arc<dyn Bus>,
     pub triggers: Vec<TriggerHandle>,
+    /// Workflow semaphores and per-template pending/running counts.
+    pub workflows: Arc<SemaphoreRegistry>,
     pub metrics: Arc<Metrics>,
     /// Bus open and every source listening.
     pub ready: Arc<AtomicBool>,
@@ -40,6 +43,13 @@ impl AdminState {
                 t.inflight(),
                 t.concurrency_limit(),
             );
+        }
+        for w in self.workflows.workflows() {
+            self.metrics
+                .refresh_workflows(&w.template, w.pending, w.running);
+        }
+        for s in self.workflows.semaphores() {
+            self.metrics.refresh_semaphore(&s.name.to_string(), s.limit);
         }
     }
 }
@@ -94,6 +104,36 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
                 "inflight": t.inflight(),
                 "concurrency_limit": t.concurrency_limit(),
                 "max_in_flight": t.max_in_flight(),
+                "workflow_template": t.workflow_template(),
+                "pending": t.pending(),
+                "max_pending": t.max_pending(),
+            })
+        })
+        .collect();
+    let workflows: Vec<_> = state
+        .workflows
+        .workflows()
+        .into_iter()
+        .map(|w| {
+            json!({
+                "template": w.template,
+                "semaphore": w.semaphore.map(|s| s.to_string()),
+                "pending": w.pending,
+                "running": w.running,
+            })
+        })
+        .collect();
+    let semaphores: Vec<_> = state
+        .workflows
+        .semaphores()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name.to_string(),
+                "limit": s.limit,
+                "running": s.running,
+                "pending": s.pending,
+                "max_pending": s.max_pending,
             })
         })
         .collect();
@@ -124,6 +164,8 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
             },
         },
         "triggers": triggers,
+        "workflows": workflows,
+        "semaphores": semaphores,
     }))
     .into_response()
 }

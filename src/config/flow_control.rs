@@ -36,7 +36,8 @@ pub struct TriggerFlowControl {
     /// What happens to an event the trigger cannot take: `error` (default),
     /// `drop`, `backlog`.
     pub on_reject: Option<Spanned<OnReject>>,
-    /// Most workflows waiting on a semaphore before new ones are rejected.
+    /// Most events of an argoWorkflow trigger waiting on their semaphore
+    /// (default 1000); when that many wait, the trigger stops pulling.
     pub max_pending: Option<Spanned<u32>>,
     /// Scale the trigger's workers with consumer lag (KEDA-style).
     pub autoscale: Option<Spanned<Autoscale>>,

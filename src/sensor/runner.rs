@@ -16,8 +16,17 @@
 //!    start-up and after every downstream pushback, starts are paced from the
 //!    initial rate up to `maxRate`, so a backlog is not released at once.
 //!
-//! Events fetched but waiting on 2 or 3, or paused by a `Retry-After`, are
-//! kept alive with `in_progress` so the bus does not redeliver them meanwhile.
+//! 4. **Workflow semaphore** (argoWorkflow triggers whose WorkflowTemplate
+//!    has `synchronization.semaphore`): the workflow waits FIFO as Pending
+//!    until the ConfigMap limit lets it run. Pending is bounded per trigger
+//!    by `flowControl.maxPending`: the runner fetches an event only with a
+//!    pending ticket (held from the fetch until the workflow runs), so when
+//!    `maxPending` workflows wait, the trigger stops pulling and the
+//!    backpressure travels on to the bus and the sources.
+//!
+//! Events fetched but waiting on 2, 3 or 4, paused by a `Retry-After`, or
+//! whose trigger is still running, are kept alive with `in_progress` so the
+//! bus does not redeliver them meanwhile.
 //!
 //! Guarantees:
 //! - an event is acked only after its trigger succeeded, its DLQ trigger
@@ -40,9 +49,13 @@
 use super::{filter, DependencyMatcher, RetryPolicy};
 use crate::event::Event;
 use crate::telemetry::{Metrics, TriggerOutcome};
+use crate::triggers::workflow::semaphores::{Running, WorkflowGate};
 use crate::triggers::{Trigger, TriggerError};
 use spillway_bus::{Consumer, Received};
-use spillway_flowctl::{AdaptiveConcurrency, Busy, GradualDrain, Outcome, RateLimiter, Token};
+use spillway_flowctl::{
+    AcquireError, AdaptiveConcurrency, Busy, GradualDrain, Outcome, Permit, RateLimiter, Semaphore,
+    Token,
+};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,6 +92,10 @@ pub struct TriggerLimits {
     /// before the trigger runs and retries in memory: a crash mid-retry
     /// loses the event, as in Argo.
     pub at_least_once: bool,
+    /// `flowControl.maxPending`: most events of this trigger fetched and
+    /// waiting for their workflow semaphore (used only by argoWorkflow
+    /// triggers whose template has a semaphore).
+    pub max_pending: usize,
 }
 
 /// The live view of one runner, for metrics and `/api/v1/status`.
@@ -89,9 +106,33 @@ pub struct TriggerHandle {
     pub consumer: Arc<dyn Consumer>,
     concurrency: AdaptiveConcurrency,
     max_in_flight: usize,
+    pending: Option<PendingTickets>,
+}
+
+/// A trigger's share of its workflow semaphore's pending queue.
+#[derive(Clone)]
+struct PendingTickets {
+    gate: Arc<WorkflowGate>,
+    tickets: Semaphore,
 }
 
 impl TriggerHandle {
+    /// The WorkflowTemplate this trigger runs, if it waits on a semaphore.
+    pub fn workflow_template(&self) -> Option<&str> {
+        self.pending.as_ref().map(|p| p.gate.template())
+    }
+
+    /// Events fetched and not yet running their workflow (at most
+    /// [`TriggerHandle::max_pending`]).
+    pub fn pending(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.tickets.running())
+    }
+
+    /// `flowControl.maxPending`, for triggers that wait on a semaphore.
+    pub fn max_pending(&self) -> Option<usize> {
+        self.pending.as_ref().map(|p| p.tickets.limit())
+    }
+
     /// Events holding a concurrency slot now (being fetched or invoked).
     pub fn inflight(&self) -> usize {
         self.concurrency.in_flight()
@@ -142,6 +183,8 @@ struct RunnerInner {
     /// Interval of `in_progress` refreshes for held events.
     keep_alive: Duration,
     at_least_once: bool,
+    /// Pending tickets, when the trigger waits on a workflow semaphore.
+    pending: Option<PendingTickets>,
 }
 
 /// A concurrency slot; giving it back (complete or drop) wakes a waiter.
@@ -187,6 +230,7 @@ impl TriggerRunner {
             slow_start,
             ack_wait,
             at_least_once,
+            max_pending,
         } = limits;
         let max_in_flight = max_in_flight.max(1);
         let fetch_cap = [rate.as_ref(), sensor_rate.as_deref()]
@@ -196,6 +240,14 @@ impl TriggerRunner {
             .min()
             .unwrap_or(max_in_flight)
             .clamp(1, max_in_flight);
+        // Only the fetch loop waits for a ticket, so one waiter is enough.
+        let pending = trigger
+            .workflow_gate()
+            .filter(|gate| gate.has_semaphore())
+            .map(|gate| PendingTickets {
+                gate: Arc::clone(gate),
+                tickets: Semaphore::new(max_pending.max(1), 1),
+            });
         TriggerRunner {
             inner: Arc::new(RunnerInner {
                 sensor: sensor.to_string(),
@@ -213,6 +265,7 @@ impl TriggerRunner {
                 slow_start,
                 keep_alive: (ack_wait / 3).max(Duration::from_millis(100)),
                 at_least_once,
+                pending,
             }),
             max_in_flight,
             fetch_cap,
@@ -228,6 +281,7 @@ impl TriggerRunner {
             consumer: Arc::clone(&self.inner.consumer),
             concurrency: self.inner.concurrency.clone(),
             max_in_flight: self.max_in_flight,
+            pending: self.inner.pending.clone(),
         }
     }
 
@@ -249,6 +303,10 @@ impl TriggerRunner {
                     None => break,
                 }
             }
+            // No pending ticket, no fetch: `maxPending` workflows are waiting.
+            if !self.inner.fit_to_tickets(&mut slots, &shutdown).await {
+                break;
+            }
             let batch = tokio::select! {
                 batch = self.inner.consumer.fetch(slots.len(), FETCH_WAIT) => batch,
                 _ = shutdown.cancelled() => break,
@@ -264,9 +322,11 @@ impl TriggerRunner {
                     }
                 }
             };
+            let mut tickets = self.inner.tickets_for(messages.len());
             let mut held: VecDeque<u64> = messages.iter().map(|m| m.seq).collect();
             for (message, slot) in messages.into_iter().zip(slots.drain(..)) {
-                let Some(ready) = self.inner.prepare(message).await else {
+                let ticket = tickets.pop();
+                let Some(mut ready) = self.inner.prepare(message).await else {
                     held.pop_front();
                     continue;
                 };
@@ -276,6 +336,7 @@ impl TriggerRunner {
                     .keep_alive_while(held.make_contiguous(), &shutdown, self.admit())
                     .await;
                 held.pop_front();
+                ready.ticket = ticket;
                 if admitted.is_none() {
                     // Shutting down: the unacked events are redelivered later.
                     break;
@@ -330,6 +391,8 @@ struct Ready {
     event: Event,
     dependency: String,
     delivered: Instant,
+    /// A place in the trigger's pending queue, until the workflow runs.
+    ticket: Option<Permit>,
 }
 
 impl RunnerInner {
@@ -422,18 +485,14 @@ impl RunnerInner {
         shutdown: &CancellationToken,
         work: impl Future<Output = T>,
     ) -> Option<T> {
-        let work = async {
-            tokio::select! {
-                done = work => Some(done),
-                _ = shutdown.cancelled() => None,
-            }
-        };
-        self.keep_alive_during(held, work).await
+        tokio::select! {
+            done = self.keep_alive_during(held, work) => Some(done),
+            _ = shutdown.cancelled() => None,
+        }
     }
 
-    /// Runs `work` to completion, sending `in_progress` for the `held`
-    /// events every `keep_alive` meanwhile, so the bus does not redeliver
-    /// them to another worker while they are still being handled.
+    /// Runs `work` to its end, sending `in_progress` for the `held` events
+    /// every `keep_alive` meanwhile.
     async fn keep_alive_during<T>(&self, held: &[u64], work: impl Future<Output = T>) -> T {
         tokio::pin!(work);
         let mut keep_alive =
@@ -447,6 +506,82 @@ impl RunnerInner {
                         self.settle(result, seq);
                     }
                 }
+            }
+        }
+    }
+
+    /// Waits until the trigger has a free pending ticket, then gives back
+    /// the slots beyond the free tickets, so the fetch asks for no more
+    /// events than may wait. The tickets themselves are taken after the
+    /// fetch ([`RunnerInner::tickets_for`]): an idle fetch holds none.
+    /// `false` on shutdown.
+    async fn fit_to_tickets(&self, slots: &mut Vec<Slot>, shutdown: &CancellationToken) -> bool {
+        let Some(pending) = &self.pending else {
+            return true;
+        };
+        loop {
+            let acquired = tokio::select! {
+                acquired = pending.tickets.acquire() => acquired,
+                _ = shutdown.cancelled() => return false,
+            };
+            match acquired {
+                // Only this loop takes tickets, so the free ones can only
+                // grow until the fetch returns.
+                Ok(ticket) => {
+                    drop(ticket);
+                    break;
+                }
+                // The fetch loop is the only waiter and nothing closes the
+                // tickets, so this cannot happen; wait rather than fetch
+                // without a ticket.
+                Err(err) => {
+                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, "pending tickets: {err}");
+                    tokio::time::sleep(BUS_ERROR_BACKOFF).await;
+                }
+            }
+        }
+        let free = pending
+            .tickets
+            .limit()
+            .saturating_sub(pending.tickets.running());
+        slots.truncate(free.max(1));
+        true
+    }
+
+    /// One pending ticket per fetched event (none without a workflow
+    /// semaphore). [`RunnerInner::fit_to_tickets`] made sure they are free.
+    fn tickets_for(&self, count: usize) -> Vec<Permit> {
+        let Some(pending) = &self.pending else {
+            return Vec::new();
+        };
+        (0..count)
+            .filter_map(|_| pending.tickets.try_acquire().ok())
+            .collect()
+    }
+
+    /// Waits as Pending for the workflow's semaphore (keeping the event
+    /// alive), then holds its slot. `None` when shutdown came first (the
+    /// event stays unacked and is redelivered) or the semaphore's queue
+    /// refused it (the event is put back on the bus for later).
+    async fn wait_for_workflow(
+        &self,
+        gate: &WorkflowGate,
+        seq: u64,
+        shutdown: &CancellationToken,
+    ) -> Option<Running> {
+        match self
+            .keep_alive_while(&[seq], shutdown, gate.acquire())
+            .await?
+        {
+            Ok(running) => Some(running),
+            Err(err @ (AcquireError::PendingFull { .. } | AcquireError::Closed)) => {
+                // Each trigger's tickets keep the shared queue from filling;
+                // should it happen anyway, the bus keeps the event.
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, template = gate.template(), seq, "workflow semaphore refused the workflow ({err}); event put back on the bus");
+                self.count(TriggerOutcome::Retry);
+                let result = self.consumer.nak(seq, BUS_ERROR_BACKOFF).await;
+                self.settle(result, seq);
+                None
             }
         }
     }
@@ -486,6 +621,7 @@ impl RunnerInner {
             message,
             event,
             delivered,
+            ticket: None,
         })
     }
 
@@ -496,6 +632,7 @@ impl RunnerInner {
             event,
             dependency,
             delivered,
+            ticket,
         } = ready;
         let seq = message.seq;
         let attempt = message.delivery_count;
@@ -503,6 +640,23 @@ impl RunnerInner {
             .duration_since(message.published_at)
             .unwrap_or(Duration::ZERO);
         self.metrics.event_age(&self.sensor, age);
+        // A redelivery after the retries were used up goes straight to the
+        // DLQ: the trigger already had its `steps` attempts.
+        if self.at_least_once && attempt > self.retry.steps && self.dlq.is_some() {
+            drop(slot);
+            self.dead_letter(seq, &dependency, &event, "retries used up")
+                .await;
+            return;
+        }
+        // Held until the trigger is done: the workflow's semaphore slot.
+        let _running = match self.trigger.workflow_gate() {
+            Some(gate) => match self.wait_for_workflow(gate, seq, &shutdown).await {
+                Some(running) => Some(running),
+                None => return,
+            },
+            None => None,
+        };
+        drop(ticket);
         if !self.at_least_once {
             self.settle(self.consumer.ack(seq).await, seq);
             self.invoke_acked(&dependency, &event, slot, &shutdown)
@@ -511,16 +665,10 @@ impl RunnerInner {
                 .sensor_processing(&self.sensor, delivered.elapsed());
             return;
         }
-        // A redelivery after the retries were used up goes straight to the
-        // DLQ: the trigger already had its `steps` attempts.
-        if attempt > self.retry.steps && self.dlq.is_some() {
-            drop(slot);
-            self.dead_letter(seq, &dependency, &event, "retries used up")
-                .await;
-            return;
-        }
         let result = loop {
             let started = Instant::now();
+            // Not cancelled by shutdown: a started invocation may finish
+            // within the grace period; it is kept alive meanwhile.
             let result = self
                 .keep_alive_during(&[seq], self.trigger.invoke(&dependency, &event))
                 .await;

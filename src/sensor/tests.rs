@@ -133,6 +133,7 @@ fn limits(max_in_flight: usize) -> TriggerLimits {
         slow_start: None,
         ack_wait: Duration::from_secs(30),
         at_least_once: true,
+        max_pending: spillway_flowctl::DEFAULT_MAX_PENDING,
     }
 }
 

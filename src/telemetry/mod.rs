@@ -52,6 +52,16 @@ pub struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TemplateLabels {
+    pub template: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabels {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerOutcomeLabels {
     pub sensor: String,
     pub trigger: String,
@@ -140,6 +150,9 @@ pub struct Metrics {
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
     trigger_inflight: Family<TriggerLabels, Gauge>,
     trigger_concurrency_limit: Family<TriggerLabels, Gauge>,
+    workflows_pending: Family<TemplateLabels, Gauge>,
+    workflows_running: Family<TemplateLabels, Gauge>,
+    semaphore_limit: Family<NameLabels, Gauge>,
     /// Serialises [`Metrics::refresh`] so counters mirrored from bus totals
     /// are never advanced twice for the same delta.
     refresh_lock: Mutex<()>,
@@ -172,6 +185,9 @@ impl Metrics {
             trigger_invocations: Family::default(),
             trigger_inflight: Family::default(),
             trigger_concurrency_limit: Family::default(),
+            workflows_pending: Family::default(),
+            workflows_running: Family::default(),
+            semaphore_limit: Family::default(),
             refresh_lock: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -255,6 +271,21 @@ impl Metrics {
             "trigger_concurrency_limit",
             "Most trigger invocations allowed at once",
             m.trigger_concurrency_limit.clone(),
+        );
+        registry.register(
+            "workflows_pending",
+            "Workflows waiting for their template's semaphore",
+            m.workflows_pending.clone(),
+        );
+        registry.register(
+            "workflows_running",
+            "Workflows running now",
+            m.workflows_running.clone(),
+        );
+        registry.register(
+            "semaphore_limit",
+            "Workflows a ConfigMap semaphore lets run at once",
+            m.semaphore_limit.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -368,6 +399,33 @@ impl Metrics {
         );
         set_gauge(
             &self.trigger_concurrency_limit.get_or_create(&labels),
+            limit as u64,
+        );
+    }
+}
+
+impl Metrics {
+    /// Mirrors one WorkflowTemplate's pending and running workflows.
+    pub fn refresh_workflows(&self, template: &str, pending: usize, running: usize) {
+        let labels = TemplateLabels {
+            template: template.to_string(),
+        };
+        set_gauge(
+            &self.workflows_pending.get_or_create(&labels),
+            pending as u64,
+        );
+        set_gauge(
+            &self.workflows_running.get_or_create(&labels),
+            running as u64,
+        );
+    }
+
+    /// Mirrors a semaphore's limit (`name` is `configmap/key`).
+    pub fn refresh_semaphore(&self, name: &str, limit: usize) {
+        set_gauge(
+            &self.semaphore_limit.get_or_create(&NameLabels {
+                name: name.to_string(),
+            }),
             limit as u64,
         );
     }

@@ -10,23 +10,31 @@
 //! period, then the servers stop and the bus closes. Events not acked by
 //! then stay on the bus (redelivered by a durable bus after restart).
 //!
+//! SIGHUP re-reads the `-f` files and applies the ConfigMap semaphore
+//! limits only (see [`reload`]); every other change is logged as needing a
+//! restart and ignored.
+//!
 //! Config that validates but cannot run yet is refused here with a message
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
 use crate::api::AdminState;
+use crate::config::flow_control::MAX_WINDOW;
 use crate::config::sensor::Sensor;
+use crate::config::workflow::WorkflowTemplate;
 use crate::config::{Config, Located};
 use crate::event::Event;
 use crate::secrets::SecretStore;
 use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, PortState};
 use crate::telemetry::Metrics;
+use crate::triggers::workflow::semaphores::SemaphoreRegistry;
+use crate::triggers::workflow::WorkflowTrigger;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig};
 use spillway_flowctl::{
-    AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, RateLimiter,
+    AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, RateLimiter, DEFAULT_MAX_PENDING,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +63,8 @@ pub struct RunOptions {
     /// Where secrets named in the config (`authSecret` …) are read from
     /// when no `SPILLWAY_SECRET_<NAME>_<KEY>` variable is set: `DIR/<name>/<key>`.
     pub secrets_dir: PathBuf,
+    /// The config files, re-read on SIGHUP (empty: SIGHUP only logs).
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,11 +151,22 @@ pub async fn run_until(
     let http_client = reqwest::Client::builder()
         .build()
         .map_err(|e| RunError::Config(format!("cannot build the HTTP client: {e}")))?;
+    let semaphores = Arc::new(
+        SemaphoreRegistry::build(&config)
+            .map_err(|e| RunError::Config(format!("workflow semaphores: {e}")))?,
+    );
+    warn_ignored_images(&config.workflow_templates);
+    let workflows = Workflows {
+        templates: &config.workflow_templates,
+        semaphores: &semaphores,
+    };
     let mut runners = Vec::new();
     // A JetStream bus may be shared by several spillway instances.
     let shared_bus = config.bus.url.is_some();
     for sensor in &config.sensors {
-        runners.extend(build_runners(sensor, &bus, shared_bus, &http_client, &metrics).await?);
+        runners.extend(
+            build_runners(sensor, &bus, shared_bus, &http_client, &metrics, &workflows).await?,
+        );
     }
     let handles: Vec<_> = runners.iter().map(TriggerRunner::handle).collect();
 
@@ -157,6 +178,7 @@ pub async fn run_until(
         backend: "memory",
         bus: Arc::clone(&bus),
         triggers: handles,
+        workflows: Arc::clone(&semaphores),
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         draining: Arc::clone(&draining),
@@ -198,10 +220,16 @@ pub async fn run_until(
             server_stop.clone(),
         )));
     }
+    let reloads = reload_listener(
+        options.files.clone(),
+        config.clone(),
+        Arc::clone(&semaphores),
+    )?;
     ready.store(true, Ordering::Release);
     tracing::info!("ready");
 
     shutdown.cancelled().await;
+    reloads.abort();
     tracing::info!(grace = ?options.grace, "shutting down: sources answer 503, finishing in-flight triggers");
     draining.store(true, Ordering::Release);
     runner_stop.cancel();
@@ -261,6 +289,120 @@ fn signal_listener(shutdown: CancellationToken) -> Result<tokio::task::JoinHandl
     }))
 }
 
+/// Applies ConfigMap semaphore limits from the files on every SIGHUP.
+fn reload_listener(
+    files: Vec<PathBuf>,
+    running: Config,
+    semaphores: Arc<SemaphoreRegistry>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let files = files.clone();
+            // Reading and parsing files is blocking work.
+            match tokio::task::spawn_blocking(move || crate::config::load(&files)).await {
+                Ok(loaded) => reload(&running, loaded, &semaphores),
+                Err(err) => tracing::error!("SIGHUP: reading the config failed: {err}"),
+            }
+        }
+    }))
+}
+
+/// SIGHUP: applies the semaphore limits of `loaded` and says what else
+/// changed (those changes need a restart and are ignored). A config with
+/// errors changes nothing.
+pub fn reload(
+    running: &Config,
+    loaded: Result<Config, Vec<crate::config::Diagnostic>>,
+    semaphores: &SemaphoreRegistry,
+) {
+    let new = match loaded {
+        Ok(new) => new,
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics {
+                tracing::error!("SIGHUP: {diagnostic}");
+            }
+            tracing::error!(
+                "SIGHUP: the config has {} problem(s); nothing was changed",
+                diagnostics.len()
+            );
+            return;
+        }
+    };
+    let (changes, problems) = semaphores.reload(&new);
+    for problem in &problems {
+        tracing::error!("SIGHUP: {problem}; keeping its current limit");
+    }
+    for change in &changes {
+        tracing::info!(
+            "SIGHUP: semaphore {} limit {} → {}{}",
+            change.name,
+            change.from,
+            change.to,
+            if change.to < change.from {
+                " (running workflows finish; no new one starts until fewer than the new limit run)"
+            } else {
+                ""
+            }
+        );
+    }
+    let ignored: Vec<&str> = [
+        ("EventBus", running.bus != new.bus),
+        ("EventSource", running.event_sources != new.event_sources),
+        ("Sensor", running.sensors != new.sensors),
+        (
+            "WorkflowTemplate",
+            running.workflow_templates != new.workflow_templates,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(kind, changed)| changed.then_some(kind))
+    .collect();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            "SIGHUP: {} documents differ from the running config; only ConfigMap semaphore limits are applied on SIGHUP, restart to apply the rest",
+            ignored.join(", ")
+        );
+    }
+    if changes.is_empty() && problems.is_empty() {
+        tracing::info!("SIGHUP: config re-read; no semaphore limit changed");
+    }
+}
+
+/// One warning for every template whose container image is ignored.
+fn warn_ignored_images(templates: &[Located<WorkflowTemplate>]) {
+    let with_image: Vec<String> = templates
+        .iter()
+        .flat_map(|t| {
+            t.doc.spec.templates.iter().filter_map(move |entry| {
+                let image = entry
+                    .container
+                    .as_ref()
+                    .and_then(|c| c.value.image.as_ref())
+                    .or(entry.script.as_ref().and_then(|s| s.value.image.as_ref()))?;
+                Some(format!(
+                    "{}/{} ({image})",
+                    t.doc.metadata.name(),
+                    entry.name.value
+                ))
+            })
+        })
+        .collect();
+    if !with_image.is_empty() {
+        tracing::warn!(
+            "workflow templates run their command on this machine; `image` is ignored for: {}",
+            with_image.join(", ")
+        );
+    }
+}
+
+/// What workflow triggers are built from.
+struct Workflows<'a> {
+    templates: &'a [Located<WorkflowTemplate>],
+    semaphores: &'a SemaphoreRegistry,
+}
+
 /// Opens (recovering) the segment-log bus in `dir`, after taking the
 /// directory's lock so a second process cannot corrupt it.
 fn open_embedded_bus(
@@ -312,6 +454,7 @@ async fn build_runners(
     shared_bus: bool,
     http_client: &reqwest::Client,
     metrics: &Arc<Metrics>,
+    workflows: &Workflows<'_>,
 ) -> Result<Vec<TriggerRunner>, RunError> {
     let sensor_name = sensor.doc.metadata.name().to_string();
     let dependencies: Vec<DependencyMatcher> = sensor
@@ -340,12 +483,12 @@ async fn build_runners(
     let mut runners = Vec::new();
     for trigger in &spec.triggers {
         let name = trigger.template.name.value.clone();
-        let Some(action) = build_trigger(&sensor_name, trigger, http_client)? else {
+        let Some(action) = build_trigger(&sensor_name, trigger, http_client, workflows)? else {
             // refuse_unsupported() already rejected every other kind.
             continue;
         };
         let dlq = match &trigger.dlq_trigger {
-            Some(dlq) => build_trigger(&sensor_name, &dlq.value, http_client)?,
+            Some(dlq) => build_trigger(&sensor_name, &dlq.value, http_client, workflows)?,
             None => None,
         };
         let retry = trigger
@@ -354,9 +497,20 @@ async fn build_runners(
             .map(|r| RetryPolicy::from(&r.value))
             .unwrap_or_default();
         let flow = trigger.flow_control.as_ref().map(|f| &f.value);
+        let max_pending = flow
+            .and_then(|f| f.max_pending.as_ref())
+            .map_or(DEFAULT_MAX_PENDING, |m| m.value as usize);
+        // A workflow waiting on its semaphore holds its place in the window,
+        // so by default the window fits the semaphore and the pending queue.
+        let default_window = action
+            .workflow_gate()
+            .and_then(|gate| gate.limit())
+            .map_or(DEFAULT_MAX_IN_FLIGHT, |limit| {
+                (limit + max_pending).min(MAX_WINDOW as usize)
+            });
         let max_in_flight = flow
             .and_then(|f| f.max_in_flight.as_ref())
-            .map_or(DEFAULT_MAX_IN_FLIGHT, |m| m.value as usize);
+            .map_or(default_window, |m| m.value as usize);
         let burst = flow.and_then(|f| f.burst.as_ref()).map(|b| b.value);
         let rate = trigger
             .rate_limit
@@ -419,6 +573,7 @@ async fn build_runners(
                 slow_start,
                 ack_wait,
                 at_least_once: trigger.at_least_once.as_ref().is_none_or(|f| f.value),
+                max_pending,
             },
             Arc::clone(metrics),
         ));
@@ -432,6 +587,7 @@ fn build_trigger(
     sensor: &str,
     trigger: &crate::config::sensor::Trigger,
     http_client: &reqwest::Client,
+    workflows: &Workflows<'_>,
 ) -> Result<Option<Trigger>, RunError> {
     let name = &trigger.template.name.value;
     if let Some(http) = &trigger.template.http {
@@ -443,6 +599,17 @@ fn build_trigger(
         let http = HttpTrigger::new(http_client.clone(), &http.value, allowed)
             .map_err(|e| RunError::Config(format!("sensor {sensor}, trigger {name}: {e}")))?;
         return Ok(Some(Trigger::Http(http)));
+    }
+    if let Some(workflow) = &trigger.template.argo_workflow {
+        let problem = |e: String| RunError::Config(format!("sensor {sensor}, trigger {name}: {e}"));
+        let template = crate::triggers::workflow::template_ref(&workflow.value).unwrap_or("");
+        let gate = workflows
+            .semaphores
+            .gate(template)
+            .ok_or_else(|| problem(format!("WorkflowTemplate {template:?} is not loaded")))?;
+        let workflow = WorkflowTrigger::new(trigger, &workflow.value, workflows.templates, gate)
+            .map_err(|e| problem(e.to_string()))?;
+        return Ok(Some(Trigger::Workflow(workflow)));
     }
     if let Some(log) = &trigger.template.log {
         return Ok(Some(Trigger::Log(LogTrigger::new(
@@ -481,7 +648,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
                 let flow = &flow.value;
                 let not_yet = [
                     ("onReject", flow.on_reject.as_ref().map(|o| o.pos)),
-                    ("maxPending", flow.max_pending.as_ref().map(|m| m.pos)),
                     ("autoscale", flow.autoscale.as_ref().map(|a| a.pos)),
                 ];
                 for (field, pos) in not_yet {
@@ -506,11 +672,22 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
                 }
             }
             if let Some(w) = &t.argo_workflow {
-                problems.push(format!(
-                    "{}: trigger {:?}: argoWorkflow triggers need the local workflow executor, which is not available yet",
-                    at(w.pos),
-                    t.name.value
-                ));
+                if crate::triggers::workflow::template_ref(&w.value).is_none() {
+                    problems.push(format!(
+                        "{}: trigger {:?}: argoWorkflow runs a Workflow's `spec.workflowTemplateRef` on the local executor; inline `spec.templates` are not supported yet — move them into a WorkflowTemplate",
+                        at(w.pos),
+                        t.name.value
+                    ));
+                }
+            }
+            if let (Some(flow), None) = (&trigger.flow_control, &t.argo_workflow) {
+                if let Some(pending) = &flow.value.max_pending {
+                    problems.push(format!(
+                        "{}: trigger {:?}: flowControl.maxPending bounds workflows waiting on a semaphore; it only applies to argoWorkflow triggers",
+                        at(pending.pos),
+                        t.name.value
+                    ));
+                }
             }
             if let Some(k) = &t.k8s {
                 problems.push(format!(

@@ -8,6 +8,7 @@
 pub mod http;
 pub mod log;
 pub mod params;
+pub mod workflow;
 
 use crate::event::Event;
 use async_trait::async_trait;
@@ -50,6 +51,7 @@ pub trait CustomTrigger: Send + Sync + 'static {
 pub enum Trigger {
     Log(log::LogTrigger),
     Http(http::HttpTrigger),
+    Workflow(workflow::WorkflowTrigger),
     Custom(Arc<dyn CustomTrigger>),
 }
 
@@ -62,7 +64,17 @@ impl Trigger {
                 Ok(())
             }
             Trigger::Http(t) => t.invoke(dependency, event).await,
+            Trigger::Workflow(t) => t.invoke(dependency, event).await,
             Trigger::Custom(t) => t.invoke(dependency, event).await,
+        }
+    }
+
+    /// The workflow semaphore (and pending/running counts) the sensor
+    /// must hold around [`Trigger::invoke`]; `None` for other kinds.
+    pub fn workflow_gate(&self) -> Option<&Arc<workflow::semaphores::WorkflowGate>> {
+        match self {
+            Trigger::Workflow(t) => Some(t.gate()),
+            _ => None,
         }
     }
 
@@ -71,6 +83,7 @@ impl Trigger {
         match self {
             Trigger::Log(_) => Duration::from_secs(1),
             Trigger::Http(t) => t.timeout(),
+            Trigger::Workflow(t) => t.max_duration(),
             Trigger::Custom(t) => t.max_duration(),
         }
     }

@@ -46,6 +46,8 @@ pub struct Spillway {
     child: Child,
     pub admin: String,
     pub log: PathBuf,
+    /// The config file given with `-f` (rewrite it, then [`Spillway::reload`]).
+    pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -129,6 +131,7 @@ impl Spillway {
             child,
             admin: format!("http://127.0.0.1:{admin_port}"),
             log,
+            config: file,
             _dir: dir,
         };
         let ready = format!("{}/readyz", spillway.admin);
@@ -207,13 +210,25 @@ impl Spillway {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.terminate_wait().await
+    }
+
+    /// Sends SIGHUP: spillway re-reads [`Spillway::config`].
+    pub fn reload(&self) {
+        self.signal("HUP");
+    }
+
+    fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(&pid)
+            .status();
         assert!(
             sent.map(|s| s.success()).unwrap_or(false),
-            "kill -TERM failed"
+            "kill -{name} failed"
         );
-        self.terminate_wait().await
     }
 
     /// Waits for the process to exit (after a signal was sent, or a crash point).
