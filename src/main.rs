@@ -1,6 +1,7 @@
 //! The `spillway` command line. Parses arguments, sets up logging, and turns
 //! errors into exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,45 @@ enum Command {
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
+    /// One screen of a running instance: depth, lag, rates, limits, alerts.
+    Status {
+        /// Admin server of the running instance.
+        #[arg(long, default_value = "http://127.0.0.1:9470")]
+        admin: String,
+        /// Redraw every --interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Time between the two readings rates are computed from.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+    },
+    /// The built-in alert rules.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
+    /// A Grafana dashboard over spillway's metrics.
+    Dashboard {
+        #[command(subcommand)]
+        command: DashboardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Print the alert rules as a Prometheus rule file (YAML).
+    Export {
+        /// Config files whose AlertRules document tunes the rules (the
+        /// built-in defaults without one).
+        #[arg(short = 'f', long = "file", num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DashboardCommand {
+    /// Print the Grafana dashboard JSON.
+    Export,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -83,6 +123,111 @@ fn main() -> ExitCode {
                 files,
             },
         ),
+        Command::Status {
+            admin,
+            watch,
+            interval,
+        } => status(&admin, watch, interval),
+        Command::Alerts {
+            command: AlertsCommand::Export { files },
+        } => alerts_export(&files),
+        Command::Dashboard {
+            command: DashboardCommand::Export,
+        } => {
+            let dashboard = spillway::telemetry::dashboard::grafana();
+            match serde_json::to_string_pretty(&dashboard) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: cannot write the dashboard: {err}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn alerts_export(files: &[PathBuf]) -> ExitCode {
+    let rules = if files.is_empty() {
+        spillway::telemetry::alerts::RuleSet::default()
+    } else {
+        match load(files) {
+            Some(config) => config.alerting.rules,
+            None => return ExitCode::from(2),
+        }
+    };
+    match spillway::telemetry::alerts::export::RuleFile::from_rules(&rules).to_yaml() {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn status(admin: &str, watch: bool, interval: std::time::Duration) -> ExitCode {
+    let base = if admin.contains("://") {
+        admin.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", admin.trim_end_matches('/'))
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        spillway::install_tls_provider();
+        let client = reqwest::Client::new();
+        let url = format!("{base}/api/v1/status");
+        let fetch = || async {
+            let response = client
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(5))
+                .send()
+                .await
+                .with_context(|| {
+                    format!("cannot reach the spillway admin server at {base} (is `spillway run` running? see --admin)")
+                })?
+                .error_for_status()
+                .with_context(|| format!("{url} answered with an error"))?;
+            response
+                .json::<spillway::api::status::Status>()
+                .await
+                .with_context(|| format!("{url} did not answer a status document"))
+        };
+        let mut previous = (fetch().await?, std::time::Instant::now());
+        loop {
+            tokio::time::sleep(interval).await;
+            let now = (fetch().await?, std::time::Instant::now());
+            let elapsed = now.1.duration_since(previous.1);
+            let screen = spillway::api::screen::render(&base, &now.0, Some((&previous.0, elapsed)));
+            if watch {
+                // Clear the terminal and redraw from the top.
+                print!("\x1b[2J\x1b[H{screen}");
+            } else {
+                print!("{screen}");
+                return Ok::<(), anyhow::Error>(());
+            }
+            previous = now;
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

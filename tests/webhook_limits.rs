@@ -432,7 +432,9 @@ async fn max_block_waits_for_space_then_gives_up_with_an_honest_retry_after() {
             r#"spillway_bus_rejected_total{stream="default",reason="full"}"#,
         )
     };
-    assert_eq!(block(&spillway.metrics().await, "count"), 0.0);
+    // Two publishes that found room: recorded as 0 s blocked.
+    assert_eq!(block(&spillway.metrics().await, "count"), 2.0);
+    assert_eq!(block(&spillway.metrics().await, "sum"), 0.0);
 
     // Nothing frees space: after maxBlock, 429 bus_full.
     let refused = post("c").await.expect("POST");
@@ -442,7 +444,7 @@ async fn max_block_waits_for_space_then_gives_up_with_an_honest_retry_after() {
     // estimate, 5 s.
     assert_eq!(retry_after(&refused), 5);
     let metrics = spillway.metrics().await;
-    assert_eq!(block(&metrics, "count"), 1.0);
+    assert_eq!(block(&metrics, "count"), 3.0);
     assert!(block(&metrics, "sum") >= 2.0, "{metrics}");
     let rejected_before = rejected_full(&metrics);
 
@@ -458,7 +460,7 @@ async fn max_block_waits_for_space_then_gives_up_with_an_honest_retry_after() {
     assert_eq!(accepted.status(), 200);
 
     let metrics = spillway.metrics().await;
-    assert_eq!(block(&metrics, "count"), 2.0);
+    assert_eq!(block(&metrics, "count"), 4.0);
     assert_eq!(source_events(&metrics, "accepted"), 3.0);
     assert_eq!(source_events(&metrics, "bus_full"), 1.0);
     wait_until("a, b and d downstream", WAIT, || async {

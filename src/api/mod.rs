@@ -2,29 +2,38 @@
 //!
 //! Read-only views of the running pipeline. Gauges that mirror the bus and
 //! the consumers are refreshed on each request, so a scrape sees the state
-//! at that moment.
+//! at that moment. The status document's shape is [`status::Status`];
+//! [`screen`] renders it for `spillway status`.
+
+pub mod screen;
+pub mod status;
 
 use crate::sensor::TriggerHandle;
+use crate::telemetry::alerts::Alerting;
 use crate::telemetry::Metrics;
 use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
 use spillway_bus::Bus;
+use status::{
+    BusStatus, LimitsStatus, ProcessStatus, SemaphoreStatus, Status, TriggerStatus, WorkflowStatus,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// What the admin server reads from.
 pub struct AdminState {
     pub stream: String,
+    /// `embedded` or `jetstream`.
     pub backend: &'static str,
     pub bus: Arc<dyn Bus>,
     pub triggers: Vec<TriggerHandle>,
     /// Workflow semaphores and per-template pending/running counts.
     pub workflows: Arc<SemaphoreRegistry>,
     pub metrics: Arc<Metrics>,
+    pub alerts: Arc<Alerting>,
     /// Bus open and every source listening.
     pub ready: Arc<AtomicBool>,
     /// Shutdown has begun.
@@ -33,6 +42,7 @@ pub struct AdminState {
 
 impl AdminState {
     fn refresh(&self) {
+        self.metrics.refresh_process();
         self.metrics
             .refresh_bus(&self.stream, &self.bus.limits(), &self.bus.stats());
         for t in &self.triggers {
@@ -46,10 +56,11 @@ impl AdminState {
         }
         for w in self.workflows.workflows() {
             self.metrics
-                .refresh_workflows(&w.template, w.pending, w.running);
+                .set_workflows(&w.template, w.pending as u64, w.running as u64);
         }
         for s in self.workflows.semaphores() {
-            self.metrics.refresh_semaphore(&s.name.to_string(), s.limit);
+            self.metrics
+                .set_semaphore_limit(&s.name.to_string(), s.limit as u64);
         }
     }
 }
@@ -88,84 +99,91 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let stats = state.bus.stats();
     let limits = state.bus.limits();
-    let triggers: Vec<_> = state
+    let triggers = state
         .triggers
         .iter()
         .map(|t| {
             let c = t.consumer.stats();
-            json!({
-                "sensor": t.sensor,
-                "trigger": t.trigger,
-                "consumer": t.consumer.name(),
-                "lag": c.pending,
-                "ack_pending": c.ack_pending,
-                "redelivered": c.redelivered,
-                "oldest_unacked_age_seconds": c.oldest_unacked_age.map(|d| d.as_secs_f64()),
-                "inflight": t.inflight(),
-                "concurrency_limit": t.concurrency_limit(),
-                "max_in_flight": t.max_in_flight(),
-                "workflow_template": t.workflow_template(),
-                "pending": t.pending(),
-                "max_pending": t.max_pending(),
-            })
+            TriggerStatus {
+                sensor: t.sensor.clone(),
+                trigger: t.trigger.clone(),
+                consumer: t.consumer.name().to_string(),
+                lag: c.pending,
+                ack_pending: c.ack_pending,
+                redelivered: c.redelivered,
+                oldest_unacked_age_seconds: c.oldest_unacked_age.map(|d| d.as_secs_f64()),
+                inflight: t.inflight(),
+                concurrency_limit: t.concurrency_limit(),
+                max_in_flight: t.max_in_flight(),
+                invocations: state
+                    .metrics
+                    .trigger_invocations_of(&t.sensor, &t.trigger)
+                    .into_iter()
+                    .map(|(outcome, n)| (outcome.to_string(), n))
+                    .collect(),
+                workflow_template: t.workflow_template().map(str::to_string),
+                pending: t.pending(),
+                max_pending: t.max_pending(),
+            }
         })
         .collect();
-    let workflows: Vec<_> = state
+    let workflows = state
         .workflows
         .workflows()
         .into_iter()
-        .map(|w| {
-            json!({
-                "template": w.template,
-                "semaphore": w.semaphore.map(|s| s.to_string()),
-                "pending": w.pending,
-                "running": w.running,
-            })
+        .map(|w| WorkflowStatus {
+            template: w.template,
+            semaphore: w.semaphore.map(|s| s.to_string()),
+            pending: w.pending,
+            running: w.running,
         })
         .collect();
-    let semaphores: Vec<_> = state
+    let semaphores = state
         .workflows
         .semaphores()
         .into_iter()
-        .map(|s| {
-            json!({
-                "name": s.name.to_string(),
-                "limit": s.limit,
-                "running": s.running,
-                "pending": s.pending,
-                "max_pending": s.max_pending,
-            })
+        .map(|s| SemaphoreStatus {
+            name: s.name.to_string(),
+            limit: s.limit,
+            running: s.running,
+            pending: s.pending,
+            max_pending: s.max_pending,
         })
         .collect();
-    axum::Json(json!({
-        "ready": state.ready.load(Ordering::Acquire),
-        "draining": state.draining.load(Ordering::Acquire),
-        "bus": {
-            "stream": state.stream,
-            "backend": state.backend,
-            "messages": stats.messages,
-            "bytes": stats.bytes,
-            "published": stats.published,
-            "rejected_full": stats.rejected_full,
-            "rejected_too_large": stats.rejected_too_large,
-            "discarded": stats.discarded,
-            "last_seq": stats.last_seq,
-            "consumers": stats.consumers,
-            "limits": {
-                "max_msgs": limits.max_msgs,
-                "max_bytes": limits.max_bytes,
-                "max_msg_size": limits.max_msg_size,
-                "max_consumers": limits.max_consumers,
-                "max_age_seconds": limits.max_age.map(|d| d.as_secs_f64()),
-                "discard": match limits.discard {
+    axum::Json(Status {
+        ready: state.ready.load(Ordering::Acquire),
+        draining: state.draining.load(Ordering::Acquire),
+        bus: BusStatus {
+            stream: state.stream.clone(),
+            backend: state.backend.to_string(),
+            messages: stats.messages,
+            bytes: stats.bytes,
+            published: stats.published,
+            rejected_full: stats.rejected_full,
+            rejected_too_large: stats.rejected_too_large,
+            discarded: stats.discarded,
+            last_seq: stats.last_seq,
+            consumers: stats.consumers,
+            limits: LimitsStatus {
+                max_msgs: limits.max_msgs,
+                max_bytes: limits.max_bytes,
+                max_msg_size: limits.max_msg_size,
+                max_consumers: limits.max_consumers,
+                max_age_seconds: limits.max_age.map(|d| d.as_secs_f64()),
+                discard: match limits.discard {
                     spillway_bus::DiscardPolicy::New => "new",
                     spillway_bus::DiscardPolicy::Old => "old",
-                },
+                }
+                .to_string(),
             },
         },
-        "triggers": triggers,
-        "workflows": workflows,
-        "semaphores": semaphores,
-    }))
+        triggers,
+        alerts: state.alerts.status(),
+        process: ProcessStatus {
+            resident_memory_bytes: crate::telemetry::process::resident_memory_bytes(),
+        },
+        workflows,
+        semaphores,
+    })
     .into_response()
 }

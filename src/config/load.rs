@@ -5,6 +5,7 @@
 //! about. A document that fails to decode still registers its name, so other
 //! documents that reference it do not get follow-on "not found" errors.
 
+use super::alerts::AlertRules;
 use super::decode::decode;
 use super::diagnostic::{Diagnostic, Diagnostics, Severity};
 use super::eventbus::{Discard, EventBus, SettingsLimits, StreamConfigLimits};
@@ -21,7 +22,11 @@ const KINDS: &[(&str, &str)] = &[
     ("Sensor", "argoproj.io/v1alpha1"),
     ("ConfigMap", "v1"),
     ("WorkflowTemplate", "argoproj.io/v1alpha1"),
+    ("AlertRules", super::alerts::API_VERSION),
 ];
+
+/// The kinds, for "expected one of" messages.
+const KIND_LIST: &str = "EventBus, EventSource, Sensor, ConfigMap, WorkflowTemplate, AlertRules";
 
 /// A document's name as written, kept even when the document failed to decode.
 #[derive(Debug, Clone)]
@@ -37,6 +42,7 @@ pub(super) struct DocName {
 pub(super) struct Loaded {
     pub config: Config,
     pub bus_docs: Vec<Located<EventBus>>,
+    pub alert_docs: Vec<Located<AlertRules>>,
     pub names: Vec<DocName>,
     /// Documents that failed to decode (their references are not checked).
     pub broken: Vec<DocName>,
@@ -104,7 +110,7 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
     let Some(kind_node) = doc.get("kind") else {
         diags.error(
             doc.pos,
-            "missing `kind`; expected one of EventBus, EventSource, Sensor, ConfigMap, WorkflowTemplate",
+            format!("missing `kind`; expected one of {KIND_LIST}"),
         );
         return;
     };
@@ -112,10 +118,7 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
     let Some(&(kind, api_version)) = KINDS.iter().find(|(k, _)| *k == kind_text) else {
         let hint = did_you_mean(kind_text, KINDS.iter().map(|(k, _)| *k))
             .map(|h| format!("did you mean `{h}`?"))
-            .unwrap_or_else(|| {
-                "expected one of EventBus, EventSource, Sensor, ConfigMap, WorkflowTemplate"
-                    .to_string()
-            });
+            .unwrap_or_else(|| format!("expected one of {KIND_LIST}"));
         diags.error(
             kind_node.pos,
             format!("unsupported kind {}; {hint}", kind_node.describe()),
@@ -166,6 +169,7 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
         "EventSource" => decode_document(file, doc, diags, &mut loaded.config.event_sources),
         "Sensor" => decode_document(file, doc, diags, &mut loaded.config.sensors),
         "ConfigMap" => decode_document(file, doc, diags, &mut loaded.config.config_maps),
+        "AlertRules" => decode_document(file, doc, diags, &mut loaded.alert_docs),
         _ => decode_document(file, doc, diags, &mut loaded.config.workflow_templates),
     };
     if kind == "EventBus" && ok {
@@ -191,6 +195,24 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
                 limits: stream.limits,
                 replicas: stream.replicas,
             };
+        }
+    }
+    if kind == "AlertRules" && ok {
+        if let Some(doc) = loaded.alert_docs.last() {
+            if loaded.alert_docs.len() > 1 {
+                diags.error(
+                    doc.doc.metadata.name_pos(doc.pos),
+                    "only one AlertRules document may be loaded; merge the rules into one",
+                );
+            }
+            match doc.doc.spec.resolve() {
+                Ok(alerting) => loaded.config.alerting = alerting,
+                Err(problems) => {
+                    for (pos, message) in problems {
+                        diags.error(pos, message);
+                    }
+                }
+            }
         }
     }
     if let Some(name) = name {

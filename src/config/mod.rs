@@ -1,7 +1,8 @@
 //! Configuration: Argo Events YAML in, a checked [`Config`] out.
 //!
 //! [`load`] reads multi-document YAML files holding `EventBus`,
-//! `EventSource`, `Sensor`, `ConfigMap` and `WorkflowTemplate` documents.
+//! `EventSource`, `Sensor`, `ConfigMap` and `WorkflowTemplate` documents,
+//! and spillway's own `AlertRules` ([`alerts`]).
 //! It guarantees:
 //!
 //! - every problem it can find is reported, each as `FILE:LINE:COL: message`
@@ -14,6 +15,7 @@
 //!
 //! It never panics on bad input.
 
+pub mod alerts;
 pub mod decode;
 pub mod diagnostic;
 pub mod eventbus;
@@ -74,6 +76,9 @@ pub struct Config {
     pub sensors: Vec<Located<sensor::Sensor>>,
     pub config_maps: Vec<Located<workflow::ConfigMap>>,
     pub workflow_templates: Vec<Located<workflow::WorkflowTemplate>>,
+    /// The alert rules and Alertmanager, from the `AlertRules` document
+    /// (the built-in defaults without one).
+    pub alerting: alerts::AlertingConfig,
     /// Warnings found while loading (Kubernetes-only fields, risky settings).
     pub warnings: Vec<Diagnostic>,
 }

@@ -5,6 +5,13 @@
 //! a name exists exactly once. Gauges that mirror bus and consumer state are
 //! refreshed from their sources at scrape time ([`Metrics::refresh`]), so
 //! they are exact at the moment of the scrape and cost nothing per event.
+//!
+//! Alert rules (evaluated in-process, exported for Prometheus) are in
+//! [`alerts`]; the Grafana dashboard over these names in [`dashboard`].
+
+pub mod alerts;
+pub mod dashboard;
+pub mod process;
 
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,7 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use spillway_bus::{BusStats, ConsumerStats, Limits};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +68,17 @@ pub struct TemplateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NameLabels {
     pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub alertname: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +127,13 @@ pub enum TriggerOutcome {
 }
 
 impl TriggerOutcome {
+    pub const ALL: [TriggerOutcome; 4] = [
+        TriggerOutcome::Success,
+        TriggerOutcome::Failure,
+        TriggerOutcome::Retry,
+        TriggerOutcome::Dlq,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TriggerOutcome::Success => "success",
@@ -117,12 +144,80 @@ impl TriggerOutcome {
     }
 }
 
+/// What became of alert notifications (`alert_notifications_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationOutcome {
+    /// Alertmanager accepted it.
+    Sent,
+    /// Given up after the retries, or refused by Alertmanager.
+    Failed,
+    /// Pushed out of the full notification queue.
+    Dropped,
+}
+
+impl NotificationOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationOutcome::Sent => "sent",
+            NotificationOutcome::Failed => "failed",
+            NotificationOutcome::Dropped => "dropped",
+        }
+    }
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type TotalsFamily<L> = Family<L, TotalsHistogram, fn() -> TotalsHistogram>;
 
 fn latency_histogram() -> Histogram {
     // 1 ms … ~65 s
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn latency_totals_histogram() -> TotalsHistogram {
+    TotalsHistogram {
+        inner: latency_histogram(),
+        totals: Arc::default(),
+    }
+}
+
+/// A histogram that also keeps its running sum and count readable, for the
+/// alert rules (prometheus-client only exposes them to its own tests).
+#[derive(Clone, Debug)]
+pub struct TotalsHistogram {
+    inner: Histogram,
+    totals: Arc<Mutex<alerts::Totals>>,
+}
+
+impl TotalsHistogram {
+    pub fn observe(&self, value: f64) {
+        self.inner.observe(value);
+        let mut totals = self.totals.lock();
+        totals.sum += value;
+        totals.count += 1;
+    }
+
+    pub fn totals(&self) -> alerts::Totals {
+        *self.totals.lock()
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for TotalsHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for TotalsHistogram {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        self.inner.encode(encoder)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        self.inner.metric_type()
+    }
 }
 
 fn age_histogram() -> Histogram {
@@ -145,14 +240,21 @@ pub struct Metrics {
     oldest_unacked_age: Family<TriggerLabels, FloatGauge>,
     event_age: HistogramFamily<SensorLabels>,
     source_events: Family<SourceEventLabels, Counter>,
-    producer_block: HistogramFamily<SourceLabels>,
-    sensor_processing: HistogramFamily<SensorLabels>,
+    producer_block: TotalsFamily<SourceLabels>,
+    sensor_processing: TotalsFamily<SensorLabels>,
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
     trigger_inflight: Family<TriggerLabels, Gauge>,
     trigger_concurrency_limit: Family<TriggerLabels, Gauge>,
     workflows_pending: Family<TemplateLabels, Gauge>,
     workflows_running: Family<TemplateLabels, Gauge>,
     semaphore_limit: Family<NameLabels, Gauge>,
+    backlog_events: Gauge,
+    alerts_firing: Family<AlertLabels, Gauge>,
+    alert_notifications: Family<OutcomeLabels, Counter>,
+    process_resident_memory: Gauge,
+    /// Pending workflows per template, as last recorded (read by the alert
+    /// rules; one entry per template in the config).
+    workflows: Mutex<BTreeMap<String, u64>>,
     /// Serialises [`Metrics::refresh`] so counters mirrored from bus totals
     /// are never advanced twice for the same delta.
     refresh_lock: Mutex<()>,
@@ -180,14 +282,19 @@ impl Metrics {
             oldest_unacked_age: Family::default(),
             event_age: Family::new_with_constructor(age_histogram),
             source_events: Family::default(),
-            producer_block: Family::new_with_constructor(latency_histogram),
-            sensor_processing: Family::new_with_constructor(latency_histogram),
+            producer_block: Family::new_with_constructor(latency_totals_histogram),
+            sensor_processing: Family::new_with_constructor(latency_totals_histogram),
             trigger_invocations: Family::default(),
             trigger_inflight: Family::default(),
             trigger_concurrency_limit: Family::default(),
             workflows_pending: Family::default(),
             workflows_running: Family::default(),
             semaphore_limit: Family::default(),
+            backlog_events: Gauge::default(),
+            alerts_firing: Family::default(),
+            alert_notifications: Family::default(),
+            process_resident_memory: Gauge::default(),
+            workflows: Mutex::new(BTreeMap::new()),
             refresh_lock: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -274,18 +381,38 @@ impl Metrics {
         );
         registry.register(
             "workflows_pending",
-            "Workflows waiting for their template's semaphore",
+            "Workflows waiting on a semaphore, per template",
             m.workflows_pending.clone(),
         );
         registry.register(
             "workflows_running",
-            "Workflows running now",
+            "Workflows running, per template",
             m.workflows_running.clone(),
         );
         registry.register(
             "semaphore_limit",
-            "Workflows a ConfigMap semaphore lets run at once",
+            "Workflows a semaphore admits at once",
             m.semaphore_limit.clone(),
+        );
+        registry.register(
+            "backlog_events",
+            "Events stored for later (onReject: backlog)",
+            m.backlog_events.clone(),
+        );
+        registry.register(
+            "alerts_firing",
+            "Firing alerts per built-in rule",
+            m.alerts_firing.clone(),
+        );
+        registry.register(
+            "alert_notifications",
+            "Alerts sent to Alertmanager, by outcome",
+            m.alert_notifications.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the spillway process (RSS)",
+            m.process_resident_memory.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -340,6 +467,100 @@ impl Metrics {
                 outcome: outcome.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// Running totals of `producer_block_seconds{source}`.
+    pub fn producer_block_totals(&self, source: &str) -> alerts::Totals {
+        let labels = SourceLabels {
+            source: source.to_string(),
+        };
+        self.producer_block
+            .get(&labels)
+            .map_or_else(alerts::Totals::default, |h| h.totals())
+    }
+
+    /// Running totals of `sensor_processing_seconds{sensor}`.
+    pub fn sensor_processing_totals(&self, sensor: &str) -> alerts::Totals {
+        let labels = SensorLabels {
+            sensor: sensor.to_string(),
+        };
+        self.sensor_processing
+            .get(&labels)
+            .map_or_else(alerts::Totals::default, |h| h.totals())
+    }
+
+    /// Invocations of one trigger so far, per outcome.
+    pub fn trigger_invocations_of(&self, sensor: &str, trigger: &str) -> Vec<(&'static str, u64)> {
+        TriggerOutcome::ALL
+            .iter()
+            .map(|outcome| {
+                let labels = TriggerOutcomeLabels {
+                    sensor: sensor.to_string(),
+                    trigger: trigger.to_string(),
+                    outcome: outcome.as_str().to_string(),
+                };
+                let count = self.trigger_invocations.get(&labels).map_or(0, |c| c.get());
+                (outcome.as_str(), count)
+            })
+            .collect()
+    }
+
+    /// Records the workflow executor's queue of one template.
+    pub fn set_workflows(&self, template: &str, pending: u64, running: u64) {
+        let labels = TemplateLabels {
+            template: template.to_string(),
+        };
+        set_gauge(&self.workflows_pending.get_or_create(&labels), pending);
+        set_gauge(&self.workflows_running.get_or_create(&labels), running);
+        self.workflows.lock().insert(template.to_string(), pending);
+    }
+
+    /// Pending workflows per template, as last recorded.
+    pub fn workflows_pending(&self) -> Vec<(String, u64)> {
+        self.workflows
+            .lock()
+            .iter()
+            .map(|(t, n)| (t.clone(), *n))
+            .collect()
+    }
+
+    /// Records a semaphore's limit (ConfigMap value).
+    pub fn set_semaphore_limit(&self, name: &str, limit: u64) {
+        let labels = NameLabels {
+            name: name.to_string(),
+        };
+        set_gauge(&self.semaphore_limit.get_or_create(&labels), limit);
+    }
+
+    /// Records how many events the backlog store holds.
+    pub fn set_backlog_events(&self, events: u64) {
+        set_gauge(&self.backlog_events, events);
+    }
+
+    /// Sets `alerts_firing{alertname, severity}`.
+    pub fn set_alerts_firing(&self, alertname: &str, severity: &str, firing: usize) {
+        let labels = AlertLabels {
+            alertname: alertname.to_string(),
+            severity: severity.to_string(),
+        };
+        set_gauge(&self.alerts_firing.get_or_create(&labels), firing as u64);
+    }
+
+    /// Counts `alerts` alert notifications with `outcome`.
+    pub fn alert_notifications(&self, outcome: NotificationOutcome, alerts: usize) {
+        let labels = OutcomeLabels {
+            outcome: outcome.as_str().to_string(),
+        };
+        self.alert_notifications
+            .get_or_create(&labels)
+            .inc_by(alerts as u64);
+    }
+
+    /// Mirrors the process' resident memory (where the OS tells it).
+    pub fn refresh_process(&self) {
+        if let Some(rss) = process::resident_memory_bytes() {
+            set_gauge(&self.process_resident_memory, rss);
+        }
     }
 
     /// Mirrors bus state into the `bus_*` series.
@@ -399,33 +620,6 @@ impl Metrics {
         );
         set_gauge(
             &self.trigger_concurrency_limit.get_or_create(&labels),
-            limit as u64,
-        );
-    }
-}
-
-impl Metrics {
-    /// Mirrors one WorkflowTemplate's pending and running workflows.
-    pub fn refresh_workflows(&self, template: &str, pending: usize, running: usize) {
-        let labels = TemplateLabels {
-            template: template.to_string(),
-        };
-        set_gauge(
-            &self.workflows_pending.get_or_create(&labels),
-            pending as u64,
-        );
-        set_gauge(
-            &self.workflows_running.get_or_create(&labels),
-            running as u64,
-        );
-    }
-
-    /// Mirrors a semaphore's limit (`name` is `configmap/key`).
-    pub fn refresh_semaphore(&self, name: &str, limit: usize) {
-        set_gauge(
-            &self.semaphore_limit.get_or_create(&NameLabels {
-                name: name.to_string(),
-            }),
             limit as u64,
         );
     }

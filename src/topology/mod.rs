@@ -26,6 +26,7 @@ use crate::event::Event;
 use crate::secrets::SecretStore;
 use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, PortState};
+use crate::telemetry::alerts::{self, Alerting};
 use crate::telemetry::Metrics;
 use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use crate::triggers::workflow::WorkflowTrigger;
@@ -145,6 +146,8 @@ pub async fn run_until(
         limits.discard
     );
     let metrics = Arc::new(Metrics::new());
+    record_workflow_config(&config, &metrics);
+    let alerting = Alerting::new(config.alerting.rules.clone(), &metrics);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -173,13 +176,30 @@ pub async fn run_until(
     // Bind every port before serving anything, so a taken port fails start-up cleanly.
     let mut servers = Vec::new();
     let admin_listener = bind(options.admin).await?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(options.admin);
+    let alert_sources = alerts::Sources {
+        stream: config.bus.name.clone(),
+        bus: Arc::clone(&bus),
+        triggers: handles.clone(),
+        sources: config
+            .event_sources
+            .iter()
+            .map(|s| s.doc.metadata.name().to_string())
+            .collect(),
+        metrics: Arc::clone(&metrics),
+    };
     let admin_state = Arc::new(AdminState {
         stream: config.bus.name.clone(),
-        backend: "memory",
+        backend: if config.bus.url.is_some() {
+            "jetstream"
+        } else {
+            "embedded"
+        },
         bus: Arc::clone(&bus),
         triggers: handles,
         workflows: Arc::clone(&semaphores),
         metrics: Arc::clone(&metrics),
+        alerts: Arc::clone(&alerting),
         ready: Arc::clone(&ready),
         draining: Arc::clone(&draining),
     });
@@ -197,10 +217,7 @@ pub async fn run_until(
         });
         webhook_listeners.push((listener, webhook::router(state), port.limits));
     }
-    tracing::info!(
-        "admin server on http://{}",
-        admin_listener.local_addr().unwrap_or(options.admin)
-    );
+    tracing::info!("admin server on http://{admin_addr}");
     servers.push(serve(
         admin_listener,
         crate::api::router(admin_state),
@@ -220,6 +237,40 @@ pub async fn run_until(
             server_stop.clone(),
         )));
     }
+    let notify = config.alerting.alertmanager.as_ref().map(|am| {
+        let (notifier, task) = alerts::Notifier::spawn(
+            alerts::NotifierConfig {
+                url: am.url.clone(),
+                timeout: am.timeout,
+                max_queue: am.max_queue,
+                initial_backoff: Duration::from_secs(1),
+            },
+            http_client.clone(),
+            Arc::clone(&metrics),
+            server_stop.clone(),
+        );
+        servers.push(task);
+        alerts::Notify {
+            notifier,
+            resend_interval: am.resend_interval,
+            generator_url: Some(format!("http://{admin_addr}/api/v1/status")),
+        }
+    });
+    let rules = &config.alerting.rules;
+    tracing::info!(
+        "alerting: {} rule(s) every {}, {}",
+        rules.rules.len(),
+        humantime::format_duration(rules.evaluation_interval),
+        match &config.alerting.alertmanager {
+            Some(am) => format!("notifying {}", am.url),
+            None => "no Alertmanager configured".to_string(),
+        }
+    );
+    servers.push(tokio::spawn(Arc::clone(&alerting).run(
+        alert_sources,
+        notify,
+        server_stop.clone(),
+    )));
     let reloads = reload_listener(
         options.files.clone(),
         config.clone(),
@@ -248,6 +299,36 @@ pub async fn run_until(
     bus.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the workflow gauges at their configured state: nothing pending or
+/// running yet, each semaphore at its ConfigMap limit (validation checked
+/// the reference and the number).
+fn record_workflow_config(config: &Config, metrics: &Metrics) {
+    for template in &config.workflow_templates {
+        metrics.set_workflows(template.doc.metadata.name(), 0, 0);
+        let semaphore = template
+            .doc
+            .spec
+            .synchronization
+            .as_ref()
+            .and_then(|s| s.semaphore.as_ref());
+        if let Some(semaphore) = semaphore {
+            let key_ref = &semaphore.config_map_key_ref.value;
+            let limit = config
+                .config_maps
+                .iter()
+                .find(|c| c.doc.metadata.name() == key_ref.name.value)
+                .and_then(|c| c.doc.data.as_ref()?.get(&key_ref.key.value))
+                .and_then(|v| v.value.trim().parse::<u64>().ok());
+            if let Some(limit) = limit {
+                metrics.set_semaphore_limit(
+                    &format!("{}/{}", key_ref.name.value, key_ref.key.value),
+                    limit,
+                );
+            }
+        }
+    }
 }
 
 fn show(limit: Option<u64>) -> String {
