@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "cli/backlog.rs"]
+mod backlog;
+
 #[derive(Parser)]
 #[command(
     name = "spillway",
@@ -34,6 +37,18 @@ enum Command {
         /// How long to let in-flight triggers finish on SIGTERM/SIGINT.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         grace: std::time::Duration,
+        /// Most events the backlog store (<data-dir>/backlog/) holds; when
+        /// full, storing fails and the event stays on the bus.
+        #[arg(long, default_value_t = 100_000)]
+        backlog_max_events: u64,
+        /// Most bytes the backlog store holds (e.g. 1GiB, 500MB).
+        #[arg(long, default_value = "1GiB", value_parser = parse_byte_size)]
+        backlog_max_bytes: u64,
+    },
+    /// Events stored for later (onReject: backlog, k8s ConfigMap backlog- triggers).
+    Backlog {
+        #[command(subcommand)]
+        command: BacklogCommand,
     },
     /// Check config files; print FILE:LINE:COL errors; exit 2 on any error.
     Validate {
@@ -42,8 +57,38 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BacklogCommand {
+    /// Counts, ages and bytes of the stored events, per trigger; damaged
+    /// records are named. Reads the store directly (pipeline running or not).
+    List {
+        #[arg(long, default_value = "spillway-data")]
+        data_dir: PathBuf,
+    },
+    /// Puts the stored events back on the bus through the running pipeline
+    /// (`spillway run` owns the bus and the store), oldest first, starting
+    /// at --rate events/s and growing ×1.1 per second up to --max-rate.
+    /// Each event is removed once the bus accepted it: interrupt at any time
+    /// and run again to resume.
+    Replay {
+        /// Admin address of the running `spillway run`.
+        #[arg(long, default_value = "http://127.0.0.1:9470")]
+        admin: String,
+        /// Events per second at the start of the ramp.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Events per second the ramp stops at.
+        #[arg(long, default_value_t = 1000.0)]
+        max_rate: f64,
+    },
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     spillway::config::values::parse_duration(text)
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    spillway::config::values::parse_byte_size(text)
 }
 
 fn main() -> ExitCode {
@@ -62,7 +107,31 @@ fn main() -> ExitCode {
             data_dir,
             admin,
             grace,
-        } => run(files, data_dir, admin, grace),
+            backlog_max_events,
+            backlog_max_bytes,
+        } => {
+            let options = spillway::topology::RunOptions {
+                data_dir,
+                admin,
+                grace,
+                backlog: spillway::backlog::BacklogLimits {
+                    max_events: backlog_max_events,
+                    max_bytes: backlog_max_bytes,
+                },
+            };
+            run(files, options)
+        }
+        Command::Backlog {
+            command: BacklogCommand::List { data_dir },
+        } => backlog::list(&data_dir),
+        Command::Backlog {
+            command:
+                BacklogCommand::Replay {
+                    admin,
+                    rate,
+                    max_rate,
+                },
+        } => backlog::replay(&admin, rate, max_rate),
     }
 }
 
@@ -99,12 +168,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(
-    files: Vec<PathBuf>,
-    data_dir: PathBuf,
-    admin: SocketAddr,
-    grace: std::time::Duration,
-) -> ExitCode {
+fn run(files: Vec<PathBuf>, options: spillway::topology::RunOptions) -> ExitCode {
     let Some(config) = load(&files) else {
         return ExitCode::from(2);
     };
@@ -114,11 +178,6 @@ fn run(
             eprintln!("error: cannot start the async runtime: {err}");
             return ExitCode::from(1);
         }
-    };
-    let options = spillway::topology::RunOptions {
-        data_dir,
-        admin,
-        grace,
     };
     match runtime.block_on(spillway::topology::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,18 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/api/v1/status`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/api/v1/status`,
+//! and the backlog replay API ([`backlog`]).
 //!
-//! Read-only views of the running pipeline. Gauges that mirror the bus and
-//! the consumers are refreshed on each request, so a scrape sees the state
-//! at that moment.
+//! Read-only views of the running pipeline, except the backlog replay. Gauges
+//! that mirror the bus and the consumers are refreshed on each request, so a
+//! scrape sees the state at that moment.
+
+mod backlog;
 
 use crate::sensor::TriggerHandle;
 use crate::telemetry::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use spillway_bus::Bus;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,12 +29,15 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Shutdown has begun.
     pub draining: Arc<AtomicBool>,
+    /// The data dir's backlog store and its replay into this pipeline's bus.
+    pub backlog: Arc<crate::backlog::Replayer>,
 }
 
 impl AdminState {
     fn refresh(&self) {
         self.metrics
             .refresh_bus(&self.stream, &self.bus.limits(), &self.bus.stats());
+        self.metrics.refresh_backlog(self.backlog.store().events());
         for t in &self.triggers {
             self.metrics.refresh_trigger(
                 &t.sensor,
@@ -45,12 +51,17 @@ impl AdminState {
 }
 
 pub fn router(state: Arc<AdminState>) -> axum::Router {
+    let backlog = axum::Router::new()
+        .route("/api/v1/backlog", get(backlog::list))
+        .route("/api/v1/backlog/{name}/replay", post(backlog::replay))
+        .with_state(Arc::clone(&state.backlog));
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
         .with_state(state)
+        .merge(backlog)
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -124,6 +135,10 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
             },
         },
         "triggers": triggers,
+        "backlog": {
+            "events": state.backlog.store().events(),
+            "bytes": state.backlog.store().bytes(),
+        },
     }))
     .into_response()
 }

@@ -17,6 +17,9 @@ use spillway_bus::{BusStats, ConsumerStats, Limits};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+mod throttle;
+pub use throttle::LogThrottle;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
     pub stream: String,
@@ -92,6 +95,11 @@ pub enum TriggerOutcome {
     Retry,
     /// Retries used up (or a permanent failure); the DLQ trigger took it.
     Dlq,
+    /// Rejected and dropped (`flowControl.onReject: drop`).
+    Dropped,
+    /// Stored for later: rejected with `onReject: backlog`, or taken by a
+    /// store-for-later (`k8s` ConfigMap `backlog-`) trigger.
+    Backlog,
 }
 
 impl TriggerOutcome {
@@ -101,6 +109,8 @@ impl TriggerOutcome {
             TriggerOutcome::Failure => "failure",
             TriggerOutcome::Retry => "retry",
             TriggerOutcome::Dlq => "dlq",
+            TriggerOutcome::Dropped => "dropped",
+            TriggerOutcome::Backlog => "backlog",
         }
     }
 }
@@ -138,6 +148,7 @@ pub struct Metrics {
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
     trigger_inflight: Family<TriggerLabels, Gauge>,
     trigger_concurrency_limit: Family<TriggerLabels, Gauge>,
+    backlog_events: Gauge,
     /// Serialises [`Metrics::refresh`] so counters mirrored from bus totals
     /// are never advanced twice for the same delta.
     refresh_lock: Mutex<()>,
@@ -170,6 +181,7 @@ impl Metrics {
             trigger_invocations: Family::default(),
             trigger_inflight: Family::default(),
             trigger_concurrency_limit: Family::default(),
+            backlog_events: Gauge::default(),
             refresh_lock: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -254,6 +266,11 @@ impl Metrics {
             "Most trigger invocations allowed at once",
             m.trigger_concurrency_limit.clone(),
         );
+        registry.register(
+            "backlog_events",
+            "Events in the backlog store (stored for later)",
+            m.backlog_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -337,6 +354,11 @@ impl Metrics {
             };
             advance(&self.bus_rejected.get_or_create(&labels), total);
         }
+    }
+
+    /// Mirrors the backlog store's record count.
+    pub fn refresh_backlog(&self, events: u64) {
+        set_gauge(&self.backlog_events, events);
     }
 
     /// Mirrors one trigger's consumer and window into its series.

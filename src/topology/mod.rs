@@ -14,14 +14,16 @@
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
 use crate::api::AdminState;
+use crate::backlog::{BacklogLimits, BacklogStore, Replayer, TargetKind};
 use crate::config::eventsource::WebhookFlowControl;
+use crate::config::flow_control::OnReject;
 use crate::config::sensor::Sensor;
 use crate::config::{Config, Located};
 use crate::event::Event;
-use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner};
+use crate::sensor::{DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, Endpoint, PortState};
 use crate::telemetry::Metrics;
-use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
+use crate::triggers::{backlog::BacklogTrigger, http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig};
@@ -29,7 +31,7 @@ use spillway_flowctl::{
     AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, PriorityShedder, RateLimiter,
     SheddingPolicy,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +51,8 @@ pub struct RunOptions {
     pub admin: SocketAddr,
     /// How long in-flight triggers may take to finish on shutdown.
     pub grace: Duration,
+    /// Bounds of the backlog store in `<data_dir>/backlog/`.
+    pub backlog: BacklogLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub enum RunError {
     },
     #[error("bus: {0}")]
     Bus(#[from] spillway_bus::BusError),
+    #[error("{0}")]
+    Backlog(#[from] crate::backlog::StoreError),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
 }
@@ -115,6 +121,7 @@ pub async fn run_until(
         show(limits.max_msg_size),
         limits.discard
     );
+    let store = open_backlog(&options).await?;
     let metrics = Arc::new(Metrics::new());
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -124,7 +131,7 @@ pub async fn run_until(
         .map_err(|e| RunError::Config(format!("cannot build the HTTP client: {e}")))?;
     let mut runners = Vec::new();
     for sensor in &config.sensors {
-        runners.extend(build_runners(sensor, &bus, &http_client, &metrics).await?);
+        runners.extend(build_runners(sensor, &bus, &http_client, &metrics, &store).await?);
     }
     let handles: Vec<_> = runners.iter().map(TriggerRunner::handle).collect();
 
@@ -139,6 +146,11 @@ pub async fn run_until(
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         draining: Arc::clone(&draining),
+        backlog: Arc::new(Replayer::new(
+            Arc::clone(&store),
+            Arc::clone(&bus),
+            replay_targets(&config),
+        )),
     });
     let server_stop = CancellationToken::new();
     let mut webhook_listeners = Vec::new();
@@ -201,6 +213,44 @@ pub async fn run_until(
     bus.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the backlog store of the data dir and says what it holds.
+async fn open_backlog(options: &RunOptions) -> Result<Arc<BacklogStore>, RunError> {
+    let dir = options.data_dir.clone();
+    let limits = options.backlog;
+    let store = tokio::task::spawn_blocking(move || BacklogStore::open(&dir, limits))
+        .await
+        .map_err(|e| RunError::Config(format!("opening the backlog store: {e}")))??;
+    tracing::info!(
+        "backlog store in {}: {} event(s), {} bytes stored (limits: {} events, {} bytes)",
+        store.dir().display(),
+        store.events(),
+        store.bytes(),
+        limits.max_events,
+        limits.max_bytes
+    );
+    Ok(Arc::new(store))
+}
+
+/// Every trigger a backlog record may name, and whether it runs events.
+fn replay_targets(config: &Config) -> HashMap<String, TargetKind> {
+    let mut targets = HashMap::new();
+    for sensor in &config.sensors {
+        let sensor_name = sensor.doc.metadata.name().to_string();
+        for trigger in &sensor.doc.spec.triggers {
+            let kind = if trigger.template.k8s.is_some() {
+                TargetKind::StoresForLater
+            } else {
+                TargetKind::Runs
+            };
+            targets.insert(
+                crate::backlog::target(&sensor_name, &trigger.template.name.value),
+                kind,
+            );
+        }
+    }
+    targets
 }
 
 fn show(limit: Option<u64>) -> String {
@@ -359,6 +409,7 @@ async fn build_runners(
     bus: &Arc<dyn Bus>,
     http_client: &reqwest::Client,
     metrics: &Arc<Metrics>,
+    store: &Arc<BacklogStore>,
 ) -> Result<Vec<TriggerRunner>, RunError> {
     let sensor_name = sensor.doc.metadata.name().to_string();
     let dependencies: Vec<DependencyMatcher> = sensor
@@ -387,12 +438,18 @@ async fn build_runners(
     let mut runners = Vec::new();
     for trigger in &spec.triggers {
         let name = trigger.template.name.value.clone();
-        let Some(action) = build_trigger(&sensor_name, trigger, http_client)? else {
+        let built = Built {
+            sensor: &sensor_name,
+            replay_to: &name,
+            http_client,
+            store,
+        };
+        let Some(action) = built.trigger(trigger)? else {
             // refuse_unsupported() already rejected every other kind.
             continue;
         };
         let dlq = match &trigger.dlq_trigger {
-            Some(dlq) => build_trigger(&sensor_name, &dlq.value, http_client)?,
+            Some(dlq) => built.trigger(&dlq.value)?,
             None => None,
         };
         let retry = trigger
@@ -401,6 +458,11 @@ async fn build_runners(
             .map(|r| RetryPolicy::from(&r.value))
             .unwrap_or_default();
         let flow = trigger.flow_control.as_ref().map(|f| &f.value);
+        let on_reject = match flow.and_then(|f| f.on_reject.as_ref()).map(|o| o.value) {
+            None | Some(OnReject::Error) => RejectPolicy::Error,
+            Some(OnReject::Drop) => RejectPolicy::Drop,
+            Some(OnReject::Backlog) => RejectPolicy::Backlog(Arc::clone(store)),
+        };
         let max_in_flight = flow
             .and_then(|f| f.max_in_flight.as_ref())
             .map_or(DEFAULT_MAX_IN_FLIGHT, |m| m.value as usize);
@@ -456,6 +518,7 @@ async fn build_runners(
                 slow_start,
                 ack_wait,
                 at_least_once: trigger.at_least_once.as_ref().is_none_or(|f| f.value),
+                on_reject,
             },
             Arc::clone(metrics),
         ));
@@ -463,8 +526,37 @@ async fn build_runners(
     Ok(runners)
 }
 
-/// The runnable trigger of `trigger`'s template; `None` for kinds this
-/// build cannot run (refused earlier by [`refuse_unsupported`]).
+/// What building the triggers of one sensor trigger (and its DLQ) needs.
+struct Built<'a> {
+    sensor: &'a str,
+    /// The sensor trigger being built: what backlog records are replayed to.
+    replay_to: &'a str,
+    http_client: &'a reqwest::Client,
+    store: &'a Arc<BacklogStore>,
+}
+
+impl Built<'_> {
+    /// The runnable trigger of `trigger`'s template; `None` for kinds this
+    /// build cannot run (refused earlier by [`refuse_unsupported`]).
+    fn trigger(
+        &self,
+        trigger: &crate::config::sensor::Trigger,
+    ) -> Result<Option<Trigger>, RunError> {
+        if let Some(k8s) = &trigger.template.k8s {
+            if k8s.value.resource_kind() == "ConfigMap" {
+                return Ok(Some(Trigger::Backlog(BacklogTrigger::new(
+                    Arc::clone(self.store),
+                    self.sensor,
+                    self.replay_to,
+                ))));
+            }
+        }
+        build_trigger(self.sensor, trigger, self.http_client)
+    }
+}
+
+/// The runnable http or log trigger of `trigger`'s template; `None` for
+/// other kinds.
 fn build_trigger(
     sensor: &str,
     trigger: &crate::config::sensor::Trigger,
@@ -517,7 +609,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             if let Some(flow) = &trigger.flow_control {
                 let flow = &flow.value;
                 let not_yet = [
-                    ("onReject", flow.on_reject.as_ref().map(|o| o.pos)),
                     ("maxPending", flow.max_pending.as_ref().map(|m| m.pos)),
                     ("autoscale", flow.autoscale.as_ref().map(|a| a.pos)),
                 ];
@@ -533,9 +624,13 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             }
             if let Some(dlq) = &trigger.dlq_trigger {
                 let d = &dlq.value.template;
-                if d.http.is_none() && d.log.is_none() {
+                let stores = d
+                    .k8s
+                    .as_ref()
+                    .is_some_and(|k| k.value.resource_kind() == "ConfigMap");
+                if d.http.is_none() && d.log.is_none() && !stores {
                     problems.push(format!(
-                        "{}: trigger {:?}: its dlqTrigger {:?} must be an http or log trigger in this build",
+                        "{}: trigger {:?}: its dlqTrigger {:?} must be an http, log or store-for-later (k8s ConfigMap backlog-) trigger in this build",
                         at(d.name.pos),
                         t.name.value,
                         d.name.value
@@ -550,11 +645,15 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
                 ));
             }
             if let Some(k) = &t.k8s {
-                problems.push(format!(
-                    "{}: trigger {:?}: k8s triggers are not runnable yet",
-                    at(k.pos),
-                    t.name.value
-                ));
+                let kind = k.value.resource_kind();
+                if kind != "ConfigMap" {
+                    problems.push(format!(
+                        "{}: trigger {:?}: k8s triggers of kind {kind:?} are not runnable in this build; \
+                         the supported kind is ConfigMap with `generateName: backlog-` (store for later)",
+                        at(k.pos),
+                        t.name.value
+                    ));
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 //! downstream said so (`Retry-After`), how long to wait first. Retry policy
 //! and acking live in the sensor, not here.
 
+pub mod backlog;
 pub mod http;
 pub mod log;
 pub mod params;
@@ -50,6 +51,8 @@ pub trait CustomTrigger: Send + Sync + 'static {
 pub enum Trigger {
     Log(log::LogTrigger),
     Http(http::HttpTrigger),
+    /// Store for later (`k8s` ConfigMap `generateName: backlog-`).
+    Backlog(backlog::BacklogTrigger),
     Custom(Arc<dyn CustomTrigger>),
 }
 
@@ -62,6 +65,7 @@ impl Trigger {
                 Ok(())
             }
             Trigger::Http(t) => t.invoke(dependency, event).await,
+            Trigger::Backlog(t) => t.invoke(event).await,
             Trigger::Custom(t) => t.invoke(dependency, event).await,
         }
     }
@@ -71,6 +75,8 @@ impl Trigger {
         match self {
             Trigger::Log(_) => Duration::from_secs(1),
             Trigger::Http(t) => t.timeout(),
+            // A write and two fsyncs.
+            Trigger::Backlog(_) => Duration::from_secs(10),
             Trigger::Custom(t) => t.max_duration(),
         }
     }
