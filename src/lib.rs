@@ -5,6 +5,7 @@
 //! else is here so tests and other binaries can drive it.
 
 pub mod api;
+pub mod backlog;
 pub mod config;
 pub mod event;
 pub mod failpoint;

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "cli/backlog.rs"]
+mod backlog;
+
 #[derive(Parser)]
 #[command(
     name = "spillway",
@@ -45,6 +48,18 @@ enum Command {
             default_value = "secrets"
         )]
         secrets_dir: PathBuf,
+        /// Most events the backlog store (<data-dir>/backlog/) holds; when
+        /// full, storing fails and the event stays on the bus.
+        #[arg(long, default_value_t = 100_000)]
+        backlog_max_events: u64,
+        /// Most bytes the backlog store holds (e.g. 1GiB, 500MB).
+        #[arg(long, default_value = "1GiB", value_parser = parse_byte_size)]
+        backlog_max_bytes: u64,
+    },
+    /// Events stored for later (onReject: backlog, k8s ConfigMap backlog- triggers).
+    Backlog {
+        #[command(subcommand)]
+        command: BacklogCommand,
     },
     /// Check config files; print FILE:LINE:COL errors; exit 2 on any error.
     Validate {
@@ -92,8 +107,38 @@ enum DashboardCommand {
     Export,
 }
 
+#[derive(Subcommand)]
+enum BacklogCommand {
+    /// Counts, ages and bytes of the stored events, per trigger; damaged
+    /// records are named. Reads the store directly (pipeline running or not).
+    List {
+        #[arg(long, default_value = "spillway-data")]
+        data_dir: PathBuf,
+    },
+    /// Puts the stored events back on the bus through the running pipeline
+    /// (`spillway run` owns the bus and the store), oldest first, starting
+    /// at --rate events/s and growing ×1.1 per second up to --max-rate.
+    /// Each event is removed once the bus accepted it: interrupt at any time
+    /// and run again to resume.
+    Replay {
+        /// Admin address of the running `spillway run`.
+        #[arg(long, default_value = "http://127.0.0.1:9470")]
+        admin: String,
+        /// Events per second at the start of the ramp.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Events per second the ramp stops at.
+        #[arg(long, default_value_t = 1000.0)]
+        max_rate: f64,
+    },
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     spillway::config::values::parse_duration(text)
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    spillway::config::values::parse_byte_size(text)
 }
 
 fn main() -> ExitCode {
@@ -113,6 +158,8 @@ fn main() -> ExitCode {
             admin,
             grace,
             secrets_dir,
+            backlog_max_events,
+            backlog_max_bytes,
         } => run(
             files.clone(),
             spillway::topology::RunOptions {
@@ -121,8 +168,23 @@ fn main() -> ExitCode {
                 grace,
                 secrets_dir,
                 files,
+                backlog: spillway::backlog::BacklogLimits {
+                    max_events: backlog_max_events,
+                    max_bytes: backlog_max_bytes,
+                },
             },
         ),
+        Command::Backlog {
+            command: BacklogCommand::List { data_dir },
+        } => backlog::list(&data_dir),
+        Command::Backlog {
+            command:
+                BacklogCommand::Replay {
+                    admin,
+                    rate,
+                    max_rate,
+                },
+        } => backlog::replay(&admin, rate, max_rate),
         Command::Status {
             admin,
             watch,

@@ -1248,3 +1248,55 @@ spec:
         });
     assert!(ok, "got:\n{}", render(&diagnostics));
 }
+
+// ------------------------------------------------ store for later (issue 7)
+
+#[test]
+fn store_for_later_configmap_must_be_the_backlog_one() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: backlog
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: orders
+      eventName: created
+  triggers:
+    - template:
+        name: store-for-later
+        k8s:
+          operation: update
+          source:
+            resource:
+              apiVersion: v1
+              kind: ConfigMap
+              metadata:
+                name: fixed
+              data:
+                event: ""
+          parameters:
+            - src: {dependencyName: order, dataKey: body}
+              dest: data.event
+---
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: orders
+spec:
+  webhook:
+    created:
+      port: "12000"
+      endpoint: /orders
+      method: POST
+"#,
+        &[
+            error(14, 22, &["operation \"update\"", "use `create`"]),
+            error(17, 15, &["generateName: backlog-"]),
+            error(17, 15, &["remove `metadata.name`"]),
+            error(24, 20, &["parameters are not supported", "data.event"]),
+        ],
+    );
+}

@@ -1,10 +1,13 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/api/v1/status`.
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/api/v1/status`,
+//! and the backlog replay API ([`backlog`]).
 //!
-//! Read-only views of the running pipeline. Gauges that mirror the bus and
-//! the consumers are refreshed on each request, so a scrape sees the state
-//! at that moment. The status document's shape is [`status::Status`];
-//! [`screen`] renders it for `spillway status`.
+//! Read-only views of the running pipeline, except the backlog replay.
+//! Gauges that mirror the bus and the consumers are refreshed on each
+//! request, so a scrape sees the state at that moment. The status
+//! document's shape is [`status::Status`]; [`screen`] renders it for
+//! `spillway status`.
 
+mod backlog;
 pub mod screen;
 pub mod status;
 
@@ -15,10 +18,11 @@ use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use spillway_bus::Bus;
 use status::{
-    BusStatus, LimitsStatus, ProcessStatus, SemaphoreStatus, Status, TriggerStatus, WorkflowStatus,
+    BacklogStatus, BusStatus, LimitsStatus, ProcessStatus, SemaphoreStatus, Status, TriggerStatus,
+    WorkflowStatus,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +42,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Shutdown has begun.
     pub draining: Arc<AtomicBool>,
+    /// The data dir's backlog store and its replay into this pipeline's bus.
+    pub backlog: Arc<crate::backlog::Replayer>,
 }
 
 impl AdminState {
@@ -45,6 +51,8 @@ impl AdminState {
         self.metrics.refresh_process();
         self.metrics
             .refresh_bus(&self.stream, &self.bus.limits(), &self.bus.stats());
+        self.metrics
+            .set_backlog_events(self.backlog.store().events());
         for t in &self.triggers {
             self.metrics.refresh_trigger(
                 &t.sensor,
@@ -66,12 +74,17 @@ impl AdminState {
 }
 
 pub fn router(state: Arc<AdminState>) -> axum::Router {
+    let backlog = axum::Router::new()
+        .route("/api/v1/backlog", get(backlog::list))
+        .route("/api/v1/backlog/{name}/replay", post(backlog::replay))
+        .with_state(Arc::clone(&state.backlog));
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
         .with_state(state)
+        .merge(backlog)
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -184,6 +197,10 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         },
         workflows,
         semaphores,
+        backlog: BacklogStatus {
+            events: state.backlog.store().events(),
+            bytes: state.backlog.store().bytes(),
+        },
     })
     .into_response()
 }

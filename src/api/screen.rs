@@ -224,6 +224,7 @@ mod tests {
             },
             workflows: Vec::new(),
             semaphores: Vec::new(),
+            backlog: Default::default(),
         }
     }
 

@@ -23,6 +23,15 @@ pub struct Status {
     pub workflows: Vec<WorkflowStatus>,
     #[serde(default)]
     pub semaphores: Vec<SemaphoreStatus>,
+    #[serde(default)]
+    pub backlog: BacklogStatus,
+}
+
+/// The backlog store (events stored for later).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BacklogStatus {
+    pub events: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -187,14 +187,16 @@ impl<'de> Deserialize<'de> for Concurrency {
     }
 }
 
-/// `onReject:` — what happens to an event a trigger cannot take.
+/// `onReject:` — what happens to an event the downstream could not take
+/// once its `retryStrategy` steps are used up (see `sensor::reject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnReject {
-    /// Fail the invocation (retried per `retryStrategy`, then DLQ).
+    /// To the `dlqTrigger` if any, else back to the bus with a delay, so the
+    /// bus fills and the sources push back.
     Error,
-    /// Drop it, counted and logged.
+    /// Acked, counted `dropped` and logged (throttled).
     Drop,
-    /// Store it in the backlog and replay it later.
+    /// Stored in the backlog store for `spillway backlog replay`.
     Backlog,
 }
 

@@ -1,7 +1,8 @@
 //! `kind: Sensor` — dependencies (which events, which filters) and triggers
 //! (what to do), with Argo's field names.
 //!
-//! Runnable today: `log` and `http` triggers, `data` filters. Argo fields
+//! Runnable today: `log` and `http` triggers, the store-for-later `k8s`
+//! ConfigMap (`generateName: backlog-`) trigger, `data` filters. Argo fields
 //! that are accepted by validation but not yet run are refused by
 //! `spillway run` with a message naming them (see `topology`), never
 //! silently ignored.
@@ -231,6 +232,80 @@ pub struct K8sTrigger {
     pub operation: Option<Spanned<String>>,
     pub source: ArtifactLocation,
     pub parameters: Option<Vec<TriggerParameter>>,
+}
+
+impl K8sTrigger {
+    /// The inline resource's `kind` ("" when absent).
+    pub fn resource_kind(&self) -> &str {
+        self.source
+            .resource
+            .as_ref()
+            .and_then(|r| r.value.get("kind"))
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+    }
+
+    /// What keeps a `ConfigMap` resource from being the store-for-later
+    /// trigger, the only ConfigMap spillway creates: `operation: create`,
+    /// `apiVersion: v1`, `metadata.generateName: backlog-` (records are named
+    /// `backlog-<suffix>`), and no `parameters` (`data.event` always holds
+    /// the whole event, so replay can publish it again).
+    pub fn config_map_problems(&self) -> Vec<super::flow_control::Problem> {
+        let mut out = Vec::new();
+        if let Some(op) = &self.operation {
+            if op.value != "create" {
+                out.push((
+                    op.pos,
+                    format!(
+                        "operation {:?} cannot store a ConfigMap for later; use `create`",
+                        op.value
+                    ),
+                ));
+            }
+        }
+        let Some(resource) = &self.source.resource else {
+            return out;
+        };
+        let value = &resource.value;
+        if let Some(version) = value.get("apiVersion").and_then(|v| v.as_str()) {
+            if version != "v1" {
+                out.push((
+                    resource.pos,
+                    format!("a ConfigMap is apiVersion v1, not {version:?}"),
+                ));
+            }
+        }
+        let metadata = value.get("metadata");
+        let generate_name = metadata
+            .and_then(|m| m.get("generateName"))
+            .and_then(|g| g.as_str());
+        if generate_name != Some(crate::backlog::record::NAME_PREFIX) {
+            out.push((
+                resource.pos,
+                format!(
+                    "a ConfigMap trigger stores events for later and needs `metadata.generateName: {}` \
+                     (records are named backlog-<suffix> in <data-dir>/backlog/){}",
+                    crate::backlog::record::NAME_PREFIX,
+                    generate_name.map(|g| format!(", found {g:?}")).unwrap_or_default()
+                ),
+            ));
+        }
+        if metadata.and_then(|m| m.get("name")).is_some() {
+            out.push((
+                resource.pos,
+                "a stored-for-later ConfigMap gets a generated name; remove `metadata.name`"
+                    .to_string(),
+            ));
+        }
+        if let Some(first) = self.parameters.iter().flatten().next() {
+            out.push((
+                first.src.pos,
+                "parameters are not supported on the store-for-later trigger: data.event always holds the whole event"
+                    .to_string(),
+            ));
+        }
+        out
+    }
 }
 
 /// Where a trigger's resource comes from. Only inline `resource` so far.

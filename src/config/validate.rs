@@ -504,7 +504,7 @@ fn check_trigger(
                     .unwrap_or("");
                 match kind {
                     "Workflow" => check_workflow_resource(file, resource, templates, broken, report),
-                    "ConfigMap" => {}
+                    "ConfigMap" => report_problems(file, k8s.value.config_map_problems(), report),
                     other => report.error(
                         file,
                         resource.pos,

@@ -7,9 +7,11 @@
 //! limits apply, is in [`runner`].
 
 pub mod filter;
+pub mod reject;
 mod retry;
 pub mod runner;
 
+pub use reject::RejectPolicy;
 pub use retry::RetryPolicy;
 pub use runner::{TriggerHandle, TriggerLimits, TriggerRunner};
 

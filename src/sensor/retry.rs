@@ -58,11 +58,19 @@ impl RetryPolicy {
         if attempt >= self.steps {
             return None;
         }
+        Some(self.redelivery_delay(attempt, retry_after))
+    }
+
+    /// The wait after failed attempt `attempt` with no regard to `steps`:
+    /// the backoff continued (capped at [`MAX_DELAY`]), or the downstream's
+    /// `Retry-After` when longer. Used to send a rejected event back to the
+    /// bus (`onReject: error`) once the steps are used up.
+    pub fn redelivery_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let exponent = attempt.saturating_sub(1).min(64) as i32;
         let base = self.duration.as_secs_f64() * self.factor.powi(exponent);
         let stretched = base * (1.0 + self.jitter * fastrand::f64());
         let backoff = Duration::from_secs_f64(stretched.min(MAX_DELAY.as_secs_f64()));
-        Some(retry_after.map_or(backoff, |r| r.max(backoff)))
+        retry_after.map_or(backoff, |r| r.max(backoff))
     }
 }
 
@@ -91,6 +99,23 @@ mod tests {
     #[test]
     fn default_does_not_retry() {
         assert_eq!(RetryPolicy::default().delay_after(1, None), None);
+    }
+
+    #[test]
+    fn redelivery_continues_the_backoff_up_to_the_cap() {
+        let policy = RetryPolicy {
+            steps: 2,
+            duration: Duration::from_secs(1),
+            factor: 2.0,
+            jitter: 0.0,
+        };
+        assert_eq!(policy.redelivery_delay(2, None), Duration::from_secs(2));
+        assert_eq!(policy.redelivery_delay(5, None), Duration::from_secs(16));
+        assert_eq!(policy.redelivery_delay(40, None), MAX_DELAY);
+        assert_eq!(
+            policy.redelivery_delay(1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

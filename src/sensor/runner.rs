@@ -38,17 +38,23 @@
 //!   is the bus delivery count, so retries survive restarts). A `Retry-After`
 //!   pause is not a retry step: the event is held and sent again when the
 //!   pause ends;
-//! - once the steps are used up, or the failure is permanent, the event goes
-//!   to the `dlqTrigger` (counted `dlq`; if the DLQ trigger fails the event is
-//!   redelivered and goes straight to the DLQ again), or without one it is
-//!   terminated, counted `failure` and logged once with its id;
+//! - once the steps are used up on a retryable failure, the event is
+//!   *rejected* and `flowControl.onReject` decides (see [`super::reject`]):
+//!   back to the bus with a delay (`error`, the default), dropped (`drop`)
+//!   or stored for later (`backlog`);
+//! - a permanent failure, or a rejection under `error`, goes to the
+//!   `dlqTrigger` (counted `dlq`; if the DLQ trigger fails the event is
+//!   redelivered and goes straight to the DLQ again); a permanent failure
+//!   without one is terminated, counted `failure` and logged with its id;
+//! - a replayed event (bus header `spillway-replay-to`) runs only the
+//!   trigger it names; every other trigger acks it untouched;
 //! - on shutdown the runner stops fetching and waits for its in-flight
 //!   invocations (the caller bounds the wait); events it had not finished are
 //!   left unacked, so the bus redelivers them.
 
-use super::{filter, DependencyMatcher, RetryPolicy};
+use super::{filter, DependencyMatcher, RejectPolicy, RetryPolicy};
 use crate::event::Event;
-use crate::telemetry::{Metrics, TriggerOutcome};
+use crate::telemetry::{LogThrottle, Metrics, TriggerOutcome};
 use crate::triggers::workflow::semaphores::{Running, WorkflowGate};
 use crate::triggers::{Trigger, TriggerError};
 use spillway_bus::{Consumer, Received};
@@ -70,6 +76,8 @@ use tokio_util::sync::CancellationToken;
 const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a bus error before fetching again.
 const BUS_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// At most one warning per this interval about rejected events.
+const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The flow-control settings of one trigger.
 #[derive(Debug)]
@@ -96,6 +104,9 @@ pub struct TriggerLimits {
     /// waiting for their workflow semaphore (used only by argoWorkflow
     /// triggers whose template has a semaphore).
     pub max_pending: usize,
+    /// `flowControl.onReject`: what happens to an event whose retries are
+    /// used up on a retryable failure.
+    pub on_reject: RejectPolicy,
 }
 
 /// The live view of one runner, for metrics and `/api/v1/status`.
@@ -185,6 +196,10 @@ struct RunnerInner {
     at_least_once: bool,
     /// Pending tickets, when the trigger waits on a workflow semaphore.
     pending: Option<PendingTickets>,
+    on_reject: RejectPolicy,
+    /// `<sensor>/<trigger>`: the replay header value addressed to us.
+    replay_key: String,
+    reject_log: LogThrottle,
 }
 
 /// A concurrency slot; giving it back (complete or drop) wakes a waiter.
@@ -231,6 +246,7 @@ impl TriggerRunner {
             ack_wait,
             at_least_once,
             max_pending,
+            on_reject,
         } = limits;
         let max_in_flight = max_in_flight.max(1);
         let fetch_cap = [rate.as_ref(), sensor_rate.as_deref()]
@@ -266,6 +282,9 @@ impl TriggerRunner {
                 keep_alive: (ack_wait / 3).max(Duration::from_millis(100)),
                 at_least_once,
                 pending,
+                on_reject,
+                replay_key: crate::backlog::target(sensor, trigger_name),
+                reject_log: LogThrottle::new(REJECT_LOG_INTERVAL),
             }),
             max_in_flight,
             fetch_cap,
@@ -592,6 +611,14 @@ impl RunnerInner {
     async fn prepare(&self, message: Received) -> Option<Ready> {
         let delivered = Instant::now();
         let seq = message.seq;
+        if message
+            .header(crate::backlog::REPLAY_TO_HEADER)
+            .is_some_and(|to| to != self.replay_key)
+        {
+            // Replayed for another trigger: this one already handled it.
+            self.settle(self.consumer.ack(seq).await, seq);
+            return None;
+        }
         let event = match Event::from_received(&message) {
             Ok(event) => event,
             Err(err) => {
@@ -713,7 +740,7 @@ impl RunnerInner {
         };
         match result {
             Ok(()) => {
-                self.count(TriggerOutcome::Success);
+                self.count(self.success());
                 crate::failpoint::crash_point(crate::failpoint::CrashPoint::AfterTriggerSuccess);
                 self.settle(self.consumer.ack(seq).await, seq);
             }
@@ -730,15 +757,7 @@ impl RunnerInner {
                         tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempt, ?delay, "trigger failed, will retry: {err}");
                         self.settle(self.consumer.nak(seq, delay).await, seq);
                     }
-                    None if self.dlq.is_some() => {
-                        self.dead_letter(seq, &dependency, &event, &err.to_string())
-                            .await;
-                    }
-                    None => {
-                        self.count(TriggerOutcome::Failure);
-                        tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed, event terminated: {err}");
-                        self.settle(self.consumer.term(seq).await, seq);
-                    }
+                    None => self.give_up(seq, attempt, &dependency, &event, &err).await,
                 }
             }
         }
@@ -770,7 +789,7 @@ impl RunnerInner {
                     if let (Some(slot), 1) = (slot.take(), attempt) {
                         slot.complete(Outcome::Success { rtt });
                     }
-                    self.count(TriggerOutcome::Success);
+                    self.count(self.success());
                     return;
                 }
                 Err(err) => err,
@@ -793,6 +812,9 @@ impl RunnerInner {
             };
             let Some(delay) = delay else {
                 drop(slot);
+                if self.handled_rejection(attempt, event, &err).await {
+                    return;
+                }
                 if self.dlq.is_some() {
                     self.dead_letter_acked(dependency, event, &err.to_string())
                         .await;
@@ -859,6 +881,97 @@ impl RunnerInner {
                 self.count(TriggerOutcome::Retry);
                 self.settle(self.consumer.nak(seq, delay).await, seq);
             }
+        }
+    }
+
+    /// Settles an event whose trigger will not be tried again now: the
+    /// attempts are used up, or the failure is permanent.
+    async fn give_up(
+        &self,
+        seq: u64,
+        attempt: u32,
+        dependency: &str,
+        event: &Event,
+        err: &TriggerError,
+    ) {
+        if self.handled_rejection(attempt, event, err).await {
+            self.settle(self.consumer.ack(seq).await, seq);
+            return;
+        }
+        if self.dlq.is_some() {
+            self.dead_letter(seq, dependency, event, &err.to_string())
+                .await;
+            return;
+        }
+        match err {
+            TriggerError::Retryable { retry_after, .. } => {
+                // onReject: error. The event keeps its place on the bus, so
+                // the bus fills and the sources push back.
+                let delay = self.retry.redelivery_delay(attempt, *retry_after);
+                self.count(TriggerOutcome::Retry);
+                if let Some(skipped) = self.reject_log.admit() {
+                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, ?delay, skipped, "downstream rejected the event; it goes back to the bus (onReject: error): {err}");
+                }
+                self.settle(self.consumer.nak(seq, delay).await, seq);
+            }
+            TriggerError::Permanent { .. } => {
+                self.count(TriggerOutcome::Failure);
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed, event terminated: {err}");
+                self.settle(self.consumer.term(seq).await, seq);
+            }
+        }
+    }
+
+    /// Applies `onReject: drop | backlog` to a rejected event (a retryable
+    /// failure with the attempts used up). `true` when the event is dealt
+    /// with and may be acked; `false` leaves it to `error` handling.
+    async fn handled_rejection(&self, attempt: u32, event: &Event, err: &TriggerError) -> bool {
+        if !matches!(err, TriggerError::Retryable { .. }) {
+            return false;
+        }
+        match &self.on_reject {
+            RejectPolicy::Error => false,
+            RejectPolicy::Drop => {
+                self.count(TriggerOutcome::Dropped);
+                if let Some(skipped) = self.reject_log.admit() {
+                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, skipped, "rejected event dropped (onReject: drop; counted in spillway_trigger_invocations_total{{outcome=\"dropped\"}}): {err}");
+                }
+                true
+            }
+            RejectPolicy::Backlog(store) => {
+                let reason = format!("rejected after {attempt} attempt(s): {err}");
+                match crate::backlog::store_event(
+                    store,
+                    &self.sensor,
+                    &self.trigger_name,
+                    reason,
+                    event,
+                )
+                .await
+                {
+                    Ok(name) => {
+                        self.count(TriggerOutcome::Backlog);
+                        tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, "rejected event stored for later as {name}");
+                        true
+                    }
+                    Err(store_err) => {
+                        if let Some(skipped) = self.reject_log.admit() {
+                            tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, skipped, "cannot store the rejected event for later ({store_err}); it stays on the bus as with onReject: error");
+                        }
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// How a successful invocation is counted: a store-for-later trigger
+    /// stored the event, any other delivered it.
+    fn success(&self) -> TriggerOutcome {
+        if matches!(self.trigger, Trigger::Backlog(_)) {
+            TriggerOutcome::Backlog
+        } else {
+            TriggerOutcome::Success
         }
     }
 

@@ -49,6 +49,7 @@ impl CustomTrigger for Recorder {
 
 struct Setup {
     bus: Arc<MemoryBus>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -67,6 +68,7 @@ impl Setup {
         }
         Setup {
             bus,
+            metrics: Arc::new(Metrics::new()),
             shutdown: CancellationToken::new(),
             tasks: JoinSet::new(),
         }
@@ -107,7 +109,7 @@ impl Setup {
             dlq.map(Trigger::Custom),
             Arc::clone(&consumer),
             limits,
-            Arc::new(Metrics::new()),
+            Arc::clone(&self.metrics),
         );
         let handle = runner.handle();
         let shutdown = self.shutdown.clone();
@@ -134,6 +136,7 @@ fn limits(max_in_flight: usize) -> TriggerLimits {
         ack_wait: Duration::from_secs(30),
         at_least_once: true,
         max_pending: spillway_flowctl::DEFAULT_MAX_PENDING,
+        on_reject: RejectPolicy::Error,
     }
 }
 
@@ -615,5 +618,208 @@ async fn at_least_once_false_acks_first_and_still_retries_then_dlq() {
         .collect();
     assert_eq!(first, [0, 1, 3].map(Duration::from_secs).to_vec());
     assert_eq!(dlq.calls().len(), 2);
+    setup.stop().await;
+}
+
+/// `spillway_trigger_invocations_total` of `trigger` with `outcome`.
+fn invocations(metrics: &Metrics, trigger: &str, outcome: &str) -> u64 {
+    let series = format!(
+        "spillway_trigger_invocations_total{{sensor=\"sensor\",trigger=\"{trigger}\",outcome=\"{outcome}\"}} "
+    );
+    metrics
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Fails retryably (a refused connection) until `until`, or with a
+/// permanent error when `permanent`; records (event id, time) per call.
+struct DownUntil {
+    until: Duration,
+    permanent: bool,
+    start: Instant,
+    calls: Mutex<Vec<(String, Duration)>>,
+}
+
+impl DownUntil {
+    fn new(until: Duration) -> Arc<DownUntil> {
+        Arc::new(DownUntil {
+            until,
+            permanent: false,
+            start: Instant::now(),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn calls_of(&self, id: &str) -> usize {
+        self.calls.lock().iter().filter(|c| c.0 == id).count()
+    }
+}
+
+#[async_trait]
+impl CustomTrigger for DownUntil {
+    async fn invoke(&self, _: &str, event: &Event) -> Result<(), TriggerError> {
+        let now = self.start.elapsed();
+        self.calls.lock().push((event.context.id.clone(), now));
+        if now >= self.until {
+            return Ok(());
+        }
+        if self.permanent {
+            return Err(TriggerError::Permanent {
+                message: "HTTP 400".into(),
+            });
+        }
+        Err(TriggerError::Retryable {
+            message: "connection refused".into(),
+            retry_after: None,
+            pushback: None,
+        })
+    }
+}
+
+/// Issue 7: `onReject: error` (the default) never terminates a rejected
+/// event: it goes back to the bus, stays counted in its depth, and is
+/// delivered once the downstream is back.
+#[tokio::test(start_paused = true)]
+async fn on_reject_error_keeps_rejected_events_on_the_bus_until_the_downstream_is_back() {
+    let mut setup = Setup::new(3).await;
+    let down = DownUntil::new(Duration::from_secs(30));
+    setup
+        .runner_with(
+            "api",
+            Arc::clone(&down) as Arc<dyn CustomTrigger>,
+            None,
+            limits(16),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    // Still held by the bus (that is what makes the sources push back).
+    assert_eq!(setup.bus.stats().messages, 3);
+    assert_eq!(invocations(&setup.metrics, "api", "failure"), 0);
+    assert!(invocations(&setup.metrics, "api", "retry") >= 3 * 10);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(setup.bus.stats().messages, 0);
+    assert_eq!(invocations(&setup.metrics, "api", "success"), 3);
+    assert_eq!(invocations(&setup.metrics, "api", "failure"), 0);
+    setup.stop().await;
+}
+
+/// Issue 7: `onReject: drop` acks a rejected event after its retry steps and
+/// counts it `dropped`; nothing is retried after that.
+#[tokio::test(start_paused = true)]
+async fn on_reject_drop_acks_after_the_steps_and_counts_dropped() {
+    let mut setup = Setup::new(5).await;
+    let down = DownUntil::new(Duration::MAX);
+    setup
+        .runner_with(
+            "metrics",
+            Arc::clone(&down) as Arc<dyn CustomTrigger>,
+            None,
+            TriggerLimits {
+                retry: RetryPolicy {
+                    steps: 2,
+                    ..RetryPolicy::default()
+                },
+                on_reject: RejectPolicy::Drop,
+                ..limits(16)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(down.calls.lock().len(), 10);
+    assert_eq!(invocations(&setup.metrics, "metrics", "dropped"), 5);
+    assert_eq!(invocations(&setup.metrics, "metrics", "retry"), 5);
+    assert_eq!(setup.bus.stats().messages, 0);
+    setup.stop().await;
+}
+
+/// Issue 7: `onReject: backlog` stores rejected events and acks them; once
+/// the store is full the rest stay on the bus (as with `error`), and a
+/// permanent failure is never stored.
+#[tokio::test(start_paused = true)]
+async fn on_reject_backlog_stores_until_full_then_keeps_events_on_the_bus() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(
+        crate::backlog::BacklogStore::open(
+            dir.path(),
+            crate::backlog::BacklogLimits {
+                max_events: 3,
+                max_bytes: 1 << 20,
+            },
+        )
+        .expect("store"),
+    );
+    let mut setup = Setup::new(5).await;
+    let down = DownUntil::new(Duration::MAX);
+    setup
+        .runner_with(
+            "api",
+            Arc::clone(&down) as Arc<dyn CustomTrigger>,
+            None,
+            TriggerLimits {
+                on_reject: RejectPolicy::Backlog(Arc::clone(&store)),
+                ..limits(16)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(invocations(&setup.metrics, "api", "backlog"), 3);
+    assert_eq!(store.events(), 3);
+    assert_eq!(setup.bus.stats().messages, 2);
+    let scan = store.scan().expect("scan");
+    for (_, record) in &scan.records {
+        assert_eq!(
+            (record.sensor.as_str(), record.trigger.as_str()),
+            ("sensor", "api")
+        );
+        assert_eq!(down.calls_of(&record.event.context.id), 1);
+    }
+    setup.stop().await;
+
+    let mut setup = Setup::new(1).await;
+    let refused = Arc::new(DownUntil {
+        permanent: true,
+        ..Arc::into_inner(DownUntil::new(Duration::MAX)).expect("sole owner")
+    });
+    setup
+        .runner_with(
+            "strict",
+            refused as Arc<dyn CustomTrigger>,
+            None,
+            TriggerLimits {
+                on_reject: RejectPolicy::Backlog(Arc::clone(&store)),
+                ..limits(16)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(invocations(&setup.metrics, "strict", "failure"), 1);
+    assert_eq!(store.events(), 3);
+    assert_eq!(setup.bus.stats().messages, 0);
+    setup.stop().await;
+}
+
+/// Issue 7: a replayed event runs only the trigger named in its
+/// `spillway-replay-to` header; siblings ack it without running.
+#[tokio::test(start_paused = true)]
+async fn a_replayed_event_runs_only_the_trigger_it_names() {
+    let mut setup = Setup::new(0).await;
+    for target in ["sensor/mine", "sensor/other"] {
+        let mut message =
+            Event::new("src", "orders", "orders", Bytes::from_static(b"{}")).to_message();
+        message
+            .headers
+            .push((crate::backlog::REPLAY_TO_HEADER.into(), target.into()));
+        setup.bus.publish(message).await.expect("publish");
+    }
+    let mine = Arc::new(Recorder::default());
+    let sibling = Arc::new(Recorder::default());
+    setup.runner("mine", &mine, limits(16)).await;
+    setup.runner("sibling", &sibling, limits(16)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mine.calls().len(), 1);
+    assert_eq!(sibling.calls().len(), 0);
+    assert_eq!(setup.bus.stats().messages, 0);
     setup.stop().await;
 }

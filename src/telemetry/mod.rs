@@ -26,6 +26,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod throttle;
+pub use throttle::LogThrottle;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
     pub stream: String,
@@ -124,6 +127,11 @@ pub enum TriggerOutcome {
     Retry,
     /// Retries used up (or a permanent failure); the DLQ trigger took it.
     Dlq,
+    /// Rejected and dropped (`flowControl.onReject: drop`).
+    Dropped,
+    /// Stored for later: rejected with `onReject: backlog`, or taken by a
+    /// store-for-later (`k8s` ConfigMap `backlog-`) trigger.
+    Backlog,
 }
 
 impl TriggerOutcome {
@@ -140,6 +148,8 @@ impl TriggerOutcome {
             TriggerOutcome::Failure => "failure",
             TriggerOutcome::Retry => "retry",
             TriggerOutcome::Dlq => "dlq",
+            TriggerOutcome::Dropped => "dropped",
+            TriggerOutcome::Backlog => "backlog",
         }
     }
 }

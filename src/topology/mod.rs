@@ -18,25 +18,27 @@
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
 use crate::api::AdminState;
-use crate::config::flow_control::MAX_WINDOW;
+use crate::backlog::{BacklogLimits, BacklogStore, Replayer, TargetKind};
+use crate::config::flow_control::{OnReject, MAX_WINDOW};
 use crate::config::sensor::Sensor;
 use crate::config::workflow::WorkflowTemplate;
 use crate::config::{Config, Located};
 use crate::event::Event;
 use crate::secrets::SecretStore;
-use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner};
+use crate::sensor::{DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, PortState};
 use crate::telemetry::alerts::{self, Alerting};
 use crate::telemetry::Metrics;
 use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use crate::triggers::workflow::WorkflowTrigger;
-use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
+use crate::triggers::{backlog::BacklogTrigger, http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig};
 use spillway_flowctl::{
     AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, RateLimiter, DEFAULT_MAX_PENDING,
 };
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +68,8 @@ pub struct RunOptions {
     pub secrets_dir: PathBuf,
     /// The config files, re-read on SIGHUP (empty: SIGHUP only logs).
     pub files: Vec<PathBuf>,
+    /// Bounds of the backlog store in `<data_dir>/backlog/`.
+    pub backlog: BacklogLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,8 @@ pub enum RunError {
     },
     #[error("bus: {0}")]
     Bus(#[from] spillway_bus::BusError),
+    #[error("{0}")]
+    Backlog(#[from] crate::backlog::StoreError),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
 }
@@ -145,6 +151,7 @@ pub async fn run_until(
         show(limits.max_msg_size),
         limits.discard
     );
+    let store = open_backlog(&options).await?;
     let metrics = Arc::new(Metrics::new());
     record_workflow_config(&config, &metrics);
     let alerting = Alerting::new(config.alerting.rules.clone(), &metrics);
@@ -168,7 +175,16 @@ pub async fn run_until(
     let shared_bus = config.bus.url.is_some();
     for sensor in &config.sensors {
         runners.extend(
-            build_runners(sensor, &bus, shared_bus, &http_client, &metrics, &workflows).await?,
+            build_runners(
+                sensor,
+                &bus,
+                shared_bus,
+                &http_client,
+                &metrics,
+                &workflows,
+                &store,
+            )
+            .await?,
         );
     }
     let handles: Vec<_> = runners.iter().map(TriggerRunner::handle).collect();
@@ -202,6 +218,11 @@ pub async fn run_until(
         alerts: Arc::clone(&alerting),
         ready: Arc::clone(&ready),
         draining: Arc::clone(&draining),
+        backlog: Arc::new(Replayer::new(
+            Arc::clone(&store),
+            Arc::clone(&bus),
+            replay_targets(&config),
+        )),
     });
     let server_stop = CancellationToken::new();
     let mut webhook_listeners = Vec::new();
@@ -329,6 +350,44 @@ fn record_workflow_config(config: &Config, metrics: &Metrics) {
             }
         }
     }
+}
+
+/// Opens the backlog store of the data dir and says what it holds.
+async fn open_backlog(options: &RunOptions) -> Result<Arc<BacklogStore>, RunError> {
+    let dir = options.data_dir.clone();
+    let limits = options.backlog;
+    let store = tokio::task::spawn_blocking(move || BacklogStore::open(&dir, limits))
+        .await
+        .map_err(|e| RunError::Config(format!("opening the backlog store: {e}")))??;
+    tracing::info!(
+        "backlog store in {}: {} event(s), {} bytes stored (limits: {} events, {} bytes)",
+        store.dir().display(),
+        store.events(),
+        store.bytes(),
+        limits.max_events,
+        limits.max_bytes
+    );
+    Ok(Arc::new(store))
+}
+
+/// Every trigger a backlog record may name, and whether it runs events.
+fn replay_targets(config: &Config) -> HashMap<String, TargetKind> {
+    let mut targets = HashMap::new();
+    for sensor in &config.sensors {
+        let sensor_name = sensor.doc.metadata.name().to_string();
+        for trigger in &sensor.doc.spec.triggers {
+            let kind = if trigger.template.k8s.is_some() {
+                TargetKind::StoresForLater
+            } else {
+                TargetKind::Runs
+            };
+            targets.insert(
+                crate::backlog::target(&sensor_name, &trigger.template.name.value),
+                kind,
+            );
+        }
+    }
+    targets
 }
 
 fn show(limit: Option<u64>) -> String {
@@ -536,6 +595,7 @@ async fn build_runners(
     http_client: &reqwest::Client,
     metrics: &Arc<Metrics>,
     workflows: &Workflows<'_>,
+    store: &Arc<BacklogStore>,
 ) -> Result<Vec<TriggerRunner>, RunError> {
     let sensor_name = sensor.doc.metadata.name().to_string();
     let dependencies: Vec<DependencyMatcher> = sensor
@@ -564,12 +624,19 @@ async fn build_runners(
     let mut runners = Vec::new();
     for trigger in &spec.triggers {
         let name = trigger.template.name.value.clone();
-        let Some(action) = build_trigger(&sensor_name, trigger, http_client, workflows)? else {
+        let built = Built {
+            sensor: &sensor_name,
+            replay_to: &name,
+            http_client,
+            store,
+            workflows,
+        };
+        let Some(action) = built.trigger(trigger)? else {
             // refuse_unsupported() already rejected every other kind.
             continue;
         };
         let dlq = match &trigger.dlq_trigger {
-            Some(dlq) => build_trigger(&sensor_name, &dlq.value, http_client, workflows)?,
+            Some(dlq) => built.trigger(&dlq.value)?,
             None => None,
         };
         let retry = trigger
@@ -589,6 +656,11 @@ async fn build_runners(
             .map_or(DEFAULT_MAX_IN_FLIGHT, |limit| {
                 (limit + max_pending).min(MAX_WINDOW as usize)
             });
+        let on_reject = match flow.and_then(|f| f.on_reject.as_ref()).map(|o| o.value) {
+            None | Some(OnReject::Error) => RejectPolicy::Error,
+            Some(OnReject::Drop) => RejectPolicy::Drop,
+            Some(OnReject::Backlog) => RejectPolicy::Backlog(Arc::clone(store)),
+        };
         let max_in_flight = flow
             .and_then(|f| f.max_in_flight.as_ref())
             .map_or(default_window, |m| m.value as usize);
@@ -655,6 +727,7 @@ async fn build_runners(
                 ack_wait,
                 at_least_once: trigger.at_least_once.as_ref().is_none_or(|f| f.value),
                 max_pending,
+                on_reject,
             },
             Arc::clone(metrics),
         ));
@@ -662,8 +735,38 @@ async fn build_runners(
     Ok(runners)
 }
 
-/// The runnable trigger of `trigger`'s template; `None` for kinds this
-/// build cannot run (refused earlier by [`refuse_unsupported`]).
+/// What building the triggers of one sensor trigger (and its DLQ) needs.
+struct Built<'a> {
+    sensor: &'a str,
+    /// The sensor trigger being built: what backlog records are replayed to.
+    replay_to: &'a str,
+    http_client: &'a reqwest::Client,
+    store: &'a Arc<BacklogStore>,
+    workflows: &'a Workflows<'a>,
+}
+
+impl Built<'_> {
+    /// The runnable trigger of `trigger`'s template; `None` for kinds this
+    /// build cannot run (refused earlier by [`refuse_unsupported`]).
+    fn trigger(
+        &self,
+        trigger: &crate::config::sensor::Trigger,
+    ) -> Result<Option<Trigger>, RunError> {
+        if let Some(k8s) = &trigger.template.k8s {
+            if k8s.value.resource_kind() == "ConfigMap" {
+                return Ok(Some(Trigger::Backlog(BacklogTrigger::new(
+                    Arc::clone(self.store),
+                    self.sensor,
+                    self.replay_to,
+                ))));
+            }
+        }
+        build_trigger(self.sensor, trigger, self.http_client, self.workflows)
+    }
+}
+
+/// The runnable http, log or argoWorkflow trigger of `trigger`'s template;
+/// `None` for other kinds.
 fn build_trigger(
     sensor: &str,
     trigger: &crate::config::sensor::Trigger,
@@ -727,10 +830,7 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             let t = &trigger.template;
             if let Some(flow) = &trigger.flow_control {
                 let flow = &flow.value;
-                let not_yet = [
-                    ("onReject", flow.on_reject.as_ref().map(|o| o.pos)),
-                    ("autoscale", flow.autoscale.as_ref().map(|a| a.pos)),
-                ];
+                let not_yet = [("autoscale", flow.autoscale.as_ref().map(|a| a.pos))];
                 for (field, pos) in not_yet {
                     if let Some(pos) = pos {
                         problems.push(format!(
@@ -743,9 +843,13 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             }
             if let Some(dlq) = &trigger.dlq_trigger {
                 let d = &dlq.value.template;
-                if d.http.is_none() && d.log.is_none() {
+                let stores = d
+                    .k8s
+                    .as_ref()
+                    .is_some_and(|k| k.value.resource_kind() == "ConfigMap");
+                if d.http.is_none() && d.log.is_none() && !stores {
                     problems.push(format!(
-                        "{}: trigger {:?}: its dlqTrigger {:?} must be an http or log trigger in this build",
+                        "{}: trigger {:?}: its dlqTrigger {:?} must be an http, log or store-for-later (k8s ConfigMap backlog-) trigger in this build",
                         at(d.name.pos),
                         t.name.value,
                         d.name.value
@@ -771,11 +875,15 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
                 }
             }
             if let Some(k) = &t.k8s {
-                problems.push(format!(
-                    "{}: trigger {:?}: k8s triggers are not runnable yet",
-                    at(k.pos),
-                    t.name.value
-                ));
+                let kind = k.value.resource_kind();
+                if kind != "ConfigMap" {
+                    problems.push(format!(
+                        "{}: trigger {:?}: k8s triggers of kind {kind:?} are not runnable in this build; \
+                         the supported kind is ConfigMap with `generateName: backlog-` (store for later)",
+                        at(k.pos),
+                        t.name.value
+                    ));
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 //! downstream said so (`Retry-After`), how long to wait first. Retry policy
 //! and acking live in the sensor, not here.
 
+pub mod backlog;
 pub mod http;
 pub mod log;
 pub mod params;
@@ -52,6 +53,8 @@ pub enum Trigger {
     Log(log::LogTrigger),
     Http(http::HttpTrigger),
     Workflow(workflow::WorkflowTrigger),
+    /// Store for later (`k8s` ConfigMap `generateName: backlog-`).
+    Backlog(backlog::BacklogTrigger),
     Custom(Arc<dyn CustomTrigger>),
 }
 
@@ -65,6 +68,7 @@ impl Trigger {
             }
             Trigger::Http(t) => t.invoke(dependency, event).await,
             Trigger::Workflow(t) => t.invoke(dependency, event).await,
+            Trigger::Backlog(t) => t.invoke(event).await,
             Trigger::Custom(t) => t.invoke(dependency, event).await,
         }
     }
@@ -84,6 +88,8 @@ impl Trigger {
             Trigger::Log(_) => Duration::from_secs(1),
             Trigger::Http(t) => t.timeout(),
             Trigger::Workflow(t) => t.max_duration(),
+            // A write and two fsyncs.
+            Trigger::Backlog(_) => Duration::from_secs(10),
             Trigger::Custom(t) => t.max_duration(),
         }
     }

@@ -262,7 +262,9 @@ pub fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// A downstream HTTP server that records JSON bodies. While closed, requests
-/// wait (a slow downstream) until [`Receiver::open`].
+/// wait (a slow downstream) until [`Receiver::open`]; while refusing
+/// ([`Receiver::set_refusing`]) it answers `503` at once and records nothing
+/// (a downstream that is down).
 #[derive(Clone)]
 pub struct Receiver {
     pub url: String,
@@ -270,6 +272,7 @@ pub struct Receiver {
     gate: Arc<Semaphore>,
     /// Requests received, counted on arrival (before the gate).
     arrivals: Arc<std::sync::atomic::AtomicUsize>,
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
@@ -287,6 +290,7 @@ impl Receiver {
                 0
             })),
             arrivals: Arc::default(),
+            refusing: Arc::default(),
         };
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
@@ -295,6 +299,12 @@ impl Receiver {
             let _ = axum::serve(listener, app).await;
         });
         receiver
+    }
+
+    /// While `true`, every request gets `503` and is not recorded.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing
+            .store(refusing, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn open(&self) {
@@ -319,6 +329,9 @@ async fn receive(State(receiver): State<Receiver>, body: axum::body::Bytes) -> S
     receiver
         .arrivals
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if receiver.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     // Waits while the gate is closed; the permit is not consumed.
     if let Ok(permit) = receiver.gate.acquire().await {
         drop(permit);

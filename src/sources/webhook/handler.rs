@@ -329,7 +329,7 @@ fn unavailable(why: &str) -> Response {
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
-fn set_retry_after(response: &mut Response, after: Duration) {
+pub fn set_retry_after(response: &mut Response, after: Duration) {
     response.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(spillway_flowctl::retry_after_secs(after)),

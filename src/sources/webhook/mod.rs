@@ -39,7 +39,7 @@ pub mod server;
 
 pub use auth::{Auth, AuthError, SignatureCheck, DEFAULT_SIGNATURE_HEADER};
 pub use build::{ports, BuildError, Port};
-pub use handler::error;
+pub use handler::{error, set_retry_after};
 pub use server::{serve, ServerLimits};
 
 use crate::telemetry::Metrics;

@@ -1,0 +1,56 @@
+//! At most one log line per interval for something that can happen once per
+//! event: the first occurrence is logged at once, later ones are counted
+//! into the next line, so a storm cannot flood the log (DESIGN: never a log
+//! line per message under load).
+
+use parking_lot::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct LogThrottle {
+    interval: Duration,
+    /// When the last line was written and how many were skipped since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogThrottle {
+    pub fn new(interval: Duration) -> Self {
+        LogThrottle {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(skipped since the last line)` when a line should be written
+    /// now; `None` (and counted) otherwise.
+    pub fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.interval => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_line_per_interval_with_the_skipped_count() {
+        let throttle = LogThrottle::new(Duration::from_secs(10));
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!(throttle.admit(), None);
+        assert_eq!(throttle.admit(), None);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(throttle.admit(), Some(2));
+        assert_eq!(throttle.admit(), None);
+    }
+}
