@@ -22,7 +22,8 @@
 //! and [`jetstream::JetStreamBus`] (a NATS JetStream stream shared by several
 //! spillway instances). The storage engine under the segment bus is
 //! [`segment::SegmentLog`]. One conformance suite (the private `conformance`
-//! module) runs against the embedded backends.
+//! module) runs against all three, the JetStream one on a real
+//! `nats-server`.
 
 #[cfg(test)]
 pub(crate) mod conformance;

@@ -61,6 +61,8 @@ pub mod stream;
 pub mod subject;
 
 #[cfg(test)]
+mod conformance_tests;
+#[cfg(test)]
 mod test_server;
 #[cfg(test)]
 mod tests;
@@ -747,9 +749,12 @@ impl Bus for JetStreamBus {
         let inner = &self.inner;
         let deadline = later(Instant::now(), timeout);
         let poll = inner.options.space_poll_interval;
-        // Space counts as freed when the stream shrank since the first look,
-        // or is below its limits on a later one (never on the first: a caller
-        // refused just now would otherwise spin).
+        // Space counts as freed when a message left the stream since the
+        // first look (acked by every consumer, terminated, expired or
+        // discarded: `last_seq` grew by less than the depth did, see
+        // `DrainMeter`), whatever the limits say: a stream with room but no
+        // release would otherwise wake every waiter each interval. Only when
+        // the first look failed does a later look with room count.
         let first = inner.state(poll).await.ok();
         loop {
             if inner.link.is_closed() {
@@ -764,9 +769,11 @@ impl Bus for JetStreamBus {
                 _ = inner.link.closed() => return,
             }
             if let Ok(state) = inner.state(poll).await {
-                let shrank =
-                    first.is_some_and(|f| state.messages < f.messages || state.bytes < f.bytes);
-                if shrank || inner.has_room(state) {
+                let freed = match first {
+                    Some(first) => stream::removed_between(first, state) > 0,
+                    None => inner.has_room(state),
+                };
+                if freed {
                     return;
                 }
             }

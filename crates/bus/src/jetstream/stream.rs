@@ -154,6 +154,17 @@ impl ByteBudget {
     }
 }
 
+/// Messages that left the stream between two looks at it: every accepted
+/// message raises `last_seq`, and whatever did not stay was removed.
+/// 0 if the stream was recreated in between (`last_seq` went back).
+pub(crate) fn removed_between(first: StreamState, last: StreamState) -> u64 {
+    if last.last_seq < first.last_seq {
+        return 0;
+    }
+    let accepted = last.last_seq - first.last_seq;
+    (first.messages + accepted).saturating_sub(last.messages)
+}
+
 /// Seconds of history the drain-rate estimate looks at (as in the memory bus).
 const DRAIN_WINDOW: Duration = Duration::from_secs(crate::stream::DRAIN_WINDOW_SECS);
 /// The stream's drain rate from periodic samples of its state.
@@ -196,9 +207,7 @@ impl DrainMeter {
         else {
             return 0.0;
         };
-        let accepted = last.last_seq.saturating_sub(first.last_seq) as f64;
-        let grown = last.messages as f64 - first.messages as f64;
-        let removed = (accepted - grown).max(0.0);
+        let removed = removed_between(*first, *last) as f64;
         let secs = t1.saturating_duration_since(*t0).as_secs_f64().max(1.0);
         removed / secs
     }
@@ -305,6 +314,16 @@ mod tests {
         assert_eq!(meter.rate(), 0.0);
         meter.record(t0 + Duration::from_secs(32), state(0, 0));
         assert_eq!(meter.rate(), 0.0);
+    }
+
+    #[test]
+    fn removed_between_counts_what_left() {
+        // 3 accepted, depth down by 2: 5 left.
+        assert_eq!(removed_between(state(10, 10), state(8, 13)), 5);
+        // Grew by what was accepted: nothing left.
+        assert_eq!(removed_between(state(10, 10), state(13, 13)), 0);
+        // Recreated stream.
+        assert_eq!(removed_between(state(10, 10), state(0, 0)), 0);
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub const SEGMENT_HEADER_LEN: u64 = 32;
 /// The segment format version this build reads and writes.
 pub const SEGMENT_VERSION: u32 = 1;
 const SEGMENT_MAGIC: [u8; 8] = *b"SPWLSEG\0";
+/// Largest read [`Segments::read_many`] makes at once: a fetch's records
+/// come back in a few large reads, and its buffer stays small.
+pub const MAX_RUN_BYTES: u64 = 1 << 20;
 
 /// Where a record lives: enough to read it back without any index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +56,38 @@ pub struct Location {
     pub offset: u64,
     /// Length of the frame on disk (header included).
     pub len: u32,
+}
+
+/// The length of the frame at `loc` if it is a possible record length.
+fn frame_len(seq: u64, loc: Location) -> Result<usize, LogError> {
+    let len = loc.len as usize;
+    if (RECORD_HEADER_LEN + record::MIN_BODY_LEN..=RECORD_HEADER_LEN + record::MAX_BODY_LEN)
+        .contains(&len)
+    {
+        Ok(len)
+    } else {
+        Err(LogError::Corrupt {
+            seq,
+            location: loc,
+            source: record::RecordError::BadLength { len },
+        })
+    }
+}
+
+/// Decodes `frame`, read from `loc`, checking it is record `seq`.
+fn decode_at(seq: u64, loc: Location, frame: &Bytes) -> Result<Record, LogError> {
+    let corrupt = |source| LogError::Corrupt {
+        seq,
+        location: loc,
+        source,
+    };
+    let rec = Record::from_frame(frame).map_err(corrupt)?;
+    if rec.seq != seq {
+        return Err(corrupt(record::RecordError::Malformed(
+            "the record at this location has another seq",
+        )));
+    }
+    Ok(rec)
 }
 
 /// `00000000000000000042.seg` for base 42.
@@ -228,12 +263,7 @@ impl Segment {
             location: loc,
             source,
         };
-        let len = loc.len as usize;
-        if !(RECORD_HEADER_LEN + record::MIN_BODY_LEN..=RECORD_HEADER_LEN + record::MAX_BODY_LEN)
-            .contains(&len)
-        {
-            return Err(corrupt(record::RecordError::BadLength { len }));
-        }
+        let len = frame_len(seq, loc)?;
         let mut buf = vec![0u8; len];
         self.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -245,13 +275,35 @@ impl Segment {
                 LogError::io("read", &self.path)(e)
             }
         })?;
-        let rec = Record::from_frame(&Bytes::from(buf)).map_err(corrupt)?;
-        if rec.seq != seq {
-            return Err(corrupt(record::RecordError::Malformed(
-                "the record at this location has another seq",
-            )));
+        decode_at(seq, loc, &Bytes::from(buf))
+    }
+
+    /// Reads the records of `run`, which lie back to back in this segment
+    /// (each one's frame starts where the previous one's ends), with one
+    /// `pread`. Answers one result per record, in order; if the run cannot
+    /// be read as a whole, each record is read on its own so that every
+    /// error belongs to the record it is about.
+    pub fn read_run(&self, run: &[(u64, Location)]) -> Vec<Result<Record, LogError>> {
+        let (Some(&(_, first)), Some(&(_, last))) = (run.first(), run.last()) else {
+            return Vec::new();
+        };
+        let start = first.offset;
+        let end = last.offset + u64::from(last.len);
+        let one_by_one = || run.iter().map(|&(seq, loc)| self.read(seq, loc)).collect();
+        if run.len() == 1 || !run.iter().all(|&(seq, loc)| frame_len(seq, loc).is_ok()) {
+            return one_by_one();
         }
-        Ok(rec)
+        let mut buf = vec![0u8; (end - start) as usize];
+        if self.file.read_exact_at(&mut buf, start).is_err() {
+            return one_by_one();
+        }
+        let buf = Bytes::from(buf);
+        run.iter()
+            .map(|&(seq, loc)| {
+                let from = (loc.offset - start) as usize;
+                decode_at(seq, loc, &buf.slice(from..from + loc.len as usize))
+            })
+            .collect()
     }
 }
 
@@ -298,6 +350,41 @@ impl Segments {
             segment: loc.segment,
         })?;
         seg.read(seq, loc)
+    }
+
+    /// Reads many records: each run of records lying back to back in one
+    /// segment (up to [`MAX_RUN_BYTES`]) with one `pread`. One result per
+    /// record, in the order given.
+    pub fn read_many(&self, records: &[(u64, Location)]) -> Vec<Result<Record, LogError>> {
+        let mut out = Vec::with_capacity(records.len());
+        let mut rest = records;
+        while let Some(&(_, first)) = rest.first() {
+            let mut end = first.offset + u64::from(first.len);
+            let mut n = 1;
+            while let Some(&(_, next)) = rest.get(n) {
+                let next_end = next.offset + u64::from(next.len);
+                if next.segment != first.segment
+                    || next.offset != end
+                    || next_end - first.offset > MAX_RUN_BYTES
+                {
+                    break;
+                }
+                end = next_end;
+                n += 1;
+            }
+            let (run, tail) = rest.split_at(n);
+            match self.get(first.segment) {
+                Some(seg) => out.extend(seg.read_run(run)),
+                None => out.extend(run.iter().map(|&(seq, loc)| {
+                    Err(LogError::NotFound {
+                        seq,
+                        segment: loc.segment,
+                    })
+                })),
+            }
+            rest = tail;
+        }
+        out
     }
 
     /// (segment count, bytes on disk).

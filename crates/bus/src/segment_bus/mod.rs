@@ -20,8 +20,9 @@
 //!   default): `Ok(seq)` means the message is on disk.
 //! - **The index** holds, per retained message, its subject (interned), size,
 //!   publish instant, holder count and log location, never the payload; a
-//!   fetch reads each record back from the log (a `pread`, normally served
-//!   by the page cache, outside the stream lock) and checks its CRC.
+//!   fetch reads its records back from the log (outside the stream lock,
+//!   one `pread` per run of consecutive records, normally served by the
+//!   page cache) and checks each one's CRC.
 //! - **Consumer state** (cursor + pending set, see the private `state`
 //!   module) is written by a background thread every
 //!   [`SegmentBusOptions::state_sync_interval`]
@@ -768,11 +769,16 @@ impl Consumer for SegmentConsumer {
             }
             // Read outside the lock, with no `.await` before returning: the
             // batch is already marked delivered.
+            // Consecutive messages lie back to back in the log: one read
+            // per run instead of one per message.
+            let locations: Vec<(u64, Location)> =
+                batch.iter().map(|&(seq, loc, _)| (seq, loc)).collect();
+            let records = self.inner.log.read_many(&locations);
             let mut out = Vec::with_capacity(batch.len());
             let mut unreadable = Vec::new();
-            for (seq, location, delivery_count) in batch {
-                match self.inner.log.read(seq, location) {
-                    // `read` checked that the record is `seq`.
+            for ((seq, _, delivery_count), record) in batch.into_iter().zip(records) {
+                match record {
+                    // `read_many` checked that the record is `seq`.
                     Ok(r) => out.push(r.into_received(delivery_count)),
                     Err(e) => unreadable.push((seq, e)),
                 }
