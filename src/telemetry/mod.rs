@@ -68,6 +68,8 @@ pub enum SourceOutcome {
     TooLarge,
     Invalid,
     Unavailable,
+    /// A calendar tick the bus did not accept before the next tick was due.
+    Missed,
 }
 
 impl SourceOutcome {
@@ -80,6 +82,7 @@ impl SourceOutcome {
             SourceOutcome::TooLarge => "too_large",
             SourceOutcome::Invalid => "invalid",
             SourceOutcome::Unavailable => "unavailable",
+            SourceOutcome::Missed => "missed",
         }
     }
 }

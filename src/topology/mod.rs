@@ -20,6 +20,7 @@ use crate::config::{Config, Located};
 use crate::event::Event;
 use crate::sensor::{DependencyMatcher, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, Endpoint, PortState};
+use crate::sources::SourceContext;
 use crate::telemetry::Metrics;
 use crate::triggers::{http::HttpTrigger, log::LogTrigger, Trigger};
 use spillway_bus::jetstream::JetStreamBus;
@@ -63,6 +64,8 @@ pub enum RunError {
     },
     #[error("bus: {0}")]
     Bus(#[from] spillway_bus::BusError),
+    #[error("event source {0}")]
+    Source(#[from] crate::sources::SourceError),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
 }
@@ -176,6 +179,25 @@ pub async fn run_until(
     for runner in runners {
         runner_tasks.spawn(runner.run(runner_stop.clone()));
     }
+    // Non-webhook sources connect to their upstream here; a failure stops
+    // the ones already started and fails start-up.
+    let source_ctx = SourceContext {
+        bus: Arc::clone(&bus),
+        metrics: Arc::clone(&metrics),
+        stop: CancellationToken::new(),
+    };
+    let mut source_tasks = Vec::new();
+    for source in &config.event_sources {
+        match crate::sources::start_sources(source, &source_ctx).await {
+            Ok(started) => source_tasks.extend(started),
+            Err(err) => {
+                source_ctx.stop.cancel();
+                runner_stop.cancel();
+                server_stop.cancel();
+                return Err(err.into());
+            }
+        }
+    }
     for (listener, router) in webhook_listeners {
         servers.push(serve(listener, router, server_stop.clone()));
     }
@@ -185,6 +207,21 @@ pub async fn run_until(
     shutdown.cancelled().await;
     tracing::info!(grace = ?options.grace, "shutting down: sources answer 503, finishing in-flight triggers");
     draining.store(true, Ordering::Release);
+    // Sources first: they settle the events in hand (ack or hand back
+    // upstream) while the bus is still open.
+    source_ctx.stop.cancel();
+    let settled = tokio::time::timeout(options.grace, async {
+        for task in source_tasks.iter_mut() {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if settled.is_err() {
+        tracing::warn!("grace period over before every event source stopped");
+        for task in &source_tasks {
+            task.abort();
+        }
+    }
     runner_stop.cancel();
     let drained = tokio::time::timeout(options.grace, async {
         while runner_tasks.join_next().await.is_some() {}
