@@ -1,9 +1,17 @@
 //! `kind: EventSource` — where events enter. Argo field names; spillway's
 //! own knobs live in a per-event `flowControl:` block.
 //!
-//! Runnable today: `webhook`. `pubsub` (Google Cloud) is accepted so the
+//! Runnable today: `webhook`, `amqp`, `nats`, `calendar` (Argo kinds) and
+//! `jetstream`, `file` (spillway extensions); each kind's fields live in
+//! `eventsource/<kind>.rs`. `pubsub` (Google Cloud) is accepted so the
 //! seed's "return error to source" example validates, but it has no runtime
 //! here and `spillway run` says so.
+
+pub mod amqp;
+pub mod calendar;
+pub mod file;
+pub mod jetstream;
+pub mod nats;
 
 use super::decode::Spanned;
 use super::flow_control::Problem;
@@ -30,6 +38,30 @@ pub struct EventSource {
 pub struct EventSourceSpec {
     pub webhook: Option<NamedMap<WebhookEvent>>,
     pub pubsub: Option<NamedMap<PubSubEvent>>,
+    pub amqp: Option<NamedMap<amqp::AmqpEvent>>,
+    pub nats: Option<NamedMap<nats::NatsEvent>>,
+    pub calendar: Option<NamedMap<calendar::CalendarEvent>>,
+    /// spillway extension: pull from an upstream JetStream stream.
+    pub jetstream: Option<NamedMap<jetstream::JetStreamEvent>>,
+    /// spillway extension: lines of a file or of standard input.
+    pub file: Option<NamedMap<file::FileEvent>>,
+}
+
+impl EventSourceSpec {
+    /// Every event name defined here, of every kind, in kind order.
+    pub fn event_names(&self) -> Vec<&Spanned<String>> {
+        fn names<T>(map: &Option<NamedMap<T>>) -> impl Iterator<Item = &Spanned<String>> {
+            map.iter().flat_map(|m| m.iter()).map(|(name, _)| name)
+        }
+        names(&self.webhook)
+            .chain(names(&self.pubsub))
+            .chain(names(&self.amqp))
+            .chain(names(&self.nats))
+            .chain(names(&self.calendar))
+            .chain(names(&self.jetstream))
+            .chain(names(&self.file))
+            .collect()
+    }
 }
 
 /// One webhook endpoint (Argo's `WebhookContext`).

@@ -274,6 +274,56 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
         "only semaphores are supported",
     ),
     ("Synchronization", "semaphores", "use `semaphore`"),
+    (
+        "AmqpEvent",
+        "tls",
+        "TLS to RabbitMQ is not supported by this build; use amqp://",
+    ),
+    (
+        "AmqpEvent",
+        "auth",
+        "auth reads Kubernetes secrets; put user:password in the url",
+    ),
+    (
+        "AmqpEvent",
+        "urlSecret",
+        "urlSecret reads a Kubernetes secret; use `url`",
+    ),
+    (
+        "AmqpEvent",
+        "filter",
+        "event source filters are not supported; filter in the Sensor dependency",
+    ),
+    (
+        "NatsEvent",
+        "tls",
+        "TLS to NATS is not supported by this build",
+    ),
+    (
+        "NatsEvent",
+        "auth",
+        "auth reads Kubernetes secrets; put user:password in the url",
+    ),
+    (
+        "NatsEvent",
+        "filter",
+        "event source filters are not supported; filter in the Sensor dependency",
+    ),
+    (
+        "CalendarEvent",
+        "persistence",
+        "catch-up persistence lives in a Kubernetes ConfigMap; spillway counts missed ticks instead",
+    ),
+    (
+        "CalendarEvent",
+        "filter",
+        "event source filters are not supported; filter in the Sensor dependency",
+    ),
+    (
+        "CalendarEvent",
+        "userPayload",
+        "userPayload is deprecated in Argo; use `metadata`",
+    ),
 ];
 
 /// Whether `field` of `struct_name` is accepted only for Kubernetes' sake.

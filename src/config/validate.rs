@@ -101,8 +101,7 @@ fn unique_names(names: &[DocName], report: &mut Report<'_>) {
 fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
     let file = &source.file;
     let spec = &source.doc.spec;
-    let events =
-        spec.webhook.as_ref().map_or(0, |w| w.len()) + spec.pubsub.as_ref().map_or(0, |p| p.len());
+    let events = spec.event_names().len();
     if events == 0 {
         let pos = source.doc.metadata.name_pos(source.pos);
         report.error(
@@ -147,6 +146,7 @@ fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
     for (_, hook) in spec.webhook.iter().flat_map(|w| w.iter()) {
         report_problems(file, hook.problems(), report);
     }
+    check_queue_sources(source, report);
     for (name, event) in spec.pubsub.iter().flat_map(|p| p.iter()) {
         check_event_name(file, name, report);
         report.warning(
@@ -156,6 +156,54 @@ fn check_event_source(source: &Located<EventSource>, report: &mut Report<'_>) {
              use a jetstream or amqp source for nak-based backpressure",
         );
         let _ = event;
+    }
+}
+
+/// The non-webhook kinds: names, per-kind values, and one name per event
+/// across kinds (the name is the bus subject).
+fn check_queue_sources(source: &Located<EventSource>, report: &mut Report<'_>) {
+    let file = &source.file;
+    let spec = &source.doc.spec;
+    fn each<T>(
+        map: &Option<super::values::NamedMap<T>>,
+    ) -> impl Iterator<Item = (&Spanned<String>, &T)> {
+        map.iter().flat_map(|m| m.iter())
+    }
+    let mut problems = Vec::new();
+    for (name, event) in each(&spec.amqp) {
+        check_event_name(file, name, report);
+        problems.extend(event.problems());
+    }
+    for (name, event) in each(&spec.nats) {
+        check_event_name(file, name, report);
+        problems.extend(event.problems());
+    }
+    for (name, event) in each(&spec.calendar) {
+        check_event_name(file, name, report);
+        problems.extend(event.problems(name.pos));
+    }
+    for (name, event) in each(&spec.jetstream) {
+        check_event_name(file, name, report);
+        problems.extend(event.problems());
+    }
+    for (name, event) in each(&spec.file) {
+        check_event_name(file, name, report);
+        problems.extend(event.problems());
+    }
+    report_problems(file, problems, report);
+    let mut seen: HashMap<&str, Pos> = HashMap::new();
+    for name in spec.event_names() {
+        if let Some(first) = seen.insert(&name.value, name.pos) {
+            report.error(
+                file,
+                name.pos,
+                format!(
+                    "event name {:?} is already used in this EventSource (at {first}); \
+                     event names must be unique across kinds",
+                    name.value
+                ),
+            );
+        }
     }
 }
 
@@ -268,19 +316,9 @@ fn check_sensor(
                 let names: Vec<&str> = source
                     .doc
                     .spec
-                    .webhook
-                    .iter()
-                    .flat_map(|w| w.iter())
-                    .map(|(n, _)| n.value.as_str())
-                    .chain(
-                        source
-                            .doc
-                            .spec
-                            .pubsub
-                            .iter()
-                            .flat_map(|p| p.iter())
-                            .map(|(n, _)| n.value.as_str()),
-                    )
+                    .event_names()
+                    .into_iter()
+                    .map(|n| n.value.as_str())
                     .collect();
                 if !names.contains(&event) {
                     let hint = did_you_mean(event, names.iter().copied())

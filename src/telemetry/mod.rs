@@ -102,6 +102,8 @@ pub enum SourceOutcome {
     Unauthorized,
     Invalid,
     Unavailable,
+    /// A calendar tick the bus did not accept before the next tick was due.
+    Missed,
 }
 
 impl SourceOutcome {
@@ -115,6 +117,7 @@ impl SourceOutcome {
             SourceOutcome::Unauthorized => "unauthorized",
             SourceOutcome::Invalid => "invalid",
             SourceOutcome::Unavailable => "unavailable",
+            SourceOutcome::Missed => "missed",
         }
     }
 }

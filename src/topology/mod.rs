@@ -28,6 +28,7 @@ use crate::secrets::SecretStore;
 use crate::sensor::{DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, PortState};
 use crate::telemetry::alerts::{self, Alerting};
+use crate::sources::SourceContext;
 use crate::telemetry::Metrics;
 use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use crate::triggers::workflow::WorkflowTrigger;
@@ -86,6 +87,8 @@ pub enum RunError {
     Bus(#[from] spillway_bus::BusError),
     #[error("{0}")]
     Backlog(#[from] crate::backlog::StoreError),
+    #[error("event source {0}")]
+    Source(#[from] crate::sources::SourceError),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
 }
@@ -250,6 +253,25 @@ pub async fn run_until(
     for runner in runners {
         runner_tasks.spawn(runner.run(runner_stop.clone()));
     }
+    // Non-webhook sources connect to their upstream here; a failure stops
+    // the ones already started and fails start-up.
+    let source_ctx = SourceContext {
+        bus: Arc::clone(&bus),
+        metrics: Arc::clone(&metrics),
+        stop: CancellationToken::new(),
+    };
+    let mut source_tasks = Vec::new();
+    for source in &config.event_sources {
+        match crate::sources::start_sources(source, &source_ctx).await {
+            Ok(started) => source_tasks.extend(started),
+            Err(err) => {
+                source_ctx.stop.cancel();
+                runner_stop.cancel();
+                server_stop.cancel();
+                return Err(err.into());
+            }
+        }
+    }
     for (listener, router, limits) in webhook_listeners {
         servers.push(tokio::spawn(webhook::serve(
             listener,
@@ -304,6 +326,21 @@ pub async fn run_until(
     reloads.abort();
     tracing::info!(grace = ?options.grace, "shutting down: sources answer 503, finishing in-flight triggers");
     draining.store(true, Ordering::Release);
+    // Sources first: they settle the events in hand (ack or hand back
+    // upstream) while the bus is still open.
+    source_ctx.stop.cancel();
+    let settled = tokio::time::timeout(options.grace, async {
+        for task in source_tasks.iter_mut() {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if settled.is_err() {
+        tracing::warn!("grace period over before every event source stopped");
+        for task in &source_tasks {
+            task.abort();
+        }
+    }
     runner_stop.cancel();
     let drained = tokio::time::timeout(options.grace, async {
         while runner_tasks.join_next().await.is_some() {}

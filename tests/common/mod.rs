@@ -483,3 +483,45 @@ pub fn http_trigger(name: &str, url: &str) -> String {
         "    - template:\n        name: {name}\n        http:\n          url: {url}\n          method: POST\n"
     )
 }
+
+/// An `EventBus` document whose embedded bus holds at most `max_msgs` events.
+pub fn eventbus(max_msgs: u64) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: EventBus\nmetadata:\n  name: default\nspec:\n  jetstream:\n    settings: |\n      max_msgs: {max_msgs}\n"
+    )
+}
+
+/// A Sensor `name` on `source`/`event` with `triggers` (YAML list items,
+/// indented by 4, e.g. from [`http_trigger`]).
+pub fn sensor(name: &str, source: &str, event: &str, triggers: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: {name}
+spec:
+  dependencies:
+    - name: dep
+      eventSourceName: {source}
+      eventName: {event}
+  triggers:
+{triggers}
+"#
+    )
+}
+
+/// The `body.id` of every body a [`Receiver`] got, sorted, and how many
+/// were duplicates of an earlier one.
+pub fn unique_body_ids(
+    bodies: &[serde_json::Value],
+) -> (std::collections::BTreeSet<String>, usize) {
+    let mut unique = std::collections::BTreeSet::new();
+    let mut duplicates = 0;
+    for body in bodies {
+        let id = body["body"]["id"].as_str().unwrap_or_default().to_string();
+        if !unique.insert(id) {
+            duplicates += 1;
+        }
+    }
+    (unique, duplicates)
+}
