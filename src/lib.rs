@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod json_path;
 pub mod sensor;
 pub mod sources;
+pub mod storm;
 pub mod telemetry;
 pub mod topology;
 pub mod triggers;
