@@ -13,6 +13,7 @@ pub mod json_path;
 pub mod secrets;
 pub mod sensor;
 pub mod sources;
+pub mod storm;
 pub mod telemetry;
 pub mod topology;
 pub mod triggers;

@@ -63,7 +63,9 @@ spec:
     ];
     for (at, text) in expect {
         assert!(
-            found.iter().any(|d| d.starts_with(&format!("{at}:")) && d.contains(text)),
+            found
+                .iter()
+                .any(|d| d.starts_with(&format!("{at}:")) && d.contains(text)),
             "missing {at}: {text} in {found:#?}"
         );
     }
