@@ -41,11 +41,6 @@ pub enum TriggerError {
 pub trait CustomTrigger: Send + Sync + 'static {
     /// Runs the trigger for `event`, which satisfied dependency `dependency`.
     async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError>;
-
-    /// Longest one invocation may take (sizes the bus `ack_wait`).
-    fn max_duration(&self) -> Duration {
-        Duration::from_secs(60)
-    }
 }
 
 /// A runnable trigger.
@@ -79,18 +74,6 @@ impl Trigger {
         match self {
             Trigger::Workflow(t) => Some(t.gate()),
             _ => None,
-        }
-    }
-
-    /// Longest one invocation may take (used to size the bus `ack_wait`).
-    pub fn max_duration(&self) -> Duration {
-        match self {
-            Trigger::Log(_) => Duration::from_secs(1),
-            Trigger::Http(t) => t.timeout(),
-            Trigger::Workflow(t) => t.max_duration(),
-            // A write and two fsyncs.
-            Trigger::Backlog(_) => Duration::from_secs(10),
-            Trigger::Custom(t) => t.max_duration(),
         }
     }
 }

@@ -77,10 +77,6 @@ impl HttpTrigger {
         })
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
         let body = match &self.payload {
             Some(parameters) => {

@@ -188,12 +188,6 @@ impl WorkflowTrigger {
         &self.gate
     }
 
-    /// Used to size the bus `ack_wait`; the runner keeps a running
-    /// workflow's message alive, so this is not a limit on the workflow.
-    pub fn max_duration(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-
     /// Runs the workflow for `event` (the semaphore slot is already held).
     pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
         let rendered = self.render(dependency, event)?;
