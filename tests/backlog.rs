@@ -166,8 +166,19 @@ async fn the_seed_store_for_later_trigger_keeps_events_and_replay_says_why_it_sk
     let config = seed.replace("port: \"12000\"", &format!("port: \"{port}\""));
     let pipeline = Spillway::start(&config).await;
     publish(port, 3).await;
+    // The gauge counts a record from the moment its space is reserved; the
+    // listing shows it once it is written and synced.
     wait_until("3 stored events", Duration::from_secs(30), || async {
+        let listing: serde_json::Value = common::client()
+            .get(format!("{}/api/v1/backlog", pipeline.admin))
+            .send()
+            .await
+            .expect("GET /api/v1/backlog")
+            .json()
+            .await
+            .expect("backlog listing");
         metric(&pipeline.metrics().await, "spillway_backlog_events ") == 3.0
+            && listing["names"].as_array().map(Vec::len) == Some(3)
     })
     .await;
     let replay = spillway()

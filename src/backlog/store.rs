@@ -154,7 +154,9 @@ impl BacklogStore {
         self.limits
     }
 
-    /// Records stored now (by this process's count).
+    /// Records stored now, counting those being written (their space is
+    /// reserved before the write, so the limits hold under concurrency).
+    /// By this process's count.
     pub fn events(&self) -> u64 {
         self.usage.lock().events
     }
