@@ -29,12 +29,11 @@ pub mod webhook;
 mod body;
 mod publish;
 mod start;
-mod throttled_warn;
 
+use crate::telemetry::LogThrottle;
 pub use body::{event_body, BodyError};
 pub use publish::{publish_waiting, Waited};
 pub use start::start_sources;
-pub use throttled_warn::ThrottledWarn;
 
 use crate::telemetry::Metrics;
 use spillway_bus::Bus;

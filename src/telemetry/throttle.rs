@@ -37,6 +37,12 @@ impl LogThrottle {
             }
         }
     }
+
+    /// Records one occurrence; `Some(occurrences the line to write now
+    /// stands for, this one included)`, or `None` when it is only counted.
+    pub fn occurred(&self) -> Option<u64> {
+        self.admit().map(|skipped| skipped + 1)
+    }
 }
 
 #[cfg(test)]
@@ -52,5 +58,20 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(throttle.admit(), Some(2));
         assert_eq!(throttle.admit(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn occurrences_are_counted_into_the_next_line() {
+        let warn = LogThrottle::new(Duration::from_secs(10));
+        assert_eq!(warn.occurred(), Some(1));
+        let mut logged = Vec::new();
+        for _ in 0..30 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            if let Some(n) = warn.occurred() {
+                logged.push(n);
+            }
+        }
+        // 30 more occurrences, one per second: lines at t=10, 20, 30.
+        assert_eq!(logged, vec![10, 10, 10]);
     }
 }

@@ -26,9 +26,7 @@
 
 mod setup;
 
-use super::{
-    publish_waiting, EventName, Running, SourceContext, SourceError, ThrottledWarn, Waited,
-};
+use super::{publish_waiting, EventName, LogThrottle, Running, SourceContext, SourceError, Waited};
 use crate::config::eventsource::amqp::AmqpEvent;
 use crate::event::Event;
 use crate::sensor::RetryPolicy;
@@ -273,17 +271,17 @@ impl AmqpSource {
 
 /// One throttled warning per kind of refusal, shared by a consumer's tasks.
 struct Warnings {
-    full: ThrottledWarn,
-    too_large: ThrottledWarn,
-    invalid: ThrottledWarn,
+    full: LogThrottle,
+    too_large: LogThrottle,
+    invalid: LogThrottle,
 }
 
 impl Default for Warnings {
     fn default() -> Self {
         Warnings {
-            full: ThrottledWarn::new(WARN_EVERY),
-            too_large: ThrottledWarn::new(WARN_EVERY),
-            invalid: ThrottledWarn::new(WARN_EVERY),
+            full: LogThrottle::new(WARN_EVERY),
+            too_large: LogThrottle::new(WARN_EVERY),
+            invalid: LogThrottle::new(WARN_EVERY),
         }
     }
 }

@@ -19,7 +19,7 @@ mod schedule;
 
 pub use schedule::{Rule, Schedule};
 
-use super::{publish_waiting, EventName, Running, SourceContext, ThrottledWarn, Waited};
+use super::{publish_waiting, EventName, LogThrottle, Running, SourceContext, Waited};
 use crate::event::Event;
 use crate::telemetry::SourceOutcome;
 use chrono::{DateTime, Utc};
@@ -48,7 +48,7 @@ impl CalendarSource {
 
     /// The tick loop: wall time is `start` plus `clock`'s elapsed time.
     pub async fn run(self, ctx: SourceContext, start: DateTime<Utc>, clock: TokioClock) {
-        let missed_warn = ThrottledWarn::new(WARN_EVERY);
+        let missed_warn = LogThrottle::new(WARN_EVERY);
         let count = |outcome| {
             ctx.metrics
                 .source_event(&self.name.source, &self.name.event, outcome)

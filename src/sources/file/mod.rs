@@ -20,9 +20,7 @@
 //!
 //! Event data: `{"path": …, "line": N, "body": <text or JSON>, "metadata": …}`.
 
-use super::{
-    publish_waiting, EventName, Running, SourceContext, SourceError, ThrottledWarn, Waited,
-};
+use super::{publish_waiting, EventName, LogThrottle, Running, SourceContext, SourceError, Waited};
 use crate::config::eventsource::file::FileEvent;
 use crate::event::Event;
 use crate::telemetry::SourceOutcome;
@@ -108,7 +106,7 @@ impl FileSource {
             .max_msg_size
             .and_then(|m| usize::try_from(m).ok())
             .unwrap_or(DEFAULT_MAX_LINE);
-        let skipped = ThrottledWarn::new(WARN_EVERY);
+        let skipped = LogThrottle::new(WARN_EVERY);
         let count = |outcome| {
             ctx.metrics
                 .source_event(&self.name.source, &self.name.event, outcome)

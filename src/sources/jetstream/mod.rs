@@ -22,7 +22,7 @@
 //! never a loss. Not guaranteed: order (a batch is published concurrently,
 //! nak'd messages come back later).
 
-use super::{EventName, Running, SourceContext, SourceError, ThrottledWarn};
+use super::{EventName, LogThrottle, Running, SourceContext, SourceError};
 use crate::config::eventsource::jetstream::JetStreamEvent;
 use crate::event::Event;
 use crate::telemetry::SourceOutcome;
@@ -131,7 +131,7 @@ impl JetStreamSource {
     }
 
     async fn run(self: Arc<Self>, consumer: PullConsumer, ctx: SourceContext) {
-        let warn = ThrottledWarn::new(WARN_EVERY);
+        let warn = LogThrottle::new(WARN_EVERY);
         let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
         while !ctx.stop.is_cancelled() {
             let pulled = tokio::select! {

@@ -15,7 +15,7 @@
 //! client drops messages and reports a slow consumer, which is logged
 //! (rate-limited) as well.
 
-use super::{EventName, Running, SourceContext, SourceError, ThrottledWarn};
+use super::{EventName, LogThrottle, Running, SourceContext, SourceError};
 use crate::config::eventsource::nats::NatsEvent;
 use crate::event::Event;
 use crate::sensor::RetryPolicy;
@@ -57,7 +57,7 @@ impl NatsSource {
             .connection_backoff
             .as_ref()
             .map_or_else(RetryPolicy::default, |b| RetryPolicy::from(&b.value));
-        let slow = Arc::new(ThrottledWarn::new(WARN_EVERY));
+        let slow = Arc::new(LogThrottle::new(WARN_EVERY));
         let mut attempt = 1;
         let client = loop {
             let slow = Arc::clone(&slow);
@@ -116,7 +116,7 @@ impl NatsSource {
             self.name
         );
         Ok(tokio::spawn(async move {
-            let dropped = ThrottledWarn::new(WARN_EVERY);
+            let dropped = LogThrottle::new(WARN_EVERY);
             loop {
                 let next = tokio::select! {
                     next = subscription.next() => next,
@@ -133,7 +133,7 @@ impl NatsSource {
         &self,
         message: async_nats::Message,
         ctx: &SourceContext,
-        dropped: &ThrottledWarn,
+        dropped: &LogThrottle,
     ) {
         let count = |outcome| {
             ctx.metrics
