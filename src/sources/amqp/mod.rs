@@ -189,7 +189,7 @@ impl AmqpSource {
             &self.name.source,
             event.to_message(),
             Some(deadline),
-            &ctx.stop,
+            Some(&ctx.stop),
         )
         .await;
         let requeue = BasicNackOptions {

@@ -88,7 +88,7 @@ impl CalendarSource {
                 &self.name.source,
                 event.to_message(),
                 next.map(at),
-                &ctx.stop,
+                Some(&ctx.stop),
             )
             .await;
             match waited {

@@ -196,7 +196,7 @@ impl FileSource {
                     &self.name.source,
                     message,
                     None,
-                    &ctx.stop,
+                    Some(&ctx.stop),
                 )
                 .await
                 {

@@ -7,6 +7,7 @@
 use super::auth::AuthError;
 use super::{Endpoint, PortState};
 use crate::event::Event;
+use crate::sources::{publish_waiting, Waited};
 use crate::telemetry::SourceOutcome;
 use axum::body::Body;
 use axum::extract::State;
@@ -225,42 +226,29 @@ async fn read_body(
 }
 
 /// Publishes, waiting up to the endpoint's `max_block` for space when the
-/// bus is full. Every publish records in `producer_block_seconds` the time
-/// it was held waiting for space: 0 when there was room at once (the
-/// durable append itself is not blocking), so the histogram's quantiles and
-/// mean are over all producers, as Kafka's producer block time is.
+/// bus is full (a full bus refuses at once, so the wait starts with the
+/// request); the time held goes to `producer_block_seconds`.
 async fn publish(
     state: &PortState,
     endpoint: &Endpoint,
     event: Event,
 ) -> Result<u64, PublishError> {
-    let mut message = event.to_message();
-    let mut blocked_since: Option<Instant> = None;
-    let result = loop {
-        match state.bus.publish(message).await {
-            Err(PublishError::Full {
-                message: returned,
-                limit,
-                retry_after,
-            }) => {
-                let now = Instant::now();
-                let deadline = *blocked_since.get_or_insert(now) + endpoint.max_block;
-                if now >= deadline {
-                    break Err(PublishError::Full {
-                        message: returned,
-                        limit,
-                        retry_after,
-                    });
-                }
-                message = returned;
-                state.bus.wait_for_space(deadline - now).await;
-            }
-            other => break other,
-        }
-    };
-    let blocked = blocked_since.map_or(Duration::ZERO, |since| since.elapsed());
-    state.metrics.producer_blocked(&endpoint.source, blocked);
-    result
+    let deadline = Instant::now() + endpoint.max_block;
+    let waited = publish_waiting(
+        &*state.bus,
+        &state.metrics,
+        &endpoint.source,
+        event.to_message(),
+        Some(deadline),
+        None,
+    )
+    .await;
+    match waited {
+        Waited::Accepted(seq) => Ok(seq),
+        Waited::Refused(err) => Err(err),
+        // No stop token was given.
+        Waited::Stopped(message) => Err(PublishError::Closed { message }),
+    }
 }
 
 /// Argo's webhook event data: `{"header": {name: [values]}, "body": <json>, "metadata": {...}}`.
