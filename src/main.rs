@@ -194,7 +194,7 @@ struct StormArgs {
     #[arg(long, default_value_t = 1000)]
     max_outstanding: usize,
     /// Size of each JSON body (padded), e.g. 256, 4KiB.
-    #[arg(long, default_value = "256", value_parser = parse_size)]
+    #[arg(long, default_value = "256", value_parser = parse_byte_size)]
     payload_bytes: u64,
     /// Priority mix PRIORITY:WEIGHT,… sent in --priority-header, e.g.
     /// 0:10,5:90 (priority 0 is the most critical). No header without it.
@@ -228,10 +228,6 @@ enum StormProfile {
     Constant,
     Ramp,
     Spike,
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    spillway::config::values::parse_byte_size(text)
 }
 
 fn parse_priorities(text: &str) -> Result<spillway::storm::priority_mix::PriorityMix, String> {
