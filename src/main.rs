@@ -242,6 +242,18 @@ fn parse_byte_size(text: &str) -> Result<u64, String> {
     spillway::config::values::parse_byte_size(text)
 }
 
+/// The async runtime of a command; `None` (after saying why) when it
+/// cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => Some(rt),
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -340,15 +352,8 @@ fn status(admin: &str, watch: bool, interval: std::time::Duration) -> ExitCode {
     } else {
         format!("http://{}", admin.trim_end_matches('/'))
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     let result = runtime.block_on(async {
         spillway::install_tls_provider();
@@ -432,12 +437,8 @@ fn run(files: Vec<PathBuf>, options: spillway::topology::RunOptions) -> ExitCode
     let Some(config) = load(&files) else {
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     match runtime.block_on(spillway::topology::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -519,12 +520,8 @@ fn storm(args: StormArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     match runtime.block_on(spillway::storm::run(config)) {
         Ok(finished) => {

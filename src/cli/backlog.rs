@@ -96,12 +96,8 @@ pub fn replay(admin: &str, rate: f64, max_rate: f64) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = crate::runtime() else {
+        return ExitCode::from(1);
     };
     let result = runtime.block_on(async {
         let drain = match GradualDrain::new(ramp) {
