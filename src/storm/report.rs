@@ -384,7 +384,7 @@ impl Report {
                 "- resident memory: {}\n",
                 match max_of(&|x| x.rss_bytes) {
                     Some(bytes) => format!("up to {:.1} MiB", bytes as f64 / (1024.0 * 1024.0)),
-                    None => "not exposed by the admin API (no `process_resident_memory_bytes` in /metrics)".to_string(),
+                    None => "not exposed by the admin API (no `process.resident_memory_bytes` in /api/v1/status)".to_string(),
                 }
             );
         }

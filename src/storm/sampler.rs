@@ -1,7 +1,6 @@
 //! Samples a running spillway's admin API once a second during a storm:
-//! queue depth and limits from `GET /api/v1/status`, per-trigger lag, and
-//! the process's resident memory from `GET /metrics` when it exposes
-//! `process_resident_memory_bytes`.
+//! queue depth and limits, per-trigger lag and the process's resident
+//! memory, all from one `GET /api/v1/status`.
 //!
 //! Guarantees: at most `max_samples` samples are kept (one per second of
 //! the run, sized by the caller), later ones are counted as skipped; a poll
@@ -69,7 +68,6 @@ pub struct Samples {
 pub struct Sampler {
     client: reqwest::Client,
     status_url: String,
-    metrics_url: String,
     max_samples: usize,
 }
 
@@ -94,7 +92,6 @@ impl Sampler {
         Ok(Sampler {
             client: reqwest::Client::builder().timeout(POLL_TIMEOUT).build()?,
             status_url: format!("{base}/api/v1/status"),
-            metrics_url: format!("{base}/metrics"),
             max_samples,
         })
     }
@@ -137,16 +134,7 @@ impl Sampler {
                     url: self.status_url.clone(),
                     source,
                 })?;
-        // Memory is optional: an admin API without it still gives a sample.
-        let rss_bytes = match self.get(&self.metrics_url).await {
-            Ok(response) => response
-                .text()
-                .await
-                .ok()
-                .and_then(|text| rss_from_metrics(&text)),
-            Err(_) => None,
-        };
-        Ok(sample_from_status(at, &status, rss_bytes))
+        Ok(sample_from_status(at, &status))
     }
 
     async fn get(&self, url: &str) -> Result<reqwest::Response, PollError> {
@@ -170,11 +158,7 @@ impl Sampler {
 }
 
 /// Reads a sample out of `/api/v1/status` (see `src/api/mod.rs`).
-pub fn sample_from_status(
-    at: Duration,
-    status: &serde_json::Value,
-    rss_bytes: Option<u64>,
-) -> Sample {
+pub fn sample_from_status(at: Duration, status: &serde_json::Value) -> Sample {
     let triggers = status
         .get("triggers")
         .and_then(|t| t.as_array())
@@ -204,20 +188,11 @@ pub fn sample_from_status(
             .pointer("/bus/limits/max_msgs")
             .and_then(|v| v.as_u64()),
         triggers,
-        rss_bytes,
+        // Optional: an admin API without it still gives a sample.
+        rss_bytes: status
+            .pointer("/process/resident_memory_bytes")
+            .and_then(|v| v.as_u64()),
     }
-}
-
-/// `process_resident_memory_bytes` (the Prometheus process collector's
-/// name, with or without the `spillway_` prefix) from `/metrics`.
-pub fn rss_from_metrics(text: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let rest = line
-            .strip_prefix("process_resident_memory_bytes")
-            .or_else(|| line.strip_prefix("spillway_process_resident_memory_bytes"))?;
-        let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
-        (value.is_finite() && value >= 0.0).then_some(value as u64)
-    })
 }
 
 #[cfg(test)]
@@ -235,9 +210,10 @@ mod tests {
                  "oldest_unacked_age_seconds": 1.5, "inflight": 16},
                 {"sensor": "orders", "trigger": "b", "lag": 20, "ack_pending": 0,
                  "oldest_unacked_age_seconds": null, "inflight": 0}
-            ]
+            ],
+            "process": {"resident_memory_bytes": 7}
         });
-        let s = sample_from_status(Duration::from_millis(2500), &status, Some(7));
+        let s = sample_from_status(Duration::from_millis(2500), &status);
         assert_eq!(s.at_seconds, 2.5);
         assert_eq!(
             (s.bus_messages, s.bus_bytes, s.bus_max_messages),
@@ -253,17 +229,10 @@ mod tests {
 
     #[test]
     fn missing_fields_stay_empty() {
-        let s = sample_from_status(Duration::ZERO, &json!({"something": "else"}), None);
+        let s = sample_from_status(Duration::ZERO, &json!({"something": "else"}));
         assert_eq!(s.bus_messages, None);
         assert!(s.triggers.is_empty());
         assert_eq!(s.total_lag(), None);
-    }
-
-    #[test]
-    fn rss_comes_from_the_process_collector_when_present() {
-        let text =
-            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 1.2345e7\n";
-        assert_eq!(rss_from_metrics(text), Some(12_345_000));
-        assert_eq!(rss_from_metrics("spillway_bus_messages 3\n"), None);
+        assert_eq!(s.rss_bytes, None);
     }
 }
