@@ -21,7 +21,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use spillway_bus::{BusStats, ConsumerStats, Limits};
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -265,9 +264,6 @@ pub struct Metrics {
     alerts_firing: Family<AlertLabels, Gauge>,
     alert_notifications: Family<OutcomeLabels, Counter>,
     process_resident_memory: Gauge,
-    /// Pending workflows per template, as last recorded (read by the alert
-    /// rules; one entry per template in the config).
-    workflows: Mutex<BTreeMap<String, u64>>,
     /// Serialises [`Metrics::refresh`] so counters mirrored from bus totals
     /// are never advanced twice for the same delta.
     refresh_lock: Mutex<()>,
@@ -307,7 +303,6 @@ impl Metrics {
             alerts_firing: Family::default(),
             alert_notifications: Family::default(),
             process_resident_memory: Gauge::default(),
-            workflows: Mutex::new(BTreeMap::new()),
             refresh_lock: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -525,16 +520,6 @@ impl Metrics {
         };
         set_gauge(&self.workflows_pending.get_or_create(&labels), pending);
         set_gauge(&self.workflows_running.get_or_create(&labels), running);
-        self.workflows.lock().insert(template.to_string(), pending);
-    }
-
-    /// Pending workflows per template, as last recorded.
-    pub fn workflows_pending(&self) -> Vec<(String, u64)> {
-        self.workflows
-            .lock()
-            .iter()
-            .map(|(t, n)| (t.clone(), *n))
-            .collect()
     }
 
     /// Records a semaphore's limit (ConfigMap value).

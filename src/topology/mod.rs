@@ -156,7 +156,6 @@ pub async fn run_until(
     );
     let store = open_backlog(&options).await?;
     let metrics = Arc::new(Metrics::new());
-    record_workflow_config(&config, &metrics);
     let alerting = Alerting::new(config.alerting.rules.clone(), &metrics);
     let draining = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -206,6 +205,7 @@ pub async fn run_until(
             .map(|s| s.doc.metadata.name().to_string())
             .collect(),
         metrics: Arc::clone(&metrics),
+        workflows: Arc::clone(&semaphores),
     };
     let admin_state = Arc::new(AdminState {
         stream: config.bus.name.clone(),
@@ -357,36 +357,6 @@ pub async fn run_until(
     bus.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Starts the workflow gauges at their configured state: nothing pending or
-/// running yet, each semaphore at its ConfigMap limit (validation checked
-/// the reference and the number).
-fn record_workflow_config(config: &Config, metrics: &Metrics) {
-    for template in &config.workflow_templates {
-        metrics.set_workflows(template.doc.metadata.name(), 0, 0);
-        let semaphore = template
-            .doc
-            .spec
-            .synchronization
-            .as_ref()
-            .and_then(|s| s.semaphore.as_ref());
-        if let Some(semaphore) = semaphore {
-            let key_ref = &semaphore.config_map_key_ref.value;
-            let limit = config
-                .config_maps
-                .iter()
-                .find(|c| c.doc.metadata.name() == key_ref.name.value)
-                .and_then(|c| c.doc.data.as_ref()?.get(&key_ref.key.value))
-                .and_then(|v| v.value.trim().parse::<u64>().ok());
-            if let Some(limit) = limit {
-                metrics.set_semaphore_limit(
-                    &format!("{}/{}", key_ref.name.value, key_ref.key.value),
-                    limit,
-                );
-            }
-        }
-    }
 }
 
 /// Opens the backlog store of the data dir and says what it holds.

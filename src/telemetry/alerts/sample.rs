@@ -4,11 +4,12 @@
 //!
 //! Collecting reads in-memory counters only (no I/O, no await); a JetStream
 //! bus answers from its periodically refreshed snapshot. Pending workflows
-//! are whatever the workflow executor last recorded through
-//! [`Metrics::set_workflows`]; none recorded means nothing to fire on.
+//! are read from the semaphore registry itself, like consumer stats from
+//! their handles, so the rules never depend on a `/metrics` scrape.
 
 use crate::sensor::TriggerHandle;
 use crate::telemetry::Metrics;
+use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use spillway_bus::Bus;
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ pub struct Sources {
     /// Event source names (producer block time is recorded per source).
     pub sources: Vec<String>,
     pub metrics: std::sync::Arc<Metrics>,
+    /// The workflow templates' pending and running counts.
+    pub workflows: std::sync::Arc<SemaphoreRegistry>,
 }
 
 impl Sources {
@@ -102,7 +105,12 @@ impl Sources {
                     (s, totals)
                 })
                 .collect(),
-            workflows: self.metrics.workflows_pending(),
+            workflows: self
+                .workflows
+                .workflows()
+                .into_iter()
+                .map(|w| (w.template, w.pending as u64))
+                .collect(),
         }
     }
 }
