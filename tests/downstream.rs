@@ -206,3 +206,43 @@ async fn a_failing_downstream_gets_exactly_steps_attempts_then_the_dlq() {
     assert_eq!(invocations(&metrics, "api", "retry"), 4.0);
     assert!(spillway.terminate().await.success());
 }
+
+/// `flowControl.autoscale` end to end: 45 events behind a downstream that
+/// holds every request. One worker takes the first, the lag of 44 asks for
+/// ceil(44 / 10) = 5 workers, so exactly 5 requests wait at the downstream
+/// (the window of 16 would allow more), and the worker count shows on
+/// `/metrics` and `/api/v1/status`.
+#[tokio::test]
+async fn autoscaled_workers_follow_the_lag() {
+    let receiver = common::Receiver::start(false).await;
+    let port = free_port();
+    let trigger = format!(
+        "{}          timeout: 60\n      flowControl:\n        concurrency: fixed\n        maxInFlight: 16\n        autoscale: {{min: 1, max: 8, lagThreshold: 10, pollingInterval: 1s}}\n",
+        common::http_trigger("slow", &receiver.url)
+    );
+    let spillway = Spillway::start(&pipeline(port, &trigger)).await;
+    post_orders(port, 45).await;
+    wait_until("5 requests at the downstream", WAIT, || async {
+        receiver.arrivals() == 5
+    })
+    .await;
+    let metrics = spillway.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"spillway_trigger_workers{sensor="orders",trigger="slow"}"#
+        ),
+        5.0
+    );
+    let status = spillway.status().await;
+    assert_eq!(status["triggers"][0]["workers"], 5);
+    // Polls keep coming every second; the count holds (scale-down waits for
+    // the 300 s window), so no sixth request starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.arrivals(), 5);
+    receiver.open();
+    wait_until("all 45 delivered", WAIT, || async {
+        receiver.count().await == 45
+    })
+    .await;
+}

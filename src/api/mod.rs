@@ -61,6 +61,10 @@ impl AdminState {
                 t.inflight(),
                 t.concurrency_limit(),
             );
+            if let Some(workers) = t.workers() {
+                self.metrics
+                    .set_trigger_workers(&t.sensor, &t.trigger, workers);
+            }
         }
         for w in self.workflows.workflows() {
             self.metrics
@@ -128,6 +132,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
                 inflight: t.inflight(),
                 concurrency_limit: t.concurrency_limit(),
                 max_in_flight: t.max_in_flight(),
+                workers: t.workers(),
                 invocations: state
                     .metrics
                     .trigger_invocations_of(&t.sensor, &t.trigger)

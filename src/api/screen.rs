@@ -205,6 +205,7 @@ mod tests {
                 inflight: 16,
                 concurrency_limit: 16,
                 max_in_flight: 16,
+                workers: None,
                 invocations: BTreeMap::from([("success".to_string(), success)]),
                 workflow_template: None,
                 pending: 0,

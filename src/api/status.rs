@@ -76,6 +76,9 @@ pub struct TriggerStatus {
     pub inflight: usize,
     pub concurrency_limit: usize,
     pub max_in_flight: usize,
+    /// Worker count of a trigger with `flowControl.autoscale`.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// Invocations so far per outcome (success, failure, retry, dlq).
     #[serde(default)]
     pub invocations: BTreeMap<String, u64>,

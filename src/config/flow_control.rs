@@ -108,6 +108,10 @@ pub struct Autoscale {
     pub activation_lag_threshold: Option<Spanned<u64>>,
     /// How often the lag is read (KEDA `pollingInterval`, default 30s).
     pub polling_interval: Option<Spanned<GoDuration>>,
+    /// With `min: 0`, how long without lag before going to zero workers
+    /// (KEDA `cooldownPeriod`, default 300s). With `min` ≥ 1 scale-down is
+    /// governed by `scaleDownStabilization`, as in KEDA.
+    pub cooldown_period: Option<Spanned<GoDuration>>,
     /// How long to keep the highest recent recommendation before scaling
     /// down (HPA stabilisation window, default 300s).
     pub scale_down_stabilization: Option<Spanned<GoDuration>>,
@@ -164,7 +168,10 @@ impl Autoscale {
                 .polling_interval
                 .as_ref()
                 .map_or(default.polling_interval, |p| p.value.0),
-            cooldown: default.cooldown,
+            cooldown: self
+                .cooldown_period
+                .as_ref()
+                .map_or(default.cooldown, |c| c.value.0),
             scale_down_stabilization: self
                 .scale_down_stabilization
                 .as_ref()

@@ -10,6 +10,7 @@ pub mod filter;
 pub mod reject;
 mod retry;
 pub mod runner;
+pub mod workers;
 
 pub use reject::RejectPolicy;
 pub use retry::RetryPolicy;

@@ -24,6 +24,10 @@
 //!    `maxPending` workflows wait, the trigger stops pulling and the
 //!    backpressure travels on to the bus and the sources.
 //!
+//! With `flowControl.autoscale`, step 1 also waits for a free *worker*: the
+//! worker count follows the consumer lag (see [`super::workers`]) and caps
+//! the invocations in flight below the concurrency limit.
+//!
 //! Events fetched but waiting on 2, 3 or 4, paused by a `Retry-After`, or
 //! whose trigger is still running, are kept alive with `in_progress` so the
 //! bus does not redeliver them meanwhile.
@@ -52,6 +56,7 @@
 //!   invocations (the caller bounds the wait); events it had not finished are
 //!   left unacked, so the bus redelivers them.
 
+use super::workers::Workers;
 use super::{filter, DependencyMatcher, RejectPolicy, RetryPolicy};
 use crate::event::Event;
 use crate::telemetry::{LogThrottle, Metrics, TriggerOutcome};
@@ -59,8 +64,8 @@ use crate::triggers::workflow::semaphores::{Running, WorkflowGate};
 use crate::triggers::{Trigger, TriggerError};
 use spillway_bus::{Consumer, Received};
 use spillway_flowctl::{
-    AcquireError, AdaptiveConcurrency, Busy, GradualDrain, Outcome, Permit, RateLimiter, Semaphore,
-    Token,
+    AcquireError, AdaptiveConcurrency, Busy, GradualDrain, LagAutoscaler, Outcome, Permit,
+    RateLimiter, Semaphore, Token,
 };
 use std::collections::VecDeque;
 use std::future::Future;
@@ -107,6 +112,9 @@ pub struct TriggerLimits {
     /// `flowControl.onReject`: what happens to an event whose retries are
     /// used up on a retryable failure.
     pub on_reject: RejectPolicy,
+    /// `flowControl.autoscale`: the worker count follows the consumer lag
+    /// (see [`super::workers`]).
+    pub autoscale: Option<LagAutoscaler>,
 }
 
 /// The live view of one runner, for metrics and `/api/v1/status`.
@@ -118,6 +126,7 @@ pub struct TriggerHandle {
     concurrency: AdaptiveConcurrency,
     max_in_flight: usize,
     pending: Option<PendingTickets>,
+    workers: Option<Arc<Workers>>,
 }
 
 /// A trigger's share of its workflow semaphore's pending queue.
@@ -158,6 +167,11 @@ impl TriggerHandle {
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight
     }
+
+    /// The autoscaled worker count, for triggers with `flowControl.autoscale`.
+    pub fn workers(&self) -> Option<usize> {
+        self.workers.as_ref().map(|w| w.count())
+    }
 }
 
 /// Runs one trigger of one sensor.
@@ -169,6 +183,8 @@ pub struct TriggerRunner {
     fetch_cap: usize,
     rate: Option<RateLimiter>,
     sensor_rate: Option<Arc<RateLimiter>>,
+    /// Started with the runner; drives `inner.workers`.
+    autoscaler: Option<LagAutoscaler>,
 }
 
 struct RunnerInner {
@@ -200,6 +216,8 @@ struct RunnerInner {
     /// `<sensor>/<trigger>`: the replay header value addressed to us.
     replay_key: String,
     reject_log: LogThrottle,
+    /// The autoscaled worker count: invocations beyond it do not start.
+    workers: Option<Arc<Workers>>,
 }
 
 /// A concurrency slot; giving it back (complete or drop) wakes a waiter.
@@ -247,7 +265,11 @@ impl TriggerRunner {
             at_least_once,
             max_pending,
             on_reject,
+            autoscale,
         } = limits;
+        let workers = autoscale
+            .as_ref()
+            .map(|scaler| Arc::new(Workers::new(scaler.current() as usize)));
         let max_in_flight = max_in_flight.max(1);
         let fetch_cap = [rate.as_ref(), sensor_rate.as_deref()]
             .into_iter()
@@ -285,11 +307,13 @@ impl TriggerRunner {
                 on_reject,
                 replay_key: crate::backlog::target(sensor, trigger_name),
                 reject_log: LogThrottle::new(REJECT_LOG_INTERVAL),
+                workers,
             }),
             max_in_flight,
             fetch_cap,
             rate,
             sensor_rate,
+            autoscaler: autoscale,
         }
     }
 
@@ -301,12 +325,27 @@ impl TriggerRunner {
             concurrency: self.inner.concurrency.clone(),
             max_in_flight: self.max_in_flight,
             pending: self.inner.pending.clone(),
+            workers: self.inner.workers.clone(),
         }
     }
 
     /// Pulls and processes events until `shutdown` is cancelled, then waits
     /// for the invocations in flight.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let scaling =
+            self.autoscaler
+                .take()
+                .zip(self.inner.workers.clone())
+                .map(|(scaler, workers)| {
+                    tokio::spawn(super::workers::follow_lag(
+                        scaler,
+                        Arc::clone(&self.inner.consumer),
+                        workers,
+                        self.inner.sensor.clone(),
+                        self.inner.trigger_name.clone(),
+                        shutdown.clone(),
+                    ))
+                });
         let mut tasks = JoinSet::new();
         loop {
             while tasks.try_join_next().is_some() {}
@@ -369,6 +408,9 @@ impl TriggerRunner {
             }
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(scaling) = scaling {
+            scaling.abort();
+        }
     }
 
     /// Waits until the rate limits and the slow start admit one invocation.
@@ -420,10 +462,22 @@ impl RunnerInner {
         if self.retriers.load(Ordering::Acquire) > 0 {
             return None;
         }
-        self.concurrency.try_acquire().ok().map(|token| Slot {
-            token: Some(token),
-            inner: Arc::clone(self),
-        })
+        self.concurrency
+            .try_acquire()
+            .ok()
+            .filter(|token| self.workers_admit(token))
+            .map(|token| Slot {
+                token: Some(token),
+                inner: Arc::clone(self),
+            })
+    }
+
+    /// Whether the worker count (if autoscaled) lets `token`'s invocation
+    /// start; a refused token is dropped, which frees its place at once.
+    fn workers_admit(&self, token: &Token) -> bool {
+        self.workers
+            .as_ref()
+            .is_none_or(|w| w.admits(token.in_flight_at_acquire()))
     }
 
     /// Waits for a slot to fetch with: the limit has room, no `Retry-After`
@@ -480,12 +534,26 @@ impl RunnerInner {
         loop {
             // Registered before trying, so a slot freed in between is not missed.
             let freed = self.slot_freed.notified();
+            let raised = self.workers.as_ref().map(|w| w.raised());
             match self.concurrency.try_acquire() {
-                Ok(token) => {
+                Ok(token) if self.workers_admit(&token) => {
                     return Ok(Slot {
                         token: Some(token),
                         inner: Arc::clone(self),
                     })
+                }
+                // All workers busy: wait for one to finish or for more workers.
+                Ok(refused) => {
+                    drop(refused);
+                    match raised {
+                        Some(raised) => {
+                            tokio::select! {
+                                _ = freed => {}
+                                _ = raised => {}
+                            }
+                        }
+                        None => freed.await,
+                    }
                 }
                 Err(Busy::AtLimit { .. }) => freed.await,
                 Err(Busy::Paused { wait }) => tokio::time::sleep(wait).await,

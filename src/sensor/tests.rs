@@ -137,6 +137,7 @@ fn limits(max_in_flight: usize) -> TriggerLimits {
         at_least_once: true,
         max_pending: spillway_flowctl::DEFAULT_MAX_PENDING,
         on_reject: RejectPolicy::Error,
+        autoscale: None,
     }
 }
 
@@ -821,5 +822,149 @@ async fn a_replayed_event_runs_only_the_trigger_it_names() {
     assert_eq!(mine.calls().len(), 1);
     assert_eq!(sibling.calls().len(), 0);
     assert_eq!(setup.bus.stats().messages, 0);
+    setup.stop().await;
+}
+
+/// Holds every invocation until opened; records how many ran at once.
+#[derive(Default)]
+struct Gate {
+    open: tokio::sync::Notify,
+    opened: std::sync::atomic::AtomicBool,
+    running: AtomicUsize,
+    most_running: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Gate {
+    fn open(&self) {
+        self.opened.store(true, Ordering::Release);
+        self.open.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl CustomTrigger for Gate {
+    async fn invoke(&self, _dependency: &str, _event: &Event) -> Result<(), TriggerError> {
+        let running = self.running.fetch_add(1, Ordering::AcqRel) + 1;
+        self.most_running.fetch_max(running, Ordering::AcqRel);
+        let opened = self.open.notified();
+        if !self.opened.load(Ordering::Acquire) {
+            opened.await;
+        }
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.done.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// Seed 004's ScaledObject: `minReplicaCount: 1, maxReplicaCount: 100,
+/// lagThreshold: "10000"`, KEDA/HPA defaults for the rest.
+fn seed_autoscale() -> spillway_flowctl::AutoscalePolicy {
+    spillway_flowctl::AutoscalePolicy {
+        min: 1,
+        max: 100,
+        lag_threshold: 10_000,
+        ..Default::default()
+    }
+}
+
+/// Issue 7: lag 50 000 with lagThreshold 10 000 → 5 workers, exactly 5
+/// invocations at once; once the lag is 0, back to 1 worker when the 300 s
+/// stabilisation window has passed, and not a poll before.
+#[tokio::test(start_paused = true)]
+async fn autoscale_runs_5_workers_for_a_lag_of_50000_and_returns_to_min() {
+    let mut setup = Setup::new(50_000).await;
+    let gate = Arc::new(Gate::default());
+    let scaler = spillway_flowctl::LagAutoscaler::new(seed_autoscale()).expect("valid policy");
+    let (handle, consumer) = setup
+        .runner_with(
+            "scaled",
+            Arc::clone(&gate) as Arc<dyn CustomTrigger>,
+            None,
+            TriggerLimits {
+                autoscale: Some(scaler),
+                ..limits(100)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.workers(), Some(5));
+    assert_eq!(gate.running.load(Ordering::Acquire), 5);
+    assert_eq!(handle.inflight(), 5);
+
+    gate.open();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(gate.done.load(Ordering::Acquire), 50_000);
+    assert_eq!(consumer.stats().pending, 0);
+    assert_eq!(gate.most_running.load(Ordering::Acquire), 5);
+    // Polls at 0 s, 30 s, …: the recommendation of 5 made at 0 s holds for
+    // the 300 s window, so the poll at 270 s keeps 5 and the one at 300 s
+    // drops to min.
+    tokio::time::sleep(Duration::from_secs(275)).await;
+    assert_eq!(handle.workers(), Some(5), "at 296 s");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(handle.workers(), Some(1), "at 301 s");
+    setup.stop().await;
+}
+
+/// With `min: 0` an idle trigger runs no worker and fetches nothing; a lag
+/// above `activationLagThreshold` wakes it at the next poll, and after
+/// `cooldownPeriod` without lag it goes back to 0.
+#[tokio::test(start_paused = true)]
+async fn autoscale_from_zero_wakes_on_lag_and_sleeps_after_cooldown() {
+    let mut setup = Setup::new(0).await;
+    let recorder = Arc::new(Recorder::default());
+    let policy = spillway_flowctl::AutoscalePolicy {
+        min: 0,
+        max: 10,
+        lag_threshold: 10,
+        activation_lag_threshold: 5,
+        polling_interval: Duration::from_secs(10),
+        cooldown: Duration::from_secs(60),
+        scale_down_stabilization: Duration::from_secs(60),
+    };
+    let scaler = spillway_flowctl::LagAutoscaler::new(policy).expect("valid policy");
+    let (handle, consumer) = setup
+        .runner_with(
+            "from-zero",
+            Arc::clone(&recorder) as Arc<dyn CustomTrigger>,
+            None,
+            TriggerLimits {
+                autoscale: Some(scaler),
+                ..limits(10)
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(handle.workers(), Some(0));
+    // Five events are not above the activation threshold: nothing runs.
+    for _ in 0..5 {
+        let event = Event::new("src", "orders", "orders", Bytes::from_static(b"{}"));
+        setup
+            .bus
+            .publish(event.to_message())
+            .await
+            .expect("publish");
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(handle.workers(), Some(0), "at 11 s");
+    assert_eq!(recorder.calls().len(), 0);
+    assert_eq!(consumer.stats().pending, 5);
+    // A sixth wakes it at the poll at 20 s: ceil(6 / 10) = 1 worker.
+    let event = Event::new("src", "orders", "orders", Bytes::from_static(b"{}"));
+    setup
+        .bus
+        .publish(event.to_message())
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(handle.workers(), Some(1), "at 21 s");
+    assert_eq!(recorder.calls().len(), 6);
+    // Last active poll at 20 s; the first poll more than 60 s later (90 s)
+    // goes to 0.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(handle.workers(), Some(1), "at 81 s");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(handle.workers(), Some(0), "at 91 s");
     setup.stop().await;
 }

@@ -257,6 +257,7 @@ pub struct Metrics {
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
     trigger_inflight: Family<TriggerLabels, Gauge>,
     trigger_concurrency_limit: Family<TriggerLabels, Gauge>,
+    trigger_workers: Family<TriggerLabels, Gauge>,
     workflows_pending: Family<TemplateLabels, Gauge>,
     workflows_running: Family<TemplateLabels, Gauge>,
     semaphore_limit: Family<NameLabels, Gauge>,
@@ -296,6 +297,7 @@ impl Metrics {
             trigger_invocations: Family::default(),
             trigger_inflight: Family::default(),
             trigger_concurrency_limit: Family::default(),
+            trigger_workers: Family::default(),
             workflows_pending: Family::default(),
             workflows_running: Family::default(),
             semaphore_limit: Family::default(),
@@ -386,6 +388,11 @@ impl Metrics {
             "trigger_concurrency_limit",
             "Most trigger invocations allowed at once",
             m.trigger_concurrency_limit.clone(),
+        );
+        registry.register(
+            "trigger_workers",
+            "Workers of an autoscaled trigger (flowControl.autoscale)",
+            m.trigger_workers.clone(),
         );
         registry.register(
             "workflows_pending",
@@ -620,6 +627,15 @@ impl Metrics {
             &self.trigger_concurrency_limit.get_or_create(&labels),
             limit as u64,
         );
+    }
+
+    /// The worker count of a trigger with `flowControl.autoscale`.
+    pub fn set_trigger_workers(&self, sensor: &str, trigger: &str, workers: usize) {
+        let labels = TriggerLabels {
+            sensor: sensor.to_string(),
+            trigger: trigger.to_string(),
+        };
+        set_gauge(&self.trigger_workers.get_or_create(&labels), workers as u64);
     }
 }
 

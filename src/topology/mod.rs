@@ -37,7 +37,8 @@ use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig};
 use spillway_flowctl::{
-    AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, RateLimiter, DEFAULT_MAX_PENDING,
+    AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, LagAutoscaler, RateLimiter,
+    DEFAULT_MAX_PENDING,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -668,9 +669,28 @@ async fn build_runners(
             Some(OnReject::Drop) => RejectPolicy::Drop,
             Some(OnReject::Backlog) => RejectPolicy::Backlog(Arc::clone(store)),
         };
+        let autoscale = flow
+            .and_then(|f| f.autoscale.as_ref())
+            .map(|a| a.value.to_flowctl());
+        // Each autoscaled worker runs one invocation, so by default the
+        // window fits the most workers.
+        let default_window = autoscale.map_or(default_window, |policy| {
+            default_window.max(policy.max as usize)
+        });
         let max_in_flight = flow
             .and_then(|f| f.max_in_flight.as_ref())
             .map_or(default_window, |m| m.value as usize);
+        if let Some(policy) = autoscale.filter(|p| p.max as usize > max_in_flight) {
+            tracing::warn!(
+                "sensor {sensor_name}, trigger {name}: autoscale.max is {} but maxInFlight is {max_in_flight}; at most {max_in_flight} workers will run",
+                policy.max
+            );
+        }
+        let autoscale = autoscale.map(LagAutoscaler::new).transpose().map_err(|e| {
+            RunError::Config(format!(
+                "sensor {sensor_name}, trigger {name}: autoscale: {e}"
+            ))
+        })?;
         let burst = flow.and_then(|f| f.burst.as_ref()).map(|b| b.value);
         let rate = trigger
             .rate_limit
@@ -735,6 +755,7 @@ async fn build_runners(
                 at_least_once: trigger.at_least_once.as_ref().is_none_or(|f| f.value),
                 max_pending,
                 on_reject,
+                autoscale,
             },
             Arc::clone(metrics),
         ));
@@ -835,19 +856,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
         }
         for trigger in &sensor.doc.spec.triggers {
             let t = &trigger.template;
-            if let Some(flow) = &trigger.flow_control {
-                let flow = &flow.value;
-                let not_yet = [("autoscale", flow.autoscale.as_ref().map(|a| a.pos))];
-                for (field, pos) in not_yet {
-                    if let Some(pos) = pos {
-                        problems.push(format!(
-                            "{}: trigger {:?}: flowControl.{field} is not supported by this build yet; refusing to run rather than ignore it",
-                            at(pos),
-                            t.name.value
-                        ));
-                    }
-                }
-            }
             if let Some(dlq) = &trigger.dlq_trigger {
                 let d = &dlq.value.template;
                 let stores = d
