@@ -1300,3 +1300,57 @@ spec:
         ],
     );
 }
+
+/// An inline Workflow `spec.templates` is checked like a WorkflowTemplate,
+/// with positions in the Sensor's file: a template with nothing to run
+/// (line 25) and a semaphore naming a ConfigMap that is not loaded (line 22).
+#[test]
+fn inline_workflow_spec_is_checked_with_its_positions() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: s
+spec:
+  dependencies:
+    - name: e
+      eventSourceName: source
+      eventName: event
+  triggers:
+    - template:
+        name: process
+        argoWorkflow:
+          operation: submit
+          source:
+            resource:
+              kind: Workflow
+              spec:
+                synchronization:
+                  semaphore:
+                    configMapKeyRef:
+                      name: limits
+                      key: workers
+                templates:
+                  - name: work
+---
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: source
+spec:
+  webhook:
+    event:
+      port: "12000"
+      endpoint: /event
+"#,
+        &[
+            error(
+                22,
+                29,
+                &["configMapKeyRef names ConfigMap \"limits\", which is not loaded"],
+            ),
+            error(25, 27, &["template needs `container` or `script`"]),
+        ],
+    );
+}

@@ -379,3 +379,67 @@ spec:
     })
     .await;
 }
+
+/// Argo's other form: the Workflow carries its own `spec.templates` (and
+/// semaphore) instead of naming a WorkflowTemplate. It runs the same way,
+/// under the name `<sensor>/<trigger>`: 6 events, `limit: "2"`, never more
+/// than 2 at once, all 6 finish.
+#[tokio::test]
+async fn an_inline_workflow_spec_runs_with_its_own_semaphore() {
+    let work = Workdir::new();
+    let port = free_port();
+    let source: String = script(work.dir.path(), "0.1")
+        .lines()
+        .map(|l| format!("                        {l}\n"))
+        .collect();
+    let trigger = format!(
+        r#"    - template:
+        name: consume
+        argoWorkflow:
+          operation: submit
+          source:
+            resource:
+              apiVersion: argoproj.io/v1alpha1
+              kind: Workflow
+              metadata:
+                generateName: inline-
+              spec:
+                entrypoint: work
+                synchronization:
+                  semaphore:
+                    configMapKeyRef:
+                      name: inline-limits
+                      key: workers
+                templates:
+                  - name: work
+                    script:
+                      command: [sh]
+                      source: |
+{source}---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: inline-limits
+data:
+  workers: "2"
+"#
+    );
+    let spillway = Spillway::start(&orders_pipeline("", port, "", &trigger)).await;
+    let statuses = post_all(port, 0..6).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let running = r#"spillway_workflows_running{template="orders/consume"}"#;
+    let pending = r#"spillway_workflows_pending{template="orders/consume"}"#;
+    wait_until("2 running and 4 pending", LIMIT, || async {
+        let text = spillway.metrics().await;
+        metric(&text, running) == 2.0 && metric(&text, pending) == 4.0
+    })
+    .await;
+    work.go();
+    wait_until("all 6 workflows to finish", LIMIT, || async {
+        work.done().len() == 6
+    })
+    .await;
+    let seen = work.seen("seen");
+    assert_eq!(seen.len(), 6);
+    assert_eq!(seen.iter().max(), Some(&2), "at most 2 at once: {seen:?}");
+}

@@ -215,6 +215,9 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
             }
         }
     }
+    if kind == "Sensor" && ok {
+        lift_inline_workflows(file, doc, diags, loaded);
+    }
     if let Some(name) = name {
         if ok && diags.error_count() == errors_before {
             loaded.names.push(name);
@@ -246,6 +249,80 @@ fn decode_document<T: serde::de::DeserializeOwned>(
             diags.error(err.pos.unwrap_or(doc.pos), err.message);
             false
         }
+    }
+}
+
+/// Argo lets a trigger's Workflow carry its own `spec.templates` instead of
+/// naming a WorkflowTemplate. Each such inline spec of the sensor just
+/// decoded becomes a WorkflowTemplate named `<sensor>/<trigger>` (no
+/// document can take that name: `/` is not allowed in names), decoded from
+/// this file with its positions, and the Workflow is made to name it. From
+/// there validation, semaphores, the executor and the metrics treat both
+/// forms alike.
+fn lift_inline_workflows(file: &Path, doc: &Node, diags: &Diagnostics, loaded: &mut Loaded) {
+    let Some(sensor) = loaded.config.sensors.last_mut() else {
+        return;
+    };
+    let sensor_name = sensor.doc.metadata.name().to_string();
+    let trigger_nodes = doc.get("spec").and_then(|s| s.get("triggers"));
+    let Some(Value::Seq(trigger_nodes)) = trigger_nodes.map(|t| &t.value) else {
+        return;
+    };
+    for (trigger, node) in sensor.doc.spec.triggers.iter_mut().zip(trigger_nodes) {
+        let Some(workflow) = trigger.template.argo_workflow.as_mut() else {
+            continue;
+        };
+        let Some(resource) = workflow
+            .value
+            .source
+            .as_mut()
+            .and_then(|s| s.resource.as_mut())
+        else {
+            continue;
+        };
+        let Some(spec) = resource.value.get_mut("spec") else {
+            continue;
+        };
+        if spec.get("workflowTemplateRef").is_some() || spec.get("templates").is_none() {
+            continue;
+        }
+        let spec_node = node
+            .get("template")
+            .and_then(|t| t.get("argoWorkflow"))
+            .and_then(|w| w.get("source"))
+            .and_then(|s| s.get("resource"))
+            .and_then(|r| r.get("spec"));
+        let Some(spec_node) = spec_node else {
+            continue;
+        };
+        let decoded = match decode::<super::workflow::WorkflowSpec>(spec_node, diags) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                diags.error(err.pos.unwrap_or(spec_node.pos), err.message);
+                continue;
+            }
+        };
+        let name = format!("{sensor_name}/{}", trigger.template.name.value);
+        spec["workflowTemplateRef"] = serde_json::json!({ "name": name });
+        loaded.names.push(DocName {
+            kind: "WorkflowTemplate",
+            name: name.clone(),
+            file: file.to_path_buf(),
+            pos: spec_node.pos,
+        });
+        loaded.config.workflow_templates.push(Located {
+            file: file.to_path_buf(),
+            pos: spec_node.pos,
+            doc: super::workflow::WorkflowTemplate {
+                api_version: "argoproj.io/v1alpha1".to_string(),
+                kind: "WorkflowTemplate".to_string(),
+                metadata: super::values::ObjectMeta {
+                    name: Some(super::decode::Spanned::new(name, spec_node.pos)),
+                    ..Default::default()
+                },
+                spec: decoded,
+            },
+        });
     }
 }
 

@@ -874,7 +874,7 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             if let Some(w) = &t.argo_workflow {
                 if crate::triggers::workflow::template_ref(&w.value).is_none() {
                     problems.push(format!(
-                        "{}: trigger {:?}: argoWorkflow runs a Workflow's `spec.workflowTemplateRef` on the local executor; inline `spec.templates` are not supported yet — move them into a WorkflowTemplate",
+                        "{}: trigger {:?}: argoWorkflow needs a Workflow resource written as a mapping with `spec.workflowTemplateRef` or `spec.templates`",
                         at(w.pos),
                         t.name.value
                     ));

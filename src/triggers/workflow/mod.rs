@@ -1,5 +1,8 @@
 //! The `argoWorkflow` trigger (`operation: submit`): runs the entry template
-//! of the Workflow's `workflowTemplateRef` on this machine.
+//! of the Workflow's `workflowTemplateRef` on this machine. A Workflow with
+//! its own `spec.templates` runs the same way: the config loader turns its
+//! spec into a WorkflowTemplate named `<sensor>/<trigger>` and points the
+//! Workflow at it.
 //!
 //! Per event:
 //! 1. the trigger's parameters are applied to the Workflow resource (Argo
@@ -26,8 +29,7 @@
 //! sensor's runner before [`WorkflowTrigger::invoke`], so a pending
 //! workflow keeps its bus message unacked and counts against `maxPending`.
 //!
-//! Not done: multi-step templates (`steps`, `dag`), inline `spec.templates`
-//! in the Workflow resource (refused at start-up), container images (the
+//! Not done: multi-step templates (`steps`, `dag`), container images (the
 //! command runs on this machine; `image` is ignored with a warning).
 
 pub mod executor;
@@ -69,7 +71,7 @@ pub fn template_ref(trigger: &ArgoWorkflowTrigger) -> Option<&str> {
 /// Why an argoWorkflow trigger cannot be built from its config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkflowTriggerError {
-    #[error("argoWorkflow needs `source.resource` with `spec.workflowTemplateRef.name`; inline `spec.templates` are not run yet")]
+    #[error("argoWorkflow needs `source.resource` with `spec.workflowTemplateRef.name` or `spec.templates`")]
     NoTemplateRef,
     #[error("WorkflowTemplate {0:?} is not loaded")]
     UnknownTemplate(String),
