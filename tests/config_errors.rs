@@ -732,8 +732,6 @@ fn argo_workflow_trigger_names_missing_workflow_template() {
 }
 
 #[test]
-#[ignore = "bug: the error points at the start of `resource` (27:15), not at the \
-            workflowTemplateRef name (33:25)"]
 fn argo_workflow_missing_template_points_at_the_name() {
     expect_errors(
         MISSING_WORKFLOW_TEMPLATE,

@@ -13,6 +13,7 @@ use super::suggest::did_you_mean;
 use super::yaml::{parse_documents, Node, Pos, Value};
 use super::{validate, BusConfig, Config, Located};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The kinds spillway reads, with the apiVersion each must carry.
@@ -46,6 +47,11 @@ pub(super) struct Loaded {
     pub names: Vec<DocName>,
     /// Documents that failed to decode (their references are not checked).
     pub broken: Vec<DocName>,
+    /// Where each Workflow resource's `spec.workflowTemplateRef.name` is
+    /// written, by (file, position of the resource): resources decode to
+    /// JSON, which keeps no positions, and a wrong name should be reported
+    /// where it is written.
+    pub template_ref_positions: HashMap<(PathBuf, Pos), Pos>,
 }
 
 /// Loads and checks `files`. Returns the config and its warnings, or every
@@ -216,6 +222,7 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
         }
     }
     if kind == "Sensor" && ok {
+        record_template_refs(file, doc, &mut loaded.template_ref_positions);
         lift_inline_workflows(file, doc, diags, loaded);
     }
     if let Some(name) = name {
@@ -249,6 +256,33 @@ fn decode_document<T: serde::de::DeserializeOwned>(
             diags.error(err.pos.unwrap_or(doc.pos), err.message);
             false
         }
+    }
+}
+
+/// Records where every `resource:` under `node` (triggers, DLQ triggers)
+/// names its WorkflowTemplate.
+fn record_template_refs(file: &Path, node: &Node, into: &mut HashMap<(PathBuf, Pos), Pos>) {
+    match &node.value {
+        Value::Map(entries) => {
+            for (key, value) in entries {
+                if key.as_str() == Some("resource") {
+                    let name = value
+                        .get("spec")
+                        .and_then(|s| s.get("workflowTemplateRef"))
+                        .and_then(|r| r.get("name"));
+                    if let Some(name) = name {
+                        into.insert((file.to_path_buf(), value.pos), name.pos);
+                    }
+                }
+                record_template_refs(file, value, into);
+            }
+        }
+        Value::Seq(items) => {
+            for item in items {
+                record_template_refs(file, item, into);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -14,11 +14,13 @@ use super::workflow::{ConfigMap, WorkflowTemplate};
 use super::yaml::Pos;
 use super::{Located, Spanned};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Collects diagnostics for one file at a time.
 struct Report<'a> {
     out: &'a mut Vec<Diagnostic>,
+    /// [`Loaded::template_ref_positions`].
+    template_ref_positions: &'a HashMap<(PathBuf, Pos), Pos>,
 }
 
 impl Report<'_> {
@@ -41,7 +43,11 @@ impl Report<'_> {
 }
 
 pub(super) fn check(loaded: &mut Loaded, out: &mut Vec<Diagnostic>) {
-    let mut report = Report { out };
+    let template_ref_positions = std::mem::take(&mut loaded.template_ref_positions);
+    let mut report = Report {
+        out,
+        template_ref_positions: &template_ref_positions,
+    };
     unique_names(&loaded.names, &mut report);
     if loaded.bus_docs.len() > 1 {
         for bus in &loaded.bus_docs[1..] {
@@ -605,9 +611,14 @@ fn check_workflow_resource(
                 let hint = did_you_mean(name, names())
                     .map(|h| format!("; did you mean {h:?}?"))
                     .unwrap_or_default();
+                let pos = report
+                    .template_ref_positions
+                    .get(&(file.to_path_buf(), resource.pos))
+                    .copied()
+                    .unwrap_or(resource.pos);
                 report.error(
                     file,
-                    resource.pos,
+                    pos,
                     format!("workflowTemplateRef {name:?} does not match any loaded WorkflowTemplate{hint}"),
                 );
             }
