@@ -92,6 +92,40 @@ enum Command {
     /// report.md, report.json and SVG charts of rate, latency and, with
     /// --admin, queue depth, lag and memory over time.
     Storm(Box<StormArgs>),
+    /// Send events to a webhook (or any HTTP endpoint), as fast as it
+    /// accepts them: a 429/503 is waited out (Retry-After) and the same
+    /// event sent again; the input is read only as events are accepted.
+    /// Exits 1 if any event was given up.
+    Publish(PublishArgs),
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Where to POST each event, e.g. http://127.0.0.1:12000/orders.
+    url: String,
+    /// An event body (repeatable). Without --data, events are the lines of
+    /// --file, or of stdin.
+    #[arg(short = 'd', long = "data", conflicts_with = "file")]
+    data: Vec<String>,
+    /// One event per line (blank lines skipped); `-` for stdin.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// A header sent with every event, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Events in flight at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+    /// Give an event up when it has not been accepted this long after its
+    /// first attempt.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    max_wait: std::time::Duration,
+    /// Time limit of each attempt.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// Longest line accepted as an event (e.g. 1MiB).
+    #[arg(long, default_value = "1MiB", value_parser = parse_byte_size)]
+    max_line: u64,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +288,73 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+fn publish(args: PublishArgs) -> ExitCode {
+    use spillway::publish::{self, Delivery, HttpPoster, Input, LineInput, PublishOptions};
+    let poster = match HttpPoster::new(&args.url, &args.headers, args.timeout) {
+        Ok(poster) => std::sync::Arc::new(poster),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let options = PublishOptions {
+        concurrency: args.concurrency as usize,
+        max_wait: args.max_wait,
+        max_line_bytes: usize::try_from(args.max_line).unwrap_or(usize::MAX),
+    };
+    let from_arguments = !args.data.is_empty();
+    let result = runtime.block_on(async {
+        let reader: Box<dyn tokio::io::AsyncBufRead + Unpin + Send> = match &args.file {
+            Some(path) if path.as_os_str() != "-" => {
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                Box::new(tokio::io::BufReader::new(file))
+            }
+            _ => Box::new(tokio::io::BufReader::new(tokio::io::stdin())),
+        };
+        let input = if from_arguments {
+            Input::data(args.data)
+        } else {
+            Input::Lines(LineInput::new(reader, options.max_line_bytes))
+        };
+        let source = match &args.file {
+            Some(path) if path.as_os_str() != "-" => path.display().to_string(),
+            _ if from_arguments => "--data".to_string(),
+            _ => "stdin".to_string(),
+        };
+        let summary = publish::publish(poster, input, options, |delivery| match delivery {
+            // One answer per event given as an argument; a file's events
+            // are summed up at the end instead.
+            Delivery::Accepted { body, .. } if from_arguments => println!("{body}"),
+            Delivery::Accepted { .. } => {}
+            Delivery::GaveUp { line, reason } => eprintln!("{source}:{line}: {reason}"),
+        })
+        .await?;
+        anyhow::Ok(summary)
+    });
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "published: {} accepted ({} resent after a refusal or no answer), {} given up",
+                summary.accepted, summary.resent, summary.failed
+            );
+            if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -299,6 +400,7 @@ fn main() -> ExitCode {
                 },
         } => backlog::replay(&admin, rate, max_rate),
         Command::Storm(args) => storm(*args),
+        Command::Publish(args) => publish(args),
         Command::Status {
             admin,
             watch,

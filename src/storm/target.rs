@@ -117,16 +117,10 @@ impl HttpTarget {
         timeout: Duration,
         pool: usize,
     ) -> Result<HttpTarget, TargetError> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| TargetError::Url {
+        let parsed = http_url(url).map_err(|reason| TargetError::Url {
             url: url.to_string(),
-            reason: e.to_string(),
+            reason,
         })?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(TargetError::Url {
-                url: url.to_string(),
-                reason: "the scheme must be http or https".to_string(),
-            });
-        }
         let priorities = match priorities {
             Some((name, mix)) => Some((
                 http::HeaderName::try_from(name)
@@ -180,6 +174,15 @@ impl Target for HttpTarget {
             }
         }
     }
+}
+
+/// `url` parsed, if it is an absolute http or https URL.
+pub fn http_url(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("the scheme must be http or https".to_string());
+    }
+    Ok(parsed)
 }
 
 fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
