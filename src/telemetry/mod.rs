@@ -106,6 +106,18 @@ pub enum SourceOutcome {
 }
 
 impl SourceOutcome {
+    pub const ALL: [SourceOutcome; 9] = [
+        SourceOutcome::Accepted,
+        SourceOutcome::RateLimited,
+        SourceOutcome::Shed,
+        SourceOutcome::BusFull,
+        SourceOutcome::TooLarge,
+        SourceOutcome::Unauthorized,
+        SourceOutcome::Invalid,
+        SourceOutcome::Unavailable,
+        SourceOutcome::Missed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceOutcome::Accepted => "accepted",
@@ -508,6 +520,23 @@ impl Metrics {
                     outcome: outcome.as_str().to_string(),
                 };
                 let count = self.trigger_invocations.get(&labels).map_or(0, |c| c.get());
+                (outcome.as_str(), count)
+            })
+            .collect()
+    }
+
+    /// Events of one source event so far, per outcome (every outcome, zeros
+    /// included, so readers see a stable set of keys).
+    pub fn source_events_of(&self, source: &str, event: &str) -> Vec<(&'static str, u64)> {
+        SourceOutcome::ALL
+            .iter()
+            .map(|outcome| {
+                let labels = SourceEventLabels {
+                    source: source.to_string(),
+                    event: event.to_string(),
+                    outcome: outcome.as_str().to_string(),
+                };
+                let count = self.source_events.get(&labels).map_or(0, |c| c.get());
                 (outcome.as_str(), count)
             })
             .collect()
