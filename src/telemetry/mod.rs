@@ -687,6 +687,31 @@ mod tests {
     }
 
     #[test]
+    fn source_events_of_lists_every_outcome_of_one_event() {
+        let metrics = Metrics::new();
+        for _ in 0..3 {
+            metrics.source_event("shop", "orders", SourceOutcome::Accepted);
+        }
+        metrics.source_event("shop", "orders", SourceOutcome::BusFull);
+        metrics.source_event("shop", "refunds", SourceOutcome::Shed);
+        let orders = metrics.source_events_of("shop", "orders");
+        assert_eq!(orders.len(), SourceOutcome::ALL.len());
+        let count = |outcome: SourceOutcome| {
+            orders
+                .iter()
+                .find(|(o, _)| *o == outcome.as_str())
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(count(SourceOutcome::Accepted), Some(3));
+        assert_eq!(count(SourceOutcome::BusFull), Some(1));
+        assert_eq!(count(SourceOutcome::Shed), Some(0), "other event's shed");
+        assert!(metrics
+            .source_events_of("nope", "orders")
+            .iter()
+            .all(|(_, n)| *n == 0));
+    }
+
+    #[test]
     fn mirrored_counters_advance_to_the_total() {
         let metrics = Metrics::new();
         let mut stats = BusStats {

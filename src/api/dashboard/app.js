@@ -210,7 +210,9 @@ function drawChart(id, series, format) {
     const label = svgEl("text", { x: x(now - back), y: CHART_H - 6, class: "tick", "text-anchor": back === span ? "start" : back === 0 ? "end" : "middle" }, svg);
     label.textContent = back === 0 ? "now" : "-" + fmtDuration(back).trim();
   }
-  for (const s of series) {
+  // Limits (dashed) first, so a value sitting at its limit stays visible.
+  const drawOrder = series.filter((s) => s.dashed).concat(series.filter((s) => !s.dashed));
+  for (const s of drawOrder) {
     let d = "";
     let pen = "M";
     for (const [t, v] of s.points) {
