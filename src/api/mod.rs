@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/api/v1/status`,
-//! and the backlog replay API ([`backlog`]).
+//! `/api/v1/status/history` ([`history`]), the live dashboard at `/`
+//! ([`dashboard`]), and the backlog replay API ([`backlog`]).
 //!
 //! Read-only views of the running pipeline, except the backlog replay.
 //! Gauges that mirror the bus and the consumers are refreshed on each
@@ -8,10 +9,13 @@
 //! `spillway status`.
 
 mod backlog;
+mod dashboard;
+pub mod history;
 pub mod screen;
 pub mod status;
 
 use crate::sensor::TriggerHandle;
+use crate::sources::EventName;
 use crate::telemetry::alerts::Alerting;
 use crate::telemetry::Metrics;
 use crate::triggers::workflow::semaphores::SemaphoreRegistry;
@@ -21,8 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use spillway_bus::Bus;
 use status::{
-    BacklogStatus, BusStatus, LimitsStatus, ProcessStatus, SemaphoreStatus, Status, TriggerStatus,
-    WorkflowStatus,
+    BacklogStatus, BusStatus, LimitsStatus, ProcessStatus, SemaphoreStatus, SourceStatus, Status,
+    TriggerStatus, WorkflowStatus,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,6 +38,9 @@ pub struct AdminState {
     pub backend: &'static str,
     pub bus: Arc<dyn Bus>,
     pub triggers: Vec<TriggerHandle>,
+    /// Every configured event of every EventSource (their outcome counters
+    /// are looked up by these names; the metric families cannot be listed).
+    pub sources: Vec<EventName>,
     /// Workflow semaphores and per-template pending/running counts.
     pub workflows: Arc<SemaphoreRegistry>,
     pub metrics: Arc<Metrics>,
@@ -44,6 +51,11 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// The data dir's backlog store and its replay into this pipeline's bus.
     pub backlog: Arc<crate::backlog::Replayer>,
+    /// When the pipeline started (`uptime_seconds`: readers divide counter
+    /// deltas by it to get rates, independent of their own clocks).
+    pub started: std::time::Instant,
+    /// The last few minutes of status documents ([`history::run`] fills it).
+    pub history: history::History,
 }
 
 impl AdminState {
@@ -87,8 +99,10 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/status/history", get(status_history))
         .with_state(state)
         .merge(backlog)
+        .merge(dashboard::router())
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -114,6 +128,16 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn status(State(state): State<Arc<AdminState>>) -> Response {
+    axum::Json(snapshot(&state)).into_response()
+}
+
+/// The sampled status documents, oldest first (see [`history`]).
+async fn status_history(State(state): State<Arc<AdminState>>) -> Response {
+    axum::Json(state.history.samples()).into_response()
+}
+
+/// The status document of this moment.
+fn snapshot(state: &AdminState) -> Status {
     let stats = state.bus.stats();
     let limits = state.bus.limits();
     let triggers = state
@@ -168,7 +192,8 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
             max_pending: s.max_pending,
         })
         .collect();
-    axum::Json(Status {
+    Status {
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
         ready: state.ready.load(Ordering::Acquire),
         draining: state.draining.load(Ordering::Acquire),
         bus: BusStatus {
@@ -206,6 +231,19 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
             events: state.backlog.store().events(),
             bytes: state.backlog.store().bytes(),
         },
-    })
-    .into_response()
+        sources: state
+            .sources
+            .iter()
+            .map(|name| SourceStatus {
+                source: name.source.clone(),
+                event: name.event.clone(),
+                outcomes: state
+                    .metrics
+                    .source_events_of(&name.source, &name.event)
+                    .into_iter()
+                    .map(|(outcome, n)| (outcome.to_string(), n))
+                    .collect(),
+            })
+            .collect(),
+    }
 }

@@ -172,6 +172,7 @@ mod tests {
 
     fn status(published: u64, success: u64) -> Status {
         Status {
+            uptime_seconds: 10.0,
             ready: true,
             draining: false,
             bus: BusStatus {
@@ -226,6 +227,7 @@ mod tests {
             workflows: Vec::new(),
             semaphores: Vec::new(),
             backlog: Default::default(),
+            sources: Vec::new(),
         }
     }
 

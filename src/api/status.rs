@@ -10,6 +10,11 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// Seconds since the pipeline started, on the server's monotonic
+    /// clock: rates are counter deltas over uptime deltas, and a smaller
+    /// uptime than before means a restart (counters began again).
+    #[serde(default)]
+    pub uptime_seconds: f64,
     pub ready: bool,
     pub draining: bool,
     pub bus: BusStatus,
@@ -25,6 +30,21 @@ pub struct Status {
     pub semaphores: Vec<SemaphoreStatus>,
     #[serde(default)]
     pub backlog: BacklogStatus,
+    /// Every configured event of every EventSource, with its outcomes.
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
+}
+
+/// One event of an EventSource (`<source>.<event>` on the bus).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub source: String,
+    pub event: String,
+    /// Requests or messages so far per outcome (`accepted`, and the
+    /// refusals: `rate_limited`, `bus_full`, `shed` answer 429 on a
+    /// webhook; `too_large`, `unauthorized`, `invalid`, `unavailable`,
+    /// `missed`), as in `spillway_source_events_total{outcome}`.
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 /// The backlog store (events stored for later).

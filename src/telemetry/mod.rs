@@ -106,6 +106,18 @@ pub enum SourceOutcome {
 }
 
 impl SourceOutcome {
+    pub const ALL: [SourceOutcome; 9] = [
+        SourceOutcome::Accepted,
+        SourceOutcome::RateLimited,
+        SourceOutcome::Shed,
+        SourceOutcome::BusFull,
+        SourceOutcome::TooLarge,
+        SourceOutcome::Unauthorized,
+        SourceOutcome::Invalid,
+        SourceOutcome::Unavailable,
+        SourceOutcome::Missed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceOutcome::Accepted => "accepted",
@@ -520,6 +532,23 @@ impl Metrics {
             .collect()
     }
 
+    /// Events of one source event so far, per outcome (every outcome, zeros
+    /// included, so readers see a stable set of keys).
+    pub fn source_events_of(&self, source: &str, event: &str) -> Vec<(&'static str, u64)> {
+        SourceOutcome::ALL
+            .iter()
+            .map(|outcome| {
+                let labels = SourceEventLabels {
+                    source: source.to_string(),
+                    event: event.to_string(),
+                    outcome: outcome.as_str().to_string(),
+                };
+                let count = self.source_events.get(&labels).map_or(0, |c| c.get());
+                (outcome.as_str(), count)
+            })
+            .collect()
+    }
+
     /// Records the workflow executor's queue of one template.
     pub fn set_workflows(&self, template: &str, pending: u64, running: u64) {
         let labels = TemplateLabels {
@@ -671,6 +700,31 @@ mod tests {
             text.contains(r#"spillway_bus_max_messages{stream="default"} 100000"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn source_events_of_lists_every_outcome_of_one_event() {
+        let metrics = Metrics::new();
+        for _ in 0..3 {
+            metrics.source_event("shop", "orders", SourceOutcome::Accepted);
+        }
+        metrics.source_event("shop", "orders", SourceOutcome::BusFull);
+        metrics.source_event("shop", "refunds", SourceOutcome::Shed);
+        let orders = metrics.source_events_of("shop", "orders");
+        assert_eq!(orders.len(), SourceOutcome::ALL.len());
+        let count = |outcome: SourceOutcome| {
+            orders
+                .iter()
+                .find(|(o, _)| *o == outcome.as_str())
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(count(SourceOutcome::Accepted), Some(3));
+        assert_eq!(count(SourceOutcome::BusFull), Some(1));
+        assert_eq!(count(SourceOutcome::Shed), Some(0), "other event's shed");
+        assert!(metrics
+            .source_events_of("nope", "orders")
+            .iter()
+            .all(|(_, n)| *n == 0));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::event::Event;
 use crate::secrets::SecretStore;
 use crate::sensor::{DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, PortState};
-use crate::sources::SourceContext;
+use crate::sources::{EventName, SourceContext};
 use crate::telemetry::alerts::{self, Alerting};
 use crate::telemetry::Metrics;
 use crate::triggers::workflow::semaphores::SemaphoreRegistry;
@@ -217,6 +217,22 @@ pub async fn run_until(
         },
         bus: Arc::clone(&bus),
         triggers: handles,
+        sources: config
+            .event_sources
+            .iter()
+            .flat_map(|s| {
+                let source = s.doc.metadata.name().to_string();
+                s.doc
+                    .spec
+                    .event_names()
+                    .into_iter()
+                    .map(move |event| EventName {
+                        source: source.clone(),
+                        event: event.value.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
         workflows: Arc::clone(&semaphores),
         metrics: Arc::clone(&metrics),
         alerts: Arc::clone(&alerting),
@@ -227,6 +243,8 @@ pub async fn run_until(
             Arc::clone(&bus),
             replay_targets(&config),
         )),
+        started: std::time::Instant::now(),
+        history: Default::default(),
     });
     let server_stop = CancellationToken::new();
     let mut webhook_listeners = Vec::new();
@@ -243,6 +261,10 @@ pub async fn run_until(
         webhook_listeners.push((listener, webhook::router(state), port.limits));
     }
     tracing::info!("admin server on http://{admin_addr}");
+    servers.push(tokio::spawn(crate::api::history::run(
+        Arc::clone(&admin_state),
+        server_stop.clone(),
+    )));
     servers.push(serve(
         admin_listener,
         crate::api::router(admin_state),
