@@ -52,6 +52,12 @@
 //!   invocations (the caller bounds the wait); events it had not finished are
 //!   left unacked, so the bus redelivers them.
 
+mod prioritized;
+
+pub use prioritized::{
+    look_ahead, PriorityDispatch, MAX_LOOK_AHEAD, MIN_LOOK_AHEAD, PRIORITY_AGING,
+};
+
 use super::{filter, DependencyMatcher, RejectPolicy, RetryPolicy};
 use crate::event::Event;
 use crate::telemetry::{LogThrottle, Metrics, TriggerOutcome};
@@ -107,6 +113,10 @@ pub struct TriggerLimits {
     /// `flowControl.onReject`: what happens to an event whose retries are
     /// used up on a retryable failure.
     pub on_reject: RejectPolicy,
+    /// Sensor `flowControl.priority` / `shedding`: shed by priority and
+    /// dispatch higher priorities first ([`prioritized`]); `None` keeps bus
+    /// order.
+    pub priority: Option<PriorityDispatch>,
 }
 
 /// The live view of one runner, for metrics and `/api/v1/status`.
@@ -169,6 +179,8 @@ pub struct TriggerRunner {
     fetch_cap: usize,
     rate: Option<RateLimiter>,
     sensor_rate: Option<Arc<RateLimiter>>,
+    /// Set when the sensor dispatches by priority.
+    priority: Option<prioritized::Prioritized>,
 }
 
 struct RunnerInner {
@@ -247,6 +259,7 @@ impl TriggerRunner {
             at_least_once,
             max_pending,
             on_reject,
+            priority,
         } = limits;
         let max_in_flight = max_in_flight.max(1);
         let fetch_cap = [rate.as_ref(), sensor_rate.as_deref()]
@@ -290,6 +303,7 @@ impl TriggerRunner {
             fetch_cap,
             rate,
             sensor_rate,
+            priority: priority.map(prioritized::Prioritized::new),
         }
     }
 
@@ -306,13 +320,16 @@ impl TriggerRunner {
 
     /// Pulls and processes events until `shutdown` is cancelled, then waits
     /// for the invocations in flight.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if let Some(prioritized) = self.priority.take() {
+            return self.run_prioritized(prioritized, shutdown).await;
+        }
         let mut tasks = JoinSet::new();
         loop {
             while tasks.try_join_next().is_some() {}
             // One slot first (waits while at the limit or paused), then every
             // other free slot: the fetch never asks for more than the limit allows.
-            let Some(first) = self.inner.acquire_slot(&shutdown).await else {
+            let Some(first) = self.inner.acquire_slot(&shutdown, &[]).await else {
                 break;
             };
             let mut slots = vec![first];
@@ -426,9 +443,14 @@ impl RunnerInner {
         })
     }
 
-    /// Waits for a slot to fetch with: the limit has room, no `Retry-After`
-    /// pause is running, and no held event is waiting. `None` on shutdown.
-    async fn acquire_slot(self: &Arc<Self>, shutdown: &CancellationToken) -> Option<Slot> {
+    /// Waits for a slot to fetch (or dispatch) with: the limit has room, no
+    /// `Retry-After` pause is running, and no held event is waiting; the
+    /// fetched events `held` meanwhile are kept alive. `None` on shutdown.
+    async fn acquire_slot(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+        held: &[u64],
+    ) -> Option<Slot> {
         let wait = async {
             loop {
                 let retriers_done = self.retriers_done.notified();
@@ -443,7 +465,7 @@ impl RunnerInner {
                 }
             }
         };
-        self.keep_alive_while(&[], shutdown, wait).await
+        self.keep_alive_while(held, shutdown, wait).await
     }
 
     /// Waits for a slot for an event this runner already holds (`held`, kept

@@ -94,7 +94,7 @@ impl Setup {
     ) -> (TriggerHandle, Arc<dyn Consumer>) {
         let mut config = ConsumerConfig::new(format!("sensor-{trigger}"));
         config.filter_subjects = vec![Event::subject_for("src", "orders")];
-        config.max_ack_pending = limits.max_in_flight;
+        config.max_ack_pending = limits.max_fetched();
         config.ack_wait = limits.ack_wait;
         let consumer = self.bus.consumer(config).await.expect("consumer");
         let runner = TriggerRunner::new(
@@ -137,6 +137,7 @@ fn limits(max_in_flight: usize) -> TriggerLimits {
         at_least_once: true,
         max_pending: spillway_flowctl::DEFAULT_MAX_PENDING,
         on_reject: RejectPolicy::Error,
+        priority: None,
     }
 }
 
@@ -823,3 +824,5 @@ async fn a_replayed_event_runs_only_the_trigger_it_names() {
     assert_eq!(setup.bus.stats().messages, 0);
     setup.stop().await;
 }
+
+mod priority;
