@@ -95,13 +95,13 @@ impl PrioritySource {
     }
 
     /// The priority from a header value (`None`: no such header).
-    pub fn from_text(&self, text: Option<&str>) -> Resolved {
+    pub fn in_text(&self, text: Option<&str>) -> Resolved {
         self.resolve(text, read_text, str::to_string)
     }
 
     /// The priority at this source's path in `data` (the default for a
     /// header source, whose value is not in the data).
-    pub fn from_data(&self, data: &Value) -> Resolved {
+    pub fn in_data(&self, data: &Value) -> Resolved {
         let value = match &self.from {
             PriorityFrom::Path(path) => crate::json_path::get(data, path),
             PriorityFrom::Header(_) => None,
@@ -157,7 +157,7 @@ mod tests {
             (json!({"body": {"priority": 12}}), 9),
             (json!({"body": {"priority": 70000}}), 9),
         ] {
-            let resolved = source.from_data(&data);
+            let resolved = source.in_data(&data);
             assert_eq!(resolved.priority, expected, "{data}");
             assert_eq!(resolved.unreadable, None, "{data}");
         }
@@ -167,14 +167,14 @@ mod tests {
     fn missing_values_are_the_default_and_unreadable_ones_are_reported() {
         let source = path(4);
         assert_eq!(
-            source.from_data(&json!({"body": {}})),
+            source.in_data(&json!({"body": {}})),
             Resolved {
                 priority: 4,
                 unreadable: None
             }
         );
         for bad in [json!(-1), json!(1.5), json!("high"), json!({"p": 1})] {
-            let resolved = source.from_data(&json!({"body": {"priority": bad.clone()}}));
+            let resolved = source.in_data(&json!({"body": {"priority": bad.clone()}}));
             assert_eq!(resolved.priority, 4, "{bad}");
             assert_eq!(resolved.unreadable, Some(bad.to_string()));
         }
@@ -186,13 +186,13 @@ mod tests {
             from: PriorityFrom::Header("X-Priority".into()),
             default: 5,
         };
-        assert_eq!(source.from_text(Some("1")).priority, 1);
-        assert_eq!(source.from_text(Some("250")).priority, 9);
-        assert_eq!(source.from_text(None).priority, 5);
-        let junk = source.from_text(Some("junk"));
+        assert_eq!(source.in_text(Some("1")).priority, 1);
+        assert_eq!(source.in_text(Some("250")).priority, 9);
+        assert_eq!(source.in_text(None).priority, 5);
+        let junk = source.in_text(Some("junk"));
         assert_eq!(junk.priority, 5);
         assert_eq!(junk.unreadable.as_deref(), Some("junk"));
         // A header source finds nothing in the data.
-        assert_eq!(source.from_data(&json!({"priority": 0})).priority, 5);
+        assert_eq!(source.in_data(&json!({"priority": 0})).priority, 5);
     }
 }

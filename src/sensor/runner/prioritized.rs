@@ -265,9 +265,9 @@ impl TriggerRunner {
             unreadable,
         } = match &source.from {
             crate::priority::PriorityFrom::Header(name) => {
-                source.from_text(ready.message.header(name))
+                source.in_text(ready.message.header(name))
             }
-            crate::priority::PriorityFrom::Path(_) => source.from_data(&ready.event.data_json()),
+            crate::priority::PriorityFrom::Path(_) => source.in_data(&ready.event.data_json()),
         };
         if let Some(value) = unreadable {
             if let Some(skipped) = prioritized.unreadable_log.admit() {

@@ -94,7 +94,7 @@ pub(super) async fn handle(
     // read; one in the body only once it is parsed.
     let mut priority = None;
     if let Some(prioritizing) = &endpoint.priority {
-        if let Some(resolved) = prioritizing.from_headers(&headers) {
+        if let Some(resolved) = prioritizing.in_headers(&headers) {
             if let Some(response) = shed(&state, endpoint, prioritizing, &resolved) {
                 return response;
             }
@@ -122,7 +122,7 @@ pub(super) async fn handle(
         }
     };
     if let (Some(prioritizing), None) = (&endpoint.priority, priority) {
-        let resolved = prioritizing.from_data(&data);
+        let resolved = prioritizing.in_data(&data);
         if let Some(response) = shed(&state, endpoint, prioritizing, &resolved) {
             return response;
         }

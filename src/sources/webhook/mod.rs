@@ -102,7 +102,7 @@ pub struct Prioritizing {
 impl Prioritizing {
     /// The request's priority when the headers are enough to know it;
     /// `None` when it is in the body.
-    fn from_headers(&self, headers: &HeaderMap) -> Option<Resolved> {
+    fn in_headers(&self, headers: &HeaderMap) -> Option<Resolved> {
         match &self.source {
             None => Some(Resolved {
                 priority: DEFAULT_PRIORITY,
@@ -110,7 +110,7 @@ impl Prioritizing {
             }),
             Some(source) => match &source.from {
                 PriorityFrom::Header(name) => {
-                    Some(source.from_text(headers.get(name.as_str()).and_then(|v| v.to_str().ok())))
+                    Some(source.in_text(headers.get(name.as_str()).and_then(|v| v.to_str().ok())))
                 }
                 PriorityFrom::Path(_) => None,
             },
@@ -118,9 +118,9 @@ impl Prioritizing {
     }
 
     /// The priority at the configured path of the event `data`.
-    fn from_data(&self, data: &serde_json::Value) -> Resolved {
+    fn in_data(&self, data: &serde_json::Value) -> Resolved {
         match &self.source {
-            Some(source) => source.from_data(data),
+            Some(source) => source.in_data(data),
             None => Resolved {
                 priority: DEFAULT_PRIORITY,
                 unreadable: None,
