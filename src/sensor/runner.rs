@@ -24,6 +24,12 @@
 //!    `maxPending` workflows wait, the trigger stops pulling and the
 //!    backpressure travels on to the bus and the sources.
 //!
+//! A sensor with `flowControl.priority` or `flowControl.shedding` runs the
+//! loop of `runner/prioritized.rs` instead: it keeps a bounded look-ahead window of
+//! fetched events, sheds low priorities while the backlog is deep, and gives
+//! each free slot to the most important event of the window. Everything
+//! below (limits, keep-alive, ack after the outcome) holds there too.
+//!
 //! Events fetched but waiting on 2, 3 or 4, paused by a `Retry-After`, or
 //! whose trigger is still running, are kept alive with `in_progress` so the
 //! bus does not redeliver them meanwhile.
@@ -114,7 +120,7 @@ pub struct TriggerLimits {
     /// used up on a retryable failure.
     pub on_reject: RejectPolicy,
     /// Sensor `flowControl.priority` / `shedding`: shed by priority and
-    /// dispatch higher priorities first ([`prioritized`]); `None` keeps bus
+    /// dispatch higher priorities first (`runner/prioritized.rs`); `None` keeps bus
     /// order.
     pub priority: Option<PriorityDispatch>,
 }

@@ -8,7 +8,9 @@
 //! [`TriggerLimits::max_fetched`]). The window is refilled from the bus
 //! before every dispatch without waiting (it waits for events only when it
 //! is empty), so events that arrived while the runner waited for a slot
-//! compete too.
+//! compete too. Unlike the FIFO loop, fetches are not sized by the rate
+//! limits: events waiting for a rate token wait in the window (kept alive),
+//! which is what lets an important late event overtake them.
 //!
 //! Guarantees:
 //! - **Shedding** is decided once per event, as it enters the window: when
