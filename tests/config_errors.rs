@@ -1352,3 +1352,60 @@ spec:
         ],
     );
 }
+
+#[test]
+fn priority_takes_exactly_one_of_header_and_path() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+      flowControl:
+        priority: {header: X-Priority, path: body.priority}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  flowControl:
+    priority: {default: 3}
+    shedding: {queueDepthAbove: 100, shedPriorityAbove: 2}
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: log
+        log: {}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: by-path
+spec:
+  flowControl:
+    priority: {path: body..priority}
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: log
+        log: {}
+"#,
+        &[
+            error(11, 46, &["one of `header` or `path`, not both"]),
+            error(19, 15, &["priority needs `header`", "or `path`"]),
+            error(36, 22, &["\"body..priority\" is not a JSON path"]),
+        ],
+    );
+}

@@ -108,7 +108,8 @@ pub struct WebhookFlowControl {
     pub max_block: Option<Spanned<GoDuration>>,
     /// Ingress rate limit: over it, `429` with `X-Spillway-Reason: rate_limited`.
     pub rate_limit: Option<Spanned<BurstRateLimit>>,
-    /// Where each request's priority comes from (for shedding).
+    /// Where each request's priority comes from (for shedding, and stamped
+    /// on the event for the sensors).
     pub priority: Option<Spanned<Priority>>,
     /// Refuse low-priority requests while the bus is deep (`429 shed`).
     pub shedding: Option<Spanned<Shedding>>,
@@ -137,7 +138,7 @@ impl WebhookFlowControl {
             out.extend(shedding.value.problems());
         }
         if let Some(priority) = &self.priority {
-            out.extend(priority.value.problems());
+            out.extend(priority.value.problems(priority.pos));
         }
         if let Some(signature) = &self.signature {
             out.extend(signature.value.problems());

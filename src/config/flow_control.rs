@@ -21,6 +21,11 @@ pub struct SensorFlowControl {
     pub burst: Option<Spanned<u32>>,
     /// Skip low-priority events while the sensor's backlog is deep.
     pub shedding: Option<Spanned<Shedding>>,
+    /// Where an event's priority comes from at this sensor; without it the
+    /// priority the webhook stamped on the event (`spillway-priority`), else
+    /// 5. With it (or with `shedding`) each trigger dispatches higher
+    /// priorities first.
+    pub priority: Option<Spanned<Priority>>,
 }
 
 /// `triggers[].flowControl`: per-trigger extras.
@@ -84,13 +89,23 @@ pub struct Shedding {
     pub shed_priority_above: Spanned<u32>,
 }
 
-/// `priority: {header, default}`: where an event's priority comes from.
+/// `priority: {header | path, default}`: where an event's priority comes
+/// from. Exactly one of `header` and `path`.
+///
+/// Value policy (see `crate::priority`): a whole number `0..=9` is the
+/// priority; a larger one counts as 9 (a bad value can never buy
+/// precedence); a missing, negative or non-numeric value counts as
+/// `default`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Priority {
-    /// Request header carrying the priority number (0 = most important).
-    pub header: Spanned<String>,
-    /// Priority of requests without the header (default 5).
+    /// Header carrying the priority number (0 = most important): the HTTP
+    /// request's at a webhook, the bus message's at a sensor.
+    pub header: Option<Spanned<String>>,
+    /// Dotted path into the event data as the sensor sees it
+    /// (`body.priority` for a webhook's JSON body), as in Argo data filters.
+    pub path: Option<Spanned<String>>,
+    /// Priority of events without a readable value (default 5).
     pub default: Option<Spanned<u32>>,
 }
 
@@ -273,14 +288,40 @@ impl Shedding {
 }
 
 impl Priority {
-    /// Out-of-range values.
-    pub fn problems(&self) -> Vec<Problem> {
+    /// Out-of-range values and a missing or doubled source; `at` is where
+    /// the `priority:` block starts.
+    pub fn problems(&self, at: super::yaml::Pos) -> Vec<Problem> {
         let mut out = Vec::new();
-        if axum::http::HeaderName::try_from(self.header.value.as_str()).is_err() {
-            out.push((
-                self.header.pos,
-                format!("{:?} is not a valid HTTP header name", self.header.value),
-            ));
+        match (&self.header, &self.path) {
+            (Some(_), Some(path)) => out.push((
+                path.pos,
+                "priority takes one of `header` or `path`, not both".to_string(),
+            )),
+            (None, None) => out.push((
+                at,
+                "priority needs `header` (a header name) or `path` (a JSON path into the event)"
+                    .to_string(),
+            )),
+            _ => {}
+        }
+        if let Some(header) = &self.header {
+            if axum::http::HeaderName::try_from(header.value.as_str()).is_err() {
+                out.push((
+                    header.pos,
+                    format!("{:?} is not a valid HTTP header name", header.value),
+                ));
+            }
+        }
+        if let Some(path) = &self.path {
+            if path.value.is_empty() || path.value.split('.').any(str::is_empty) {
+                out.push((
+                    path.pos,
+                    format!(
+                        "{:?} is not a JSON path (dotted keys, e.g. body.priority)",
+                        path.value
+                    ),
+                ));
+            }
         }
         if let Some(default) = &self.default {
             priority_in_range("priority.default", default, &mut out);
@@ -296,6 +337,9 @@ impl SensorFlowControl {
         at_least_one("burst", &self.burst, &mut out);
         if let Some(shedding) = &self.shedding {
             out.extend(shedding.value.problems());
+        }
+        if let Some(priority) = &self.priority {
+            out.extend(priority.value.problems(priority.pos));
         }
         out
     }

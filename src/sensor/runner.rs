@@ -27,6 +27,11 @@
 //! With `flowControl.autoscale`, step 1 also waits for a free *worker*: the
 //! worker count follows the consumer lag (see [`super::workers`]) and caps
 //! the invocations in flight below the concurrency limit.
+//! A sensor with `flowControl.priority` or `flowControl.shedding` runs the
+//! loop of `runner/prioritized.rs` instead: it keeps a bounded look-ahead window of
+//! fetched events, sheds low priorities while the backlog is deep, and gives
+//! each free slot to the most important event of the window. Everything
+//! below (limits, keep-alive, ack after the outcome) holds there too.
 //!
 //! Events fetched but waiting on 2, 3 or 4, paused by a `Retry-After`, or
 //! whose trigger is still running, are kept alive with `in_progress` so the
@@ -57,6 +62,12 @@
 //!   left unacked, so the bus redelivers them.
 
 use super::workers::Workers;
+mod prioritized;
+
+pub use prioritized::{
+    look_ahead, PriorityDispatch, MAX_LOOK_AHEAD, MIN_LOOK_AHEAD, PRIORITY_AGING,
+};
+
 use super::{filter, DependencyMatcher, RejectPolicy, RetryPolicy};
 use crate::event::Event;
 use crate::telemetry::{LogThrottle, Metrics, TriggerOutcome};
@@ -115,6 +126,10 @@ pub struct TriggerLimits {
     /// `flowControl.autoscale`: the worker count follows the consumer lag
     /// (see [`super::workers`]).
     pub autoscale: Option<LagAutoscaler>,
+    /// Sensor `flowControl.priority` / `shedding`: shed by priority and
+    /// dispatch higher priorities first (`runner/prioritized.rs`); `None` keeps bus
+    /// order.
+    pub priority: Option<PriorityDispatch>,
 }
 
 /// The live view of one runner, for metrics and `/api/v1/status`.
@@ -185,6 +200,8 @@ pub struct TriggerRunner {
     sensor_rate: Option<Arc<RateLimiter>>,
     /// Started with the runner; drives `inner.workers`.
     autoscaler: Option<LagAutoscaler>,
+    /// Set when the sensor dispatches by priority.
+    priority: Option<prioritized::Prioritized>,
 }
 
 struct RunnerInner {
@@ -266,6 +283,7 @@ impl TriggerRunner {
             max_pending,
             on_reject,
             autoscale,
+            priority,
         } = limits;
         let workers = autoscale
             .as_ref()
@@ -314,6 +332,7 @@ impl TriggerRunner {
             rate,
             sensor_rate,
             autoscaler: autoscale,
+            priority: priority.map(prioritized::Prioritized::new),
         }
     }
 
@@ -332,26 +351,31 @@ impl TriggerRunner {
     /// Pulls and processes events until `shutdown` is cancelled, then waits
     /// for the invocations in flight.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let scaling =
-            self.autoscaler
-                .take()
-                .zip(self.inner.workers.clone())
-                .map(|(scaler, workers)| {
-                    tokio::spawn(super::workers::follow_lag(
-                        scaler,
-                        Arc::clone(&self.inner.consumer),
-                        workers,
-                        self.inner.sensor.clone(),
-                        self.inner.trigger_name.clone(),
-                        shutdown.clone(),
-                    ))
-                });
+        // Stops with the runner, whichever loop it runs.
+        let _scaling = self
+            .autoscaler
+            .take()
+            .zip(self.inner.workers.clone())
+            .map(|(scaler, workers)| {
+                tokio::spawn(super::workers::follow_lag(
+                    scaler,
+                    Arc::clone(&self.inner.consumer),
+                    workers,
+                    self.inner.sensor.clone(),
+                    self.inner.trigger_name.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .map(tokio_util::task::AbortOnDropHandle::new);
+        if let Some(prioritized) = self.priority.take() {
+            return self.run_prioritized(prioritized, shutdown).await;
+        }
         let mut tasks = JoinSet::new();
         loop {
             while tasks.try_join_next().is_some() {}
             // One slot first (waits while at the limit or paused), then every
             // other free slot: the fetch never asks for more than the limit allows.
-            let Some(first) = self.inner.acquire_slot(&shutdown).await else {
+            let Some(first) = self.inner.acquire_slot(&shutdown, &[]).await else {
                 break;
             };
             let mut slots = vec![first];
@@ -408,9 +432,6 @@ impl TriggerRunner {
             }
         }
         while tasks.join_next().await.is_some() {}
-        if let Some(scaling) = scaling {
-            scaling.abort();
-        }
     }
 
     /// Waits until the rate limits and the slow start admit one invocation.
@@ -480,9 +501,14 @@ impl RunnerInner {
             .is_none_or(|w| w.admits(token.in_flight_at_acquire()))
     }
 
-    /// Waits for a slot to fetch with: the limit has room, no `Retry-After`
-    /// pause is running, and no held event is waiting. `None` on shutdown.
-    async fn acquire_slot(self: &Arc<Self>, shutdown: &CancellationToken) -> Option<Slot> {
+    /// Waits for a slot to fetch (or dispatch) with: the limit has room, no
+    /// `Retry-After` pause is running, and no held event is waiting; the
+    /// fetched events `held` meanwhile are kept alive. `None` on shutdown.
+    async fn acquire_slot(
+        self: &Arc<Self>,
+        shutdown: &CancellationToken,
+        held: &[u64],
+    ) -> Option<Slot> {
         let wait = async {
             loop {
                 let retriers_done = self.retriers_done.notified();
@@ -497,7 +523,7 @@ impl RunnerInner {
                 }
             }
         };
-        self.keep_alive_while(&[], shutdown, wait).await
+        self.keep_alive_while(held, shutdown, wait).await
     }
 
     /// Waits for a slot for an event this runner already holds (`held`, kept

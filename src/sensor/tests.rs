@@ -94,7 +94,7 @@ impl Setup {
     ) -> (TriggerHandle, Arc<dyn Consumer>) {
         let mut config = ConsumerConfig::new(format!("sensor-{trigger}"));
         config.filter_subjects = vec![Event::subject_for("src", "orders")];
-        config.max_ack_pending = limits.max_in_flight;
+        config.max_ack_pending = limits.max_fetched();
         config.ack_wait = limits.ack_wait;
         let consumer = self.bus.consumer(config).await.expect("consumer");
         let runner = TriggerRunner::new(
@@ -138,6 +138,7 @@ fn limits(max_in_flight: usize) -> TriggerLimits {
         max_pending: spillway_flowctl::DEFAULT_MAX_PENDING,
         on_reject: RejectPolicy::Error,
         autoscale: None,
+        priority: None,
     }
 }
 
@@ -968,3 +969,4 @@ async fn autoscale_from_zero_wakes_on_lag_and_sleeps_after_cooldown() {
     assert_eq!(handle.workers(), Some(0), "at 91 s");
     setup.stop().await;
 }
+mod priority;

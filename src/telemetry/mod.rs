@@ -52,6 +52,20 @@ pub struct SourceEventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceShedLabels {
+    pub source: String,
+    pub event: String,
+    pub priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerShedLabels {
+    pub sensor: String,
+    pub trigger: String,
+    pub priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SensorLabels {
     pub sensor: String,
 }
@@ -264,6 +278,8 @@ pub struct Metrics {
     oldest_unacked_age: Family<TriggerLabels, FloatGauge>,
     event_age: HistogramFamily<SensorLabels>,
     source_events: Family<SourceEventLabels, Counter>,
+    source_events_shed: Family<SourceShedLabels, Counter>,
+    sensor_events_shed: Family<TriggerShedLabels, Counter>,
     producer_block: TotalsFamily<SourceLabels>,
     sensor_processing: TotalsFamily<SensorLabels>,
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
@@ -304,6 +320,8 @@ impl Metrics {
             oldest_unacked_age: Family::default(),
             event_age: Family::new_with_constructor(age_histogram),
             source_events: Family::default(),
+            source_events_shed: Family::default(),
+            sensor_events_shed: Family::default(),
             producer_block: Family::new_with_constructor(latency_totals_histogram),
             sensor_processing: Family::new_with_constructor(latency_totals_histogram),
             trigger_invocations: Family::default(),
@@ -375,6 +393,16 @@ impl Metrics {
             "source_events",
             "Requests handled by event sources, by outcome",
             m.source_events.clone(),
+        );
+        registry.register(
+            "source_events_shed",
+            "Requests shed by a source's flowControl.shedding, by priority",
+            m.source_events_shed.clone(),
+        );
+        registry.register(
+            "sensor_events_shed",
+            "Events a trigger acked without running (sensor flowControl.shedding), by priority",
+            m.sensor_events_shed.clone(),
         );
         registry.register(
             "producer_block_seconds",
@@ -458,6 +486,29 @@ impl Metrics {
                 source: source.to_string(),
                 event: event.to_string(),
                 outcome: outcome.as_str().to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one request of `priority` shed at a source (it is also
+    /// counted in `source_events_total{outcome="shed"}`).
+    pub fn source_shed(&self, source: &str, event: &str, priority: u8) {
+        self.source_events_shed
+            .get_or_create(&SourceShedLabels {
+                source: source.to_string(),
+                event: event.to_string(),
+                priority: priority.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one event of `priority` a trigger shed (acked unrun).
+    pub fn sensor_shed(&self, sensor: &str, trigger: &str, priority: u8) {
+        self.sensor_events_shed
+            .get_or_create(&TriggerShedLabels {
+                sensor: sensor.to_string(),
+                trigger: trigger.to_string(),
+                priority: priority.to_string(),
             })
             .inc();
     }

@@ -7,6 +7,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
+#[derive(Debug)]
 pub struct LogThrottle {
     interval: Duration,
     /// When the last line was written and how many were skipped since.

@@ -24,7 +24,9 @@ use crate::config::sensor::Sensor;
 use crate::config::workflow::WorkflowTemplate;
 use crate::config::{Config, Located};
 use crate::event::Event;
+use crate::priority::{PriorityFrom, PrioritySource, DEFAULT_PRIORITY, PRIORITY_HEADER};
 use crate::secrets::SecretStore;
+use crate::sensor::runner::{look_ahead, PriorityDispatch};
 use crate::sensor::{DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner};
 use crate::sources::webhook::{self, PortState};
 use crate::sources::{EventName, SourceContext};
@@ -38,7 +40,7 @@ use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig};
 use spillway_flowctl::{
     AdaptiveConcurrency, Algorithm, ConcurrencyMode, GradualDrain, LagAutoscaler, RateLimiter,
-    DEFAULT_MAX_PENDING,
+    SheddingPolicy, DEFAULT_MAX_PENDING,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -651,6 +653,26 @@ async fn build_runners(
         .as_ref()
         .and_then(|r| r.value.to_flowctl(sensor_burst))
         .map(|limit| Arc::new(RateLimiter::new(limit)));
+    let sensor_flow = spec.flow_control.as_ref().map(|f| &f.value);
+    // With a priority source or shedding, every trigger of the sensor sheds
+    // and dispatches by priority; without, bus order. Without its own
+    // `priority` block the sensor reads the priority a source stamped.
+    let priority_source = sensor_flow
+        .and_then(|f| f.priority.as_ref())
+        .and_then(|p| PrioritySource::from_config(&p.value));
+    let shedding = sensor_flow
+        .and_then(|f| f.shedding.as_ref())
+        .map(|rule| {
+            SheddingPolicy::single(
+                rule.value.queue_depth_above.value,
+                i64::from(rule.value.shed_priority_above.value),
+            )
+            .map_err(|e| {
+                RunError::Config(format!("sensor {sensor_name}: flowControl.shedding: {e}"))
+            })
+        })
+        .transpose()?;
+    let dispatch_by_priority = priority_source.is_some() || shedding.is_some();
     let mut runners = Vec::new();
     for trigger in &spec.triggers {
         let name = trigger.template.name.value.clone();
@@ -742,22 +764,44 @@ async fn build_runners(
             })?),
             None => None,
         };
+        let priority = dispatch_by_priority.then(|| PriorityDispatch {
+            source: priority_source.clone().unwrap_or(PrioritySource {
+                from: PriorityFrom::Header(PRIORITY_HEADER.to_string()),
+                default: DEFAULT_PRIORITY,
+            }),
+            shedding: shedding.clone(),
+            look_ahead: look_ahead(max_in_flight),
+        });
+        let limits = TriggerLimits {
+            max_in_flight,
+            concurrency,
+            retry,
+            rate,
+            sensor_rate: sensor_rate.clone(),
+            slow_start,
+            ack_wait: flow
+                .and_then(|f| f.ack_wait.as_ref())
+                .map_or(crate::config::flow_control::DEFAULT_ACK_WAIT, |a| a.value.0),
+            at_least_once: trigger.at_least_once.as_ref().is_none_or(|f| f.value),
+            max_pending,
+            on_reject,
+            priority,
+            autoscale,
+        };
         let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
         consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
         // Every instance of a scaled-out pipeline pulls from the same durable
-        // consumer, each holding at most max_in_flight: the consumer-wide cap
-        // must leave room for all of them.
+        // consumer, each holding at most max_fetched (its slots and its
+        // priority look-ahead): the consumer-wide cap must leave room for
+        // all of them.
         consumer_config.max_ack_pending = if shared_bus {
-            max_in_flight.saturating_mul(MAX_SCALE_OUT_INSTANCES)
+            limits.max_fetched().saturating_mul(MAX_SCALE_OUT_INSTANCES)
         } else {
-            max_in_flight
+            limits.max_fetched()
         };
         // Invocations in progress are kept alive (every ack_wait / 3), so
         // ack_wait only bounds how late a crashed instance's events come back.
-        consumer_config.ack_wait = flow
-            .and_then(|f| f.ack_wait.as_ref())
-            .map_or(crate::config::flow_control::DEFAULT_ACK_WAIT, |a| a.value.0);
-        let ack_wait = consumer_config.ack_wait;
+        consumer_config.ack_wait = limits.ack_wait;
         let consumer = bus.consumer(consumer_config).await?;
         runners.push(TriggerRunner::new(
             &sensor_name,
@@ -766,19 +810,7 @@ async fn build_runners(
             action,
             dlq,
             consumer,
-            TriggerLimits {
-                max_in_flight,
-                concurrency,
-                retry,
-                rate,
-                sensor_rate: sensor_rate.clone(),
-                slow_start,
-                ack_wait,
-                at_least_once: trigger.at_least_once.as_ref().is_none_or(|f| f.value),
-                max_pending,
-                on_reject,
-                autoscale,
-            },
+            limits,
             Arc::clone(metrics),
         ));
     }
@@ -867,14 +899,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
                 at(sensor.doc.spec.dependencies[1].name.pos),
                 sensor.doc.spec.dependencies.len()
             ));
-        }
-        if let Some(flow) = &sensor.doc.spec.flow_control {
-            if let Some(shedding) = &flow.value.shedding {
-                problems.push(format!(
-                    "{}: sensor {name:?}: flowControl.shedding is not supported by this build yet; refusing to run rather than ignore it",
-                    at(shedding.pos)
-                ));
-            }
         }
         for trigger in &sensor.doc.spec.triggers {
             let t = &trigger.template;

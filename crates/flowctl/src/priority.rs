@@ -404,6 +404,12 @@ impl<T, C: Clock> PriorityQueue<T, C> {
         Ok(evicted)
     }
 
+    /// Every queued item, by priority then age (not the pop order, which
+    /// aging can change).
+    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.levels.iter().flatten().map(|slot| &slot.item)
+    }
+
     /// Removes the item with the lowest effective priority (oldest on ties).
     pub fn pop(&mut self) -> Option<Queued<T>> {
         let (priority, _) = self

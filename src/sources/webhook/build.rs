@@ -9,11 +9,13 @@
 
 use super::auth::{Auth, SignatureCheck, DEFAULT_SIGNATURE_HEADER};
 use super::server::ServerLimits;
-use super::{Endpoint, Shedding, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_PAYLOAD, DEFAULT_PRIORITY};
+use super::{Endpoint, Prioritizing, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_PAYLOAD};
 use crate::config::eventsource::{WebhookEvent, WebhookFlowControl};
 use crate::config::values::SecretKeySelector;
 use crate::config::{Config, Spanned};
+use crate::priority::PrioritySource;
 use crate::secrets::{SecretStore, SecretValue};
+use crate::telemetry::LogThrottle;
 use axum::http::{HeaderName, Method};
 use spillway_flowctl::{PriorityShedder, RateLimiter, SheddingPolicy};
 use std::collections::BTreeMap;
@@ -122,7 +124,7 @@ pub fn ports(config: &Config, secrets: &SecretStore) -> Result<Vec<Port>, BuildE
                     .and_then(|f| f.rate_limit.as_ref())
                     .and_then(|r| r.value.to_flowctl())
                     .map(|limit| Arc::new(RateLimiter::new(limit))),
-                shedding: flow.and_then(shedding),
+                priority: flow.and_then(prioritizing),
             };
             let entry = ports.entry(port).or_insert_with(|| Port {
                 port,
@@ -205,23 +207,31 @@ fn signature_check(
     }
 }
 
-/// The endpoint's priority shedding, if `flowControl.shedding` is set.
-/// Validation has checked the values, so a policy error cannot happen here.
-fn shedding(flow: &WebhookFlowControl) -> Option<Arc<Shedding>> {
-    let rule = &flow.shedding.as_ref()?.value;
-    let policy = SheddingPolicy::single(
-        rule.queue_depth_above.value,
-        i64::from(rule.shed_priority_above.value),
-    )
-    .ok()?;
-    let priority = flow.priority.as_ref().map(|p| &p.value);
-    Some(Arc::new(Shedding {
-        header: priority.and_then(|p| HeaderName::try_from(p.header.value.as_str()).ok()),
-        default_priority: priority
-            .and_then(|p| p.default.as_ref())
-            .map_or(DEFAULT_PRIORITY, |d| {
-                super::priority_from(u64::from(d.value))
-            }),
-        shedder: PriorityShedder::new(policy),
+/// How often an endpoint may warn about unreadable priority values.
+const UNREADABLE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The endpoint's priorities, if `flowControl.priority` or `shedding` is
+/// set. Validation has checked the values, so a policy error cannot happen
+/// here.
+fn prioritizing(flow: &WebhookFlowControl) -> Option<Arc<Prioritizing>> {
+    let source = flow
+        .priority
+        .as_ref()
+        .and_then(|p| PrioritySource::from_config(&p.value));
+    let shedder = flow.shedding.as_ref().and_then(|rule| {
+        SheddingPolicy::single(
+            rule.value.queue_depth_above.value,
+            i64::from(rule.value.shed_priority_above.value),
+        )
+        .ok()
+        .map(PriorityShedder::new)
+    });
+    if source.is_none() && shedder.is_none() {
+        return None;
+    }
+    Some(Arc::new(Prioritizing {
+        source,
+        shedder,
+        unreadable_log: LogThrottle::new(UNREADABLE_LOG_INTERVAL),
     }))
 }

@@ -1,12 +1,15 @@
 //! Answers one webhook request (see the contract table in the module docs
 //! of [`super`]). Checks run cheapest first: route, shutdown, credentials in
-//! the headers, rate limit, shedding, declared size; then the body is read
-//! (size-capped, time-limited), its signature checked, and the event
-//! published, waiting up to `maxBlock` for bus space.
+//! the headers, rate limit, shedding on a header priority, declared size;
+//! then the body is read (size-capped, time-limited), its signature checked,
+//! shedding on a body priority (`priority.path`) decided, and the event
+//! published with its priority stamped, waiting up to `maxBlock` for bus
+//! space.
 
 use super::auth::AuthError;
-use super::{Endpoint, PortState};
+use super::{Endpoint, PortState, Prioritizing};
 use crate::event::Event;
+use crate::priority::{Resolved, PRIORITY_HEADER};
 use crate::sources::{publish_waiting, Waited};
 use crate::telemetry::SourceOutcome;
 use axum::body::Body;
@@ -14,7 +17,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use spillway_bus::PublishError;
+use spillway_bus::{Message, PublishError};
 use spillway_flowctl::Decision;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -87,23 +90,15 @@ pub(super) async fn handle(
             return response;
         }
     }
-    if let Some(shedding) = &endpoint.shedding {
-        let priority = shedding.priority(&headers);
-        let depth = state.bus.stats().messages;
-        if let Decision::Shed {
-            queue_depth_above, ..
-        } = shedding.shedder.decide(priority, depth)
-        {
-            count(SourceOutcome::Shed);
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "shed",
-                format!(
-                    "priority {priority} is shed while the bus holds more than {queue_depth_above} events; retry later"
-                ),
-            );
-            set_retry_after(&mut response, SHED_RETRY_AFTER);
-            return response;
+    // A priority in the headers is known (and shed on) before the body is
+    // read; one in the body only once it is parsed.
+    let mut priority = None;
+    if let Some(prioritizing) = &endpoint.priority {
+        if let Some(resolved) = prioritizing.in_headers(&headers) {
+            if let Some(response) = shed(&state, endpoint, prioritizing, &resolved) {
+                return response;
+            }
+            priority = Some(resolved.priority);
         }
     }
     let body = match read_body(endpoint, &headers, body).await {
@@ -126,9 +121,27 @@ pub(super) async fn handle(
             return error(StatusCode::BAD_REQUEST, "invalid", message);
         }
     };
-    let event = Event::new(&endpoint.source, "webhook", &endpoint.event, data);
+    if let (Some(prioritizing), None) = (&endpoint.priority, priority) {
+        let resolved = prioritizing.in_data(&data);
+        if let Some(response) = shed(&state, endpoint, prioritizing, &resolved) {
+            return response;
+        }
+        priority = Some(resolved.priority);
+    }
+    let event = Event::new(
+        &endpoint.source,
+        "webhook",
+        &endpoint.event,
+        Bytes::from(data.to_string()),
+    );
     let id = event.context.id.clone();
-    match publish(&state, endpoint, event).await {
+    let mut message = event.to_message();
+    if let Some(priority) = priority {
+        message
+            .headers
+            .push((PRIORITY_HEADER.to_string(), priority.to_string()));
+    }
+    match publish(&state, endpoint, message).await {
         Ok(seq) => {
             count(SourceOutcome::Accepted);
             (
@@ -167,6 +180,45 @@ pub(super) async fn handle(
             unavailable("the event bus is unavailable")
         }
     }
+}
+
+/// The `429 shed` answer when `resolved`'s priority is shed at the bus's
+/// current depth (counted, per priority too); `None` when it is admitted.
+/// An unreadable priority value is warned about (throttled).
+fn shed(
+    state: &PortState,
+    endpoint: &Endpoint,
+    prioritizing: &Prioritizing,
+    resolved: &Resolved,
+) -> Option<Response> {
+    if let Some(value) = &resolved.unreadable {
+        if let Some(skipped) = prioritizing.unreadable_log.admit() {
+            tracing::warn!(source = %endpoint.source, event = %endpoint.event, value = %value, skipped, "unreadable priority; using the default {}", resolved.priority);
+        }
+    }
+    let shedder = prioritizing.shedder.as_ref()?;
+    let priority = resolved.priority;
+    let Decision::Shed {
+        queue_depth_above, ..
+    } = shedder.decide(priority, state.bus.stats().messages)
+    else {
+        return None;
+    };
+    state
+        .metrics
+        .source_event(&endpoint.source, &endpoint.event, SourceOutcome::Shed);
+    state
+        .metrics
+        .source_shed(&endpoint.source, &endpoint.event, priority);
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "shed",
+        format!(
+            "priority {priority} is shed while the bus holds more than {queue_depth_above} events; retry later"
+        ),
+    );
+    set_retry_after(&mut response, SHED_RETRY_AFTER);
+    Some(response)
 }
 
 /// The whole body, at most `max_payload` bytes, within `body_read_timeout`;
@@ -231,14 +283,14 @@ async fn read_body(
 async fn publish(
     state: &PortState,
     endpoint: &Endpoint,
-    event: Event,
+    message: Message,
 ) -> Result<u64, PublishError> {
     let deadline = Instant::now() + endpoint.max_block;
     let waited = publish_waiting(
         &*state.bus,
         &state.metrics,
         &endpoint.source,
-        event.to_message(),
+        message,
         Some(deadline),
         None,
     )
@@ -255,7 +307,11 @@ async fn publish(
 /// With a bearer `authSecret`, the `Authorization` header is left out: it
 /// holds the endpoint's secret, which must not travel on to the bus, the
 /// triggers and their logs.
-fn event_data(headers: &HeaderMap, body: &Bytes, endpoint: &Endpoint) -> Result<Bytes, String> {
+fn event_data(
+    headers: &HeaderMap,
+    body: &Bytes,
+    endpoint: &Endpoint,
+) -> Result<serde_json::Value, String> {
     let body_json: serde_json::Value = if body.is_empty() {
         serde_json::Value::Null
     } else {
@@ -275,7 +331,7 @@ fn event_data(headers: &HeaderMap, body: &Bytes, endpoint: &Endpoint) -> Result<
     if !endpoint.metadata.is_empty() {
         data["metadata"] = serde_json::json!(endpoint.metadata);
     }
-    Ok(Bytes::from(data.to_string()))
+    Ok(data)
 }
 
 /// Every error body is `{"error": …, "reason": …}`.

@@ -26,7 +26,14 @@
 //! port, so slow or huge requests cannot exhaust memory, tasks or sockets.
 //! Authentication, rate limit and shedding are decided from the headers
 //! alone, before the body is read, so refusing a storm costs almost
-//! nothing; only a body signature needs the body.
+//! nothing; only a body signature, and shedding on a priority read from the
+//! body (`flowControl.priority.path`), need the body.
+//!
+//! With `flowControl.priority` or `shedding`, the priority resolved for a
+//! request is stamped on its bus message as the `spillway-priority` header
+//! (see [`crate::priority`]), for the sensors' shedding and dispatch order;
+//! every shed request is also counted per priority in
+//! `spillway_source_events_shed_total`.
 //!
 //! Files: `handler.rs` answers one request, `auth.rs` checks credentials,
 //! `server.rs` runs a port's connections, `build.rs` turns the config into
@@ -42,6 +49,8 @@ pub use build::{ports, BuildError, Port};
 pub use handler::{error, set_retry_after};
 pub use server::{serve, ServerLimits};
 
+use crate::priority::{PriorityFrom, PrioritySource, Resolved, DEFAULT_PRIORITY};
+use crate::telemetry::LogThrottle;
 use crate::telemetry::Metrics;
 use axum::http::{HeaderMap, Method};
 use spillway_bus::Bus;
@@ -55,9 +64,6 @@ use std::time::Duration;
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
 /// Default `flowControl.bodyReadTimeout`.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Argo-style default priority of a request without the priority header.
-pub const DEFAULT_PRIORITY: u8 = 5;
-
 /// One endpoint: where it listens and which event it produces.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -77,37 +83,50 @@ pub struct Endpoint {
     pub auth: Auth,
     /// `flowControl.rateLimit`: requests over it get `429 rate_limited`.
     pub rate_limit: Option<Arc<RateLimiter>>,
-    /// `flowControl.shedding` with the priority source.
-    pub shedding: Option<Arc<Shedding>>,
+    /// `flowControl.priority` and `flowControl.shedding`.
+    pub priority: Option<Arc<Prioritizing>>,
 }
 
-/// Priority shedding of one endpoint.
+/// An endpoint's priorities: where they come from and what is shed.
 #[derive(Debug)]
-pub struct Shedding {
-    /// Header carrying the request's priority (0 = most important).
-    pub header: Option<axum::http::HeaderName>,
-    /// Priority of requests without (or with an unreadable) header.
-    pub default_priority: u8,
-    pub shedder: PriorityShedder,
+pub struct Prioritizing {
+    /// `flowControl.priority`; without it every request has priority
+    /// [`DEFAULT_PRIORITY`].
+    pub source: Option<PrioritySource>,
+    /// `flowControl.shedding`.
+    pub shedder: Option<PriorityShedder>,
+    /// Warnings about unreadable priority values, at most one per interval.
+    pub unreadable_log: LogThrottle,
 }
 
-impl Shedding {
-    /// The request's priority: the header's number, clamped to the lowest
-    /// priority; anything unreadable counts as the default.
-    fn priority(&self, headers: &HeaderMap) -> u8 {
-        self.header
-            .as_ref()
-            .and_then(|name| headers.get(name))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(self.default_priority, priority_from)
+impl Prioritizing {
+    /// The request's priority when the headers are enough to know it;
+    /// `None` when it is in the body.
+    fn in_headers(&self, headers: &HeaderMap) -> Option<Resolved> {
+        match &self.source {
+            None => Some(Resolved {
+                priority: DEFAULT_PRIORITY,
+                unreadable: None,
+            }),
+            Some(source) => match &source.from {
+                PriorityFrom::Header(name) => {
+                    Some(source.in_text(headers.get(name.as_str()).and_then(|v| v.to_str().ok())))
+                }
+                PriorityFrom::Path(_) => None,
+            },
+        }
     }
-}
 
-/// A priority number as flowctl takes it: anything past the lowest priority
-/// counts as the lowest, so an out-of-range value can never buy precedence.
-pub fn priority_from(number: u64) -> u8 {
-    spillway_flowctl::clamp_priority(u8::try_from(number).unwrap_or(u8::MAX))
+    /// The priority at the configured path of the event `data`.
+    fn in_data(&self, data: &serde_json::Value) -> Resolved {
+        match &self.source {
+            Some(source) => source.in_data(data),
+            None => Resolved {
+                priority: DEFAULT_PRIORITY,
+                unreadable: None,
+            },
+        }
+    }
 }
 
 /// Shared state of one port's server.
