@@ -23,14 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// Messages sent through; `SPILLWAY_AMQP_MESSAGES=20000` runs the full-size
-/// storm (about 80 s on a busy 2-core machine, where a delivery's durable
-/// append bounds the source at prefetch/latency).
+/// Messages sent through: the 20 000 by default (about 65 s on a
+/// 2-core machine, where a delivery's durable append bounds the source at
+/// prefetch/latency); `SPILLWAY_AMQP_MESSAGES` sets another count.
 fn messages() -> usize {
     std::env::var("SPILLWAY_AMQP_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5_000)
+        .unwrap_or(20_000)
 }
 const PREFETCH: u64 = 10;
 

@@ -13,13 +13,14 @@ use std::time::Duration;
 
 const BATCH: u64 = 50;
 
-/// Messages sent through; `SPILLWAY_JETSTREAM_MESSAGES=20000` runs the
-/// full-size storm (slower: the durable bus append bounds the drain).
+/// Messages sent through: the 20 000 by default (about 30 s: the
+/// durable bus append bounds the drain); `SPILLWAY_JETSTREAM_MESSAGES` sets
+/// another count.
 fn messages() -> usize {
     std::env::var("SPILLWAY_JETSTREAM_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5_000)
+        .unwrap_or(20_000)
 }
 
 fn source(url: &str) -> String {
