@@ -28,8 +28,8 @@
 //! Prints a Markdown table: the median over the rounds of each figure.
 //! Run without `--bench` (as `cargo test --all-targets` does), it makes one
 //! round of 640 messages, to check that it still works.
-//! `SPILLWAY_BENCH_MESSAGES` (default 100 000) and `SPILLWAY_BENCH_ROUNDS`
-//! (default 3) change the size of the run.
+//! `SPILLWAY_BENCH_MESSAGES` (default 100 000), `SPILLWAY_BENCH_ROUNDS`
+//! (default 3) and `SPILLWAY_BENCH_PUBLISHERS` (default 64) change the run.
 //!
 //! What the comparison does not say: a JetStream 2.9 PubAck means the
 //! message is in the server's page cache (file storage syncs on an
@@ -50,7 +50,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use test_server::TestServer;
 
+/// Concurrent publishers unless `SPILLWAY_BENCH_PUBLISHERS` says otherwise.
 const PUBLISHERS: usize = 64;
+
+fn publishers() -> usize {
+    env_or("SPILLWAY_BENCH_PUBLISHERS", PUBLISHERS).max(1)
+}
 const PAYLOAD: usize = 256;
 const BATCH: usize = 256;
 /// Both consumers may have this many delivered, unacked messages.
@@ -95,7 +100,7 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let start = Instant::now();
-    let tasks: Vec<_> = (0..PUBLISHERS)
+    let tasks: Vec<_> = (0..publishers())
         .map(|_| {
             let publish = publish.clone();
             tokio::spawn(async move {
@@ -109,7 +114,7 @@ where
             })
         })
         .collect();
-    let mut all = Vec::with_capacity(per_task * PUBLISHERS);
+    let mut all = Vec::with_capacity(per_task * publishers());
     for t in tasks {
         all.extend(t.await.expect("publisher task"));
     }
@@ -130,7 +135,7 @@ fn unlimited() -> Limits {
 }
 
 async fn segment_round(per_task: usize) -> Round {
-    let total = per_task * PUBLISHERS;
+    let total = per_task * publishers();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut options = SegmentBusOptions::default();
     options.log.sync = SyncPolicy::Always;
@@ -207,7 +212,7 @@ async fn segment_round(per_task: usize) -> Round {
 }
 
 async fn jetstream_round(url: &str, round: usize, per_task: usize) -> Round {
-    let total = per_task * PUBLISHERS;
+    let total = per_task * publishers();
     let client = async_nats::connect(url).await.expect("connect to NATS");
     // At most PUBLISHERS PubAcks are outstanding: well inside async-nats'
     // window of 5000, so the client never holds a publish back.
@@ -307,12 +312,12 @@ fn main() {
     let (messages, rounds) = if full {
         (MESSAGES, ROUNDS)
     } else {
-        (10 * PUBLISHERS, 1)
+        (10 * publishers(), 1)
     };
     let messages = env_or("SPILLWAY_BENCH_MESSAGES", messages);
     let rounds = env_or("SPILLWAY_BENCH_ROUNDS", rounds).max(1);
-    let per_task = messages.div_ceil(PUBLISHERS);
-    let total = per_task * PUBLISHERS;
+    let per_task = messages.div_ceil(publishers());
+    let total = per_task * publishers();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -328,8 +333,9 @@ fn main() {
     .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     .unwrap_or_default();
     eprintln!(
-        "bus_vs_jetstream: {total} messages of {PAYLOAD} B, {PUBLISHERS} publishers, \
-         {rounds} rounds; {version}"
+        "bus_vs_jetstream: {total} messages of {PAYLOAD} B, {} publishers, \
+         {rounds} rounds; {version}",
+        publishers()
     );
 
     let mut segment = Vec::new();
@@ -356,8 +362,9 @@ fn main() {
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!();
     println!(
-        "{total} messages of {PAYLOAD} B, {PUBLISHERS} concurrent publishers, consumer batches \
-         of {BATCH}; median of {rounds} rounds"
+        "{total} messages of {PAYLOAD} B, {} concurrent publishers, consumer batches \
+         of {BATCH}; median of {rounds} rounds",
+        publishers()
     );
     println!();
     println!("| measure | segment bus (`sync: always`) | JetStream file storage | segment / JetStream | goal |");
