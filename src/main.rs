@@ -333,7 +333,7 @@ fn publish(args: PublishArgs) -> ExitCode {
             Delivery::Accepted { .. } => {}
             Delivery::GaveUp { line, reason } => eprintln!("{source}:{line}: {reason}"),
         })
-        .await?;
+        .await;
         anyhow::Ok(summary)
     });
     match result {
@@ -342,7 +342,10 @@ fn publish(args: PublishArgs) -> ExitCode {
                 "published: {} accepted ({} resent after a refusal or no answer), {} given up",
                 summary.accepted, summary.resent, summary.failed
             );
-            if summary.failed == 0 {
+            if let Some(err) = &summary.input_error {
+                eprintln!("error: reading stopped early: {err}");
+            }
+            if summary.failed == 0 && summary.input_error.is_none() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -48,8 +48,9 @@ pub fn read_json(value: &Value) -> Option<u8> {
 /// Where the priority is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PriorityFrom {
-    /// A header: the HTTP request's at a webhook, the bus message's at a
-    /// sensor (matched ASCII case-insensitively).
+    /// A header: the HTTP request's at a webhook; at a sensor the bus
+    /// message's, else the request header a webhook event carries in its
+    /// data (`header.<Name>`); matched ASCII case-insensitively.
     Header(String),
     /// A dotted path into the event data (`body.priority`), resolved as
     /// Argo data filters resolve theirs ([`crate::json_path::get`]).

@@ -196,16 +196,20 @@ pub struct Summary {
     pub failed: u64,
     /// Attempts refused with `429`/`5xx` or unanswered, then sent again.
     pub resent: u64,
+    /// Why reading the input stopped early, if it did (the events already
+    /// read were still sent to their end and are counted above).
+    pub input_error: Option<String>,
 }
 
 /// Sends every event of `input` to `poster`; `report` sees each event's
-/// end as it happens (in completion order).
+/// end as it happens (in completion order). An input that fails midway
+/// stops the reading; the events already read are still sent to their end.
 pub async fn publish<P: Poster, R: AsyncBufRead + Unpin>(
     poster: Arc<P>,
     mut input: Input<R>,
     options: PublishOptions,
     mut report: impl FnMut(&Delivery),
-) -> Result<Summary, InputError> {
+) -> Summary {
     let mut summary = Summary::default();
     let mut tally = |delivery: Delivery, summary: &mut Summary| {
         match &delivery {
@@ -218,37 +222,54 @@ pub async fn publish<P: Poster, R: AsyncBufRead + Unpin>(
         report(&delivery);
     };
     let mut in_flight = JoinSet::new();
+    // The line of each task, to name it should the task itself fail.
+    let mut lines = std::collections::HashMap::new();
     let concurrency = options.concurrency.max(1);
     loop {
         // Read on only when a place is free: the endpoint's pace is ours.
         while in_flight.len() >= concurrency {
-            if let Some(done) = in_flight.join_next().await {
-                tally(finished(done), &mut summary);
+            if let Some(done) = in_flight.join_next_with_id().await {
+                tally(finished(done, &mut lines), &mut summary);
             }
         }
-        let Some((line, event)) = input.next().await? else {
-            break;
+        let (line, event) = match input.next().await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(err) => {
+                summary.input_error = Some(err.to_string());
+                break;
+            }
         };
         match event {
             Ok(body) => {
                 let poster = Arc::clone(&poster);
-                in_flight
+                let task = in_flight
                     .spawn(async move { deliver(&*poster, line, body, options.max_wait).await });
+                lines.insert(task.id(), line);
             }
             Err(reason) => tally(Delivery::GaveUp { line, reason }, &mut summary),
         }
     }
-    while let Some(done) = in_flight.join_next().await {
-        tally(finished(done), &mut summary);
+    while let Some(done) = in_flight.join_next_with_id().await {
+        tally(finished(done, &mut lines), &mut summary);
     }
-    Ok(summary)
+    summary
 }
 
-fn finished(joined: Result<Delivery, tokio::task::JoinError>) -> Delivery {
-    joined.unwrap_or_else(|err| Delivery::GaveUp {
-        line: 0,
-        reason: format!("sending task failed: {err}"),
-    })
+fn finished(
+    joined: Result<(tokio::task::Id, Delivery), tokio::task::JoinError>,
+    lines: &mut std::collections::HashMap<tokio::task::Id, u64>,
+) -> Delivery {
+    match joined {
+        Ok((id, delivery)) => {
+            lines.remove(&id);
+            delivery
+        }
+        Err(err) => Delivery::GaveUp {
+            line: lines.remove(&err.id()).unwrap_or(0),
+            reason: format!("sending task failed: {err}"),
+        },
+    }
 }
 
 /// Sends one event until it is accepted or given up.
@@ -281,8 +302,8 @@ async fn deliver<P: Poster>(poster: &P, line: u64, body: Bytes, max_wait: Durati
             }
             Outcome::Failed => next_backoff(&mut backoff),
         };
-        let resend_at = Instant::now() + wait;
-        if resend_at.duration_since(first) > max_wait {
+        // Saturating: a Retry-After of centuries gives up, never overflows.
+        if first.elapsed().saturating_add(wait) > max_wait {
             let last = match answer.outcome {
                 Outcome::Failed => "no answer".to_string(),
                 _ => answer.body,
@@ -295,7 +316,7 @@ async fn deliver<P: Poster>(poster: &P, line: u64, body: Bytes, max_wait: Durati
                 ),
             };
         }
-        tokio::time::sleep_until(resend_at).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -383,12 +404,22 @@ impl Poster for HttpPoster {
                 header("x-spillway-reason").as_deref(),
                 header("retry-after").as_deref(),
             );
-            match response.bytes().await {
-                Ok(body) => Answer {
-                    outcome,
-                    body: quote(&body),
-                },
-                Err(_) => failed,
+            // Only the start of the body is kept (memory stays bounded
+            // whatever the endpoint sends), and a 2xx counts as accepted even
+            // if the body then breaks off: resending would duplicate it.
+            let mut response = response;
+            let mut body = Vec::new();
+            while body.len() < QUOTED_BODY {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    Ok(None) => break,
+                    Err(_) if outcome == Outcome::Accepted => break,
+                    Err(_) => return failed,
+                }
+            }
+            Answer {
+                outcome,
+                body: quote(&body),
             }
         }
     }
@@ -477,8 +508,7 @@ mod tests {
         let summary = publish(Arc::clone(&poster), lines("a\nb\n\nc"), options(1), |d| {
             reports.push(d.clone())
         })
-        .await
-        .expect("publish");
+        .await;
         assert_eq!(
             poster.calls(),
             vec![
@@ -494,7 +524,8 @@ mod tests {
             Summary {
                 accepted: 3,
                 failed: 0,
-                resent: 2
+                resent: 2,
+                input_error: None,
             }
         );
         assert_eq!(
@@ -530,8 +561,7 @@ mod tests {
             options(2),
             |_| {},
         )
-        .await
-        .expect("publish");
+        .await;
         let times: Vec<u64> = poster.calls().iter().map(|(t, _)| *t).collect();
         assert_eq!(times, vec![0, 0, 1000, 1000, 1000, 1000, 2000, 2000]);
     }
@@ -557,8 +587,7 @@ mod tests {
             },
             |d| reports.push(d.clone()),
         )
-        .await
-        .expect("publish");
+        .await;
         // "late": attempts at 0, 2 and 4 s; the next would start at 6 s,
         // past the 5 s allowed.
         let times: Vec<u64> = poster.calls().iter().map(|(t, _)| *t).collect();
@@ -580,9 +609,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_answer_backs_off_doubling_up_to_the_cap() {
         let poster = Scripted::new(vec![Outcome::Failed; 8], Outcome::Accepted);
-        publish(Arc::clone(&poster), lines("x"), options(1), |_| {})
-            .await
-            .expect("publish");
+        publish(Arc::clone(&poster), lines("x"), options(1), |_| {}).await;
         let times: Vec<u64> = poster.calls().iter().map(|(t, _)| *t).collect();
         // Waits 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5 s.
         assert_eq!(
@@ -611,5 +638,58 @@ mod tests {
             Some((3, Ok(Bytes::from_static(b"after"))))
         );
         assert_eq!(input.next().await.expect("read"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_of_centuries_gives_up_instead_of_overflowing() {
+        let poster = Scripted::new(vec![bus_full(u64::MAX)], Outcome::Accepted);
+        let mut reports = Vec::new();
+        let summary = publish(Arc::clone(&poster), lines("x\n"), options(1), |d| {
+            reports.push(d.clone())
+        })
+        .await;
+        assert_eq!(summary.failed, 1);
+        assert!(
+            matches!(&reports[0], Delivery::GaveUp { line: 1, reason } if reason.contains("1 attempts")),
+            "{reports:?}"
+        );
+    }
+
+    /// Reads two lines, then fails.
+    struct Broken {
+        lines: &'static [u8],
+    }
+
+    impl tokio::io::AsyncRead for Broken {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.lines.is_empty() {
+                return std::task::Poll::Ready(Err(std::io::Error::other("disk gone")));
+            }
+            buf.put_slice(self.lines);
+            self.lines = &[];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_input_that_fails_midway_still_finishes_what_it_read() {
+        let poster = Scripted::new(vec![bus_full(2), bus_full(2)], Outcome::Accepted);
+        let input = Input::Lines(LineInput::new(
+            tokio::io::BufReader::new(Broken { lines: b"a\nb\n" }),
+            64,
+        ));
+        let summary = publish(Arc::clone(&poster), input, options(2), |_| {}).await;
+        assert_eq!(
+            summary.accepted, 2,
+            "both events read before the error are sent"
+        );
+        assert_eq!(
+            summary.input_error.as_deref(),
+            Some("cannot read the input: disk gone")
+        );
     }
 }

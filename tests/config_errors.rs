@@ -1409,3 +1409,54 @@ spec:
         ],
     );
 }
+
+/// Review finding: per-event values written into a workflow's templates
+/// would be ignored (the program is fixed at start-up), and an autoscale
+/// `max` above the window bound would allow that many invocations at once.
+#[test]
+fn workflow_template_dests_and_huge_autoscale_max_are_refused() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: s
+spec:
+  dependencies:
+    - name: e
+      eventSourceName: source
+      eventName: event
+  triggers:
+    - template:
+        name: process
+        argoWorkflow:
+          operation: submit
+          source:
+            resource:
+              kind: Workflow
+              spec:
+                templates:
+                  - name: work
+                    script: {command: [sh], source: "true"}
+          parameters:
+            - src: {dependencyName: e, dataKey: body.x}
+              dest: spec.templates.0.script.source
+      flowControl:
+        autoscale: {max: 200000, lagThreshold: 10}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: source
+spec:
+  webhook:
+    event:
+      port: "12000"
+      endpoint: /event
+"#,
+        &[
+            error(24, 21, &["points into the workflow's templates"]),
+            error(26, 26, &["autoscale max must be at most 100000"]),
+        ],
+    );
+}

@@ -356,6 +356,12 @@ impl TriggerFlowControl {
             if let Err(err) = scale.value.to_flowctl().validate() {
                 out.push((scale.pos, format!("autoscale: {err}")));
             }
+            if let Some(max) = scale.value.max.as_ref().filter(|m| m.value > MAX_WINDOW) {
+                out.push((
+                    max.pos,
+                    format!("autoscale max must be at most {MAX_WINDOW} (each worker is one invocation in flight)"),
+                ));
+            }
             if let Some(poll) = &scale.value.polling_interval {
                 if poll.value.0.is_zero() {
                     out.push((poll.pos, "pollingInterval must be longer than 0s".into()));

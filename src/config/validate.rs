@@ -510,6 +510,35 @@ fn check_trigger(
     }
     if let Some(workflow) = &template.argo_workflow {
         parameters.extend(workflow.value.parameters.iter().flatten());
+        // The program a workflow runs is built once, at start-up, from its
+        // template: a per-event value written into `spec.templates` would be
+        // silently ignored.
+        let into_templates = workflow
+            .value
+            .parameters
+            .iter()
+            .flatten()
+            .map(|p| (&p.dest, "spec.templates"))
+            .chain(
+                trigger
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .map(|p| (&p.dest, "argoWorkflow.source.resource.spec.templates")),
+            )
+            .filter(|(dest, prefix)| dest.value.starts_with(prefix));
+        for (dest, _) in into_templates {
+            report.error(
+                file,
+                dest.pos,
+                format!(
+                    "parameter dest {:?} points into the workflow's templates, which are fixed at start-up; \
+                     pass the value as a workflow argument (`spec.arguments.parameters.N.value`) and use \
+                     `{{{{workflow.parameters.NAME}}}}` in the template",
+                    dest.value
+                ),
+            );
+        }
         if let Some(op) = &workflow.value.operation {
             if op.value != "submit" {
                 report.error(

@@ -5,7 +5,8 @@
 //! invocation: the runner starts an invocation only while fewer than
 //! [`Workers::count`] are in flight, on top of its (adaptive) concurrency
 //! limit. Every `pollingInterval` the consumer's lag (events matching the
-//! trigger not yet delivered) goes to flowctl's [`LagAutoscaler`], which
+//! trigger not yet acked: not yet delivered, plus delivered and held by the
+//! runner) goes to flowctl's [`LagAutoscaler`], which
 //! decides as KEDA and the HPA do: `ceil(lag / lagThreshold)` clamped to
 //! `[min, max]`, up at once, down only after the stabilisation window, and
 //! to zero (with `min: 0`) only after `cooldownPeriod` without lag.
@@ -16,7 +17,15 @@
 //!   until fewer than the new count run;
 //! - a raised count wakes the waiting runner at once;
 //! - with the count at 0 nothing is fetched, but held events are still kept
-//!   alive, and the lag is still polled, so a new backlog wakes the trigger.
+//!   alive, and the lag is still polled, so a new backlog wakes the trigger;
+//!   held events count in the lag, so a trigger holding events is never
+//!   scaled to 0 (unless they are within `activationLagThreshold`, which,
+//!   as in KEDA, leaves that few events waiting).
+//!
+//! Scaled out on a shared JetStream consumer, each instance reads the whole
+//! consumer's lag and runs that many workers itself: N instances run up to
+//! N × the count. Across machines, scale instances with KEDA instead (see
+//! `deploy/kubernetes/keda-scaledobject.yaml`).
 
 use spillway_bus::Consumer;
 use spillway_flowctl::LagAutoscaler;
@@ -86,7 +95,11 @@ pub async fn follow_lag(
             _ = poll.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let lag = consumer.stats().pending;
+        // Events the runner holds (fetched, waiting for a slot or a retry,
+        // running) count too: otherwise a trigger at 0 workers could hold
+        // events that no worker will ever be started for.
+        let stats = consumer.stats();
+        let lag = stats.pending.saturating_add(stats.ack_pending);
         let count = scaler.observe(lag) as usize;
         let before = workers.set(count);
         if before != count {

@@ -24,7 +24,7 @@ const RATE_WINDOW_S = 5;
 // The reasons a webhook answers 429 (X-Spillway-Reason).
 const REFUSAL_REASONS = ["rate_limited", "bus_full", "shed"];
 // Outcomes that end an invocation (a retry does not).
-const COMPLETED_OUTCOMES = ["success", "failure", "dlq"];
+const COMPLETED_OUTCOMES = ["success", "failure", "dlq", "dropped", "backlog"];
 const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948", "#9c755f"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 const CHART_W = 600;

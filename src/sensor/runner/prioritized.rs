@@ -122,8 +122,10 @@ impl TriggerRunner {
         let mut window: PriorityQueue<Ready> =
             PriorityQueue::new(prioritized.look_ahead, PRIORITY_AGING);
         let mut tasks = JoinSet::new();
+        let mut refreshed = tokio::time::Instant::now();
         loop {
             while tasks.try_join_next().is_some() {}
+            self.refresh_if_due(&window, &mut refreshed).await;
             // Wait for events only when there is nothing to dispatch.
             let wait = if window.is_empty() {
                 FETCH_WAIT
@@ -139,6 +141,7 @@ impl TriggerRunner {
             if window.is_empty() {
                 continue;
             }
+            self.refresh_if_due(&window, &mut refreshed).await;
             let Some(slot) = self.inner.acquire_slot(&shutdown, &held(&window)).await else {
                 break;
             };
@@ -150,9 +153,12 @@ impl TriggerRunner {
             {
                 break;
             }
+            self.refresh_if_due(&window, &mut refreshed).await;
             let Some(ticket) = self.inner.pending_ticket(&held(&window), &shutdown).await else {
                 break;
             };
+            // Before the best event leaves the window, so it is refreshed too.
+            self.refresh_if_due(&window, &mut refreshed).await;
             let Some(best) = window.pop() else {
                 continue;
             };
@@ -174,6 +180,33 @@ impl TriggerRunner {
             tasks.spawn(async move { inner.invoke(ready, slot, shutdown).await });
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Sends `in_progress` for every event of the window when the last
+    /// refresh is a keep-alive interval old. Each wait below also refreshes
+    /// on its own timer, but that timer starts with the wait: a run of waits
+    /// each shorter than the interval would otherwise never refresh, and an
+    /// event could sit in the window past `ack_wait`. With this check before
+    /// every wait, no event goes more than two intervals (2/3 of `ack_wait`)
+    /// without a refresh.
+    async fn refresh_if_due(
+        &self,
+        window: &PriorityQueue<Ready>,
+        refreshed: &mut tokio::time::Instant,
+    ) {
+        if window.is_empty() {
+            // Events fetched from now on start fresh.
+            *refreshed = tokio::time::Instant::now();
+            return;
+        }
+        if refreshed.elapsed() < self.inner.keep_alive {
+            return;
+        }
+        for seq in held(window) {
+            let result = self.inner.consumer.in_progress(seq).await;
+            self.inner.settle(result, seq);
+        }
+        *refreshed = tokio::time::Instant::now();
     }
 
     /// Fetches up to the window's free room (waiting up to `wait`) and
@@ -267,7 +300,15 @@ impl TriggerRunner {
             unreadable,
         } = match &source.from {
             crate::priority::PriorityFrom::Header(name) => {
-                source.in_text(ready.message.header(name))
+                match ready.message.header(name) {
+                    Some(value) => source.in_text(Some(value)),
+                    // Sources stamp only `spillway-priority` on the bus
+                    // message; a webhook event keeps its request headers in
+                    // its data (`header: {Name: [values]}`, as in Argo).
+                    None => {
+                        source.in_text(request_header(&ready.event.data_json(), name).as_deref())
+                    }
+                }
             }
             crate::priority::PriorityFrom::Path(_) => source.in_data(&ready.event.data_json()),
         };
@@ -336,4 +377,37 @@ impl RunnerInner {
 /// The sequence numbers of the events waiting in `window`.
 fn held(window: &PriorityQueue<Ready>) -> Vec<u64> {
     window.iter().map(|ready| ready.message.seq).collect()
+}
+
+/// The first value of request header `name` (ASCII case-insensitive) in a
+/// webhook event's data: `{"header": {"X-Priority": ["3"]}, …}`.
+fn request_header(data: &serde_json::Value, name: &str) -> Option<String> {
+    let headers = data.get("header")?.as_object()?;
+    let (_, values) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))?;
+    match values {
+        serde_json::Value::Array(values) => values.first()?.as_str().map(str::to_string),
+        serde_json::Value::String(value) => Some(value.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_header;
+    use serde_json::json;
+
+    #[test]
+    fn a_sensor_header_priority_is_found_in_the_webhook_event_data() {
+        let data = json!({"header": {"X-Priority": ["3", "7"], "Other": "x"}, "body": {}});
+        assert_eq!(request_header(&data, "x-priority").as_deref(), Some("3"));
+        assert_eq!(request_header(&data, "other").as_deref(), Some("x"));
+        assert_eq!(request_header(&data, "missing"), None);
+        assert_eq!(request_header(&json!({"header": []}), "x"), None);
+        assert_eq!(request_header(&json!("not an object"), "x"), None);
+        assert_eq!(
+            request_header(&json!({"header": {"X": [1]}}), "x"),
+            None,
+            "a non-string value is no header"
+        );
+    }
 }

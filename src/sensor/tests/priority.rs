@@ -320,3 +320,29 @@ async fn events_waiting_in_the_window_are_kept_alive() {
     assert_eq!(setup.bus.stats().messages, 0);
     setup.stop().await;
 }
+
+/// The window is kept alive even when every wait is shorter than the
+/// keep-alive interval: a 0.9 s trigger, `ack_wait` 3 s (refresh every
+/// 1 s), 16 events waiting up to 14 s: none is redelivered, each runs once.
+#[tokio::test(start_paused = true)]
+async fn a_window_of_short_waits_is_still_kept_alive() {
+    let mut setup = Setup::new(0).await;
+    publish_stamped(&setup.bus, &[Some(5); 16]).await;
+    let order = Order::new(Duration::from_millis(900));
+    let consumer = start(
+        &mut setup,
+        &order,
+        TriggerLimits {
+            ack_wait: Duration::from_secs(3),
+            ..serial(dispatch(None))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(consumer.stats().redelivered, 0);
+    let mut seen = order.seen();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..16).collect::<Vec<u64>>());
+    assert_eq!(setup.bus.stats().messages, 0);
+    setup.stop().await;
+}
