@@ -15,6 +15,8 @@
 #    the Sensor (flow: crashed-consumer.yaml, herd: crashed-consumer-herd.yaml,
 #    no flow control). The same probe runs during the whole drain. The
 #    drain ends when the bus holds no message.
+#    With CRASH_AFTER=S the consumer is killed (-9) S seconds into the
+#    drain and restarted: the redelivered events must not be written twice.
 # 4. Report: drain time, rows, distinct event ids (duplicates), failures,
 #    probe latency p50/p99 idle vs during the drain, the trigger's own
 #    latency histogram, peak connections.
@@ -121,7 +123,19 @@ started=$(date +%s.%N)
 "$BIN" run -f "$WORK/full.yaml" --data-dir "$WORK/data" --admin "$ADMIN" >"$WORK/drain.log" 2>&1 &
 SPILLWAY_PID=$!
 wait_ready
+crashed=no
 while true; do
+    # CRASH_AFTER=S: kill -9 the consumer S seconds into the drain and start
+    # it again; the events it had written but not acked come back.
+    if [ -n "${CRASH_AFTER:-}" ] && [ "$crashed" = no ] &&
+        [ "$(echo "$(date +%s.%N) - $started > $CRASH_AFTER" | bc)" = 1 ]; then
+        kill -9 "$SPILLWAY_PID"
+        wait "$SPILLWAY_PID" 2>/dev/null || true
+        crashed="yes, after ${CRASH_AFTER}s with $(sql "SELECT count(*) FROM crashed_orders") rows written"
+        "$BIN" run -f "$WORK/full.yaml" --data-dir "$WORK/data" --admin "$ADMIN" >"$WORK/drain2.log" 2>&1 &
+        SPILLWAY_PID=$!
+        wait_ready
+    fi
     left=$(status_field 's["bus"]["messages"]')
     conns=$(sql "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'spillway'")
     [ "$conns" -gt "$peak_connections" ] && peak_connections=$conns
@@ -164,7 +178,8 @@ cat <<EOF
 drain time:            ${drain_secs}s (start of the consumer → bus empty)
 rows written:          $rows (distinct event ids: $distinct, duplicates: $((rows - distinct)); ledger rows: $ledger)
 write rate:            $rate rows/s average, $peak_second in the busiest second
-trigger outcomes:      $outcomes
+trigger outcomes:      $outcomes(of the last process)
+kill -9 mid-drain:     $crashed
 peak connections:      $peak_connections (spillway's, sampled each second)
 probe insert latency:  idle:   $idle
                        drain:  $during
