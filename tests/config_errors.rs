@@ -1400,3 +1400,50 @@ spec:
         &[error(24, 11, &["postgres needs `url`", "or `urlSecret`"])],
     );
 }
+
+#[test]
+fn trigger_parameters_on_a_postgres_trigger_are_a_warning() {
+    expect_ok(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: store
+        postgres:
+          url: postgres://postgres@127.0.0.1:5432/test
+          statement: INSERT INTO orders (id) VALUES ($1)
+          parameters:
+            - src:
+                dependencyName: order
+                dataKey: body.id
+      parameters:
+        - src:
+            dependencyName: order
+            dataKey: body.id
+          dest: id
+"#,
+        &[warning(
+            32,
+            13,
+            &["do not apply to a postgres trigger", "postgres.parameters"],
+        )],
+    );
+}

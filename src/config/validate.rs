@@ -506,6 +506,13 @@ fn check_trigger(
     let mut sources: Vec<&TriggerParameterSource> = Vec::new();
     if let Some(postgres) = &template.postgres {
         report_problems(file, postgres.value.problems(postgres.pos), report);
+        if let Some(first) = trigger.parameters.iter().flatten().next() {
+            report.warning(
+                file,
+                first.src.pos,
+                "trigger parameters do not apply to a postgres trigger ($1, $2 … come from postgres.parameters); ignored",
+            );
+        }
         sources.extend(
             postgres
                 .value
