@@ -48,7 +48,7 @@ impl Tables {
             .await
             .batch_execute(&format!(
                 "CREATE TABLE {} (order_id text PRIMARY KEY, total numeric NOT NULL, \
-                 qty int, paid boolean, doc jsonb)",
+                 qty int, paid boolean, doc jsonb, pid int DEFAULT pg_backend_pid())",
                 tables.orders
             ))
             .await
@@ -335,10 +335,14 @@ fn source(key: &str) -> PostgresParameter {
 }
 
 fn direct_trigger(tables: &Tables, pool_size: u32) -> PostgresTrigger {
+    trigger_with(&insert_into(&tables.orders), tables, pool_size)
+}
+
+fn trigger_with(statement: &str, tables: &Tables, pool_size: u32) -> PostgresTrigger {
     let config = PostgresConfig {
         url: None,
         url_secret: None,
-        statement: Spanned::new(insert_into(&tables.orders), Default::default()),
+        statement: Spanned::new(statement.to_string(), Default::default()),
         parameters: Some(vec![
             source("body.id"),
             source("body.total"),
@@ -404,4 +408,32 @@ async fn a_value_the_column_cannot_take_is_permanent() {
     };
     assert_eq!(trigger.invoke("order", &fixed).await, Ok(()));
     assert_eq!(tables.count("SELECT count(*) FROM {orders}").await, 1);
+}
+
+#[tokio::test]
+async fn no_more_connections_than_the_pool_size() {
+    let tables = Tables::create().await;
+    // Each insert holds its connection for 50 ms, so 20 at once all wait
+    // on the pool; the rows record the backend (connection) that wrote them.
+    let statement = format!(
+        "INSERT INTO {} (order_id, total, qty, paid, doc) \
+         SELECT $1, $2, $3, $4, $5 FROM pg_sleep(0.05)",
+        tables.orders
+    );
+    let trigger = Arc::new(trigger_with(&statement, &tables, 2));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let trigger = Arc::clone(&trigger);
+        tasks.spawn(async move { trigger.invoke("order", &order_event(i)).await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        assert_eq!(result.expect("task"), Ok(()));
+    }
+    assert_eq!(tables.count("SELECT count(*) FROM {orders}").await, 20);
+    assert_eq!(
+        tables
+            .count("SELECT count(DISTINCT pid) FROM {orders}")
+            .await,
+        2
+    );
 }
