@@ -1460,3 +1460,150 @@ spec:
         ],
     );
 }
+
+// ------------------------------------------------------------ postgres trigger
+
+#[test]
+fn postgres_trigger_settings_are_checked_at_their_positions() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: store
+        postgres:
+          url: postgres://postgres@127.0.0.1:5432/test
+          urlSecret:
+            name: pg
+            key: url
+          statement: "  "
+          parameters:
+            - src:
+                dependencyName: ordr
+                dataKey: body.id
+          poolSize: 0
+          timeout: 0s
+          ledgerTable: Bad-Name
+    - template:
+        name: nowhere
+        postgres:
+          url: "host=/tmp port=notaport"
+          statement: SELECT 1
+"#,
+        &[
+            error(26, 13, &["one of `url` and `urlSecret`, not both"]),
+            error(28, 22, &["statement must not be empty"]),
+            error(
+                31,
+                33,
+                &["dependencyName \"ordr\"", "did you mean \"order\""],
+            ),
+            error(33, 21, &["poolSize must be between 1 and 64"]),
+            error(34, 20, &["timeout must be more than 0"]),
+            error(
+                35,
+                24,
+                &["ledgerTable \"Bad-Name\"", "lowercase table name"],
+            ),
+            error(39, 16, &["invalid postgres url"]),
+        ],
+    );
+}
+
+#[test]
+fn postgres_trigger_needs_a_url() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: store
+        postgres:
+          statement: SELECT 1
+"#,
+        &[error(24, 11, &["postgres needs `url`", "or `urlSecret`"])],
+    );
+}
+
+#[test]
+fn trigger_parameters_on_a_postgres_trigger_are_a_warning() {
+    expect_ok(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: store
+        postgres:
+          url: postgres://postgres@127.0.0.1:5432/test
+          statement: INSERT INTO orders (id) VALUES ($1)
+          parameters:
+            - src:
+                dependencyName: order
+                dataKey: body.id
+      parameters:
+        - src:
+            dependencyName: order
+            dataKey: body.id
+          dest: id
+"#,
+        &[warning(
+            32,
+            13,
+            &["do not apply to a postgres trigger", "postgres.parameters"],
+        )],
+    );
+}

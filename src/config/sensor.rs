@@ -1,15 +1,16 @@
 //! `kind: Sensor` — dependencies (which events, which filters) and triggers
 //! (what to do), with Argo's field names.
 //!
-//! Runnable today: `log` and `http` triggers, the store-for-later `k8s`
-//! ConfigMap (`generateName: backlog-`) trigger, `data` filters. Argo fields
+//! Runnable today: `log`, `http` and (spillway extension) `postgres`
+//! triggers, the store-for-later `k8s` ConfigMap (`generateName: backlog-`)
+//! trigger, `data` filters. Argo fields
 //! that are accepted by validation but not yet run are refused by
 //! `spillway run` with a message naming them (see `topology`), never
 //! silently ignored.
 
 use super::decode::Spanned;
 use super::flow_control::{SensorFlowControl, TriggerFlowControl};
-use super::values::{one_of, GoDuration, ObjectMeta, RateLimit};
+use super::values::{one_of, GoDuration, ObjectMeta, RateLimit, SecretKeySelector};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -189,6 +190,117 @@ pub struct TriggerTemplate {
     pub log: Option<Spanned<LogTrigger>>,
     pub argo_workflow: Option<Spanned<ArgoWorkflowTrigger>>,
     pub k8s: Option<Spanned<K8sTrigger>>,
+    /// spillway extension: one idempotent statement per event.
+    pub postgres: Option<Spanned<PostgresTrigger>>,
+}
+
+/// spillway extension (not in Argo): runs one SQL statement per event in
+/// PostgreSQL, at most once per event id (see `triggers::postgres`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresTrigger {
+    /// `postgres://user[:password]@host[:port]/db`; or `urlSecret`.
+    pub url: Option<Spanned<String>>,
+    /// The URL from a Secret (it usually holds a password).
+    pub url_secret: Option<Spanned<SecretKeySelector>>,
+    /// One statement with `$1`, `$2` … placeholders.
+    pub statement: Spanned<String>,
+    /// The values of `$1`, `$2` … in order (`src` as in Argo parameters).
+    pub parameters: Option<Vec<PostgresParameter>>,
+    /// Most connections open at once (default 4).
+    pub pool_size: Option<Spanned<u32>>,
+    /// Bound on one invocation: waiting for a connection, connecting and
+    /// the transaction (default 5s).
+    pub timeout: Option<Spanned<GoDuration>>,
+    /// The table recording which events were applied (default
+    /// `spillway_applied_events`), created if missing.
+    pub ledger_table: Option<Spanned<String>>,
+}
+
+/// The ledger table used when `ledgerTable` is not set.
+pub const DEFAULT_LEDGER_TABLE: &str = "spillway_applied_events";
+/// Connections per postgres trigger when `poolSize` is not set.
+pub const DEFAULT_POOL_SIZE: u32 = 4;
+/// The largest `poolSize`: PostgreSQL's default `max_connections` is 100,
+/// and a pool is per trigger.
+pub const MAX_POOL_SIZE: u32 = 64;
+
+impl PostgresTrigger {
+    /// What is wrong with this trigger's settings, each at its position.
+    pub fn problems(&self, at: super::yaml::Pos) -> Vec<super::flow_control::Problem> {
+        let mut out = Vec::new();
+        match (&self.url, &self.url_secret) {
+            (Some(_), Some(secret)) => out.push((
+                secret.pos,
+                "postgres needs one of `url` and `urlSecret`, not both".to_string(),
+            )),
+            (None, None) => out.push((
+                at,
+                "postgres needs `url` (postgres://user@host:port/db) or `urlSecret`".to_string(),
+            )),
+            (Some(url), None) => {
+                // The message never repeats the URL: it may hold a password.
+                if let Err(err) = url.value.parse::<tokio_postgres::Config>() {
+                    out.push((url.pos, format!("invalid postgres url: {err}")));
+                }
+            }
+            (None, Some(secret)) => out.extend(secret.value.problems()),
+        }
+        if self.statement.value.trim().is_empty() {
+            out.push((
+                self.statement.pos,
+                "statement must not be empty".to_string(),
+            ));
+        }
+        if let Some(size) = &self.pool_size {
+            if !(1..=MAX_POOL_SIZE).contains(&size.value) {
+                out.push((
+                    size.pos,
+                    format!("poolSize must be between 1 and {MAX_POOL_SIZE}"),
+                ));
+            }
+        }
+        if let Some(timeout) = &self.timeout {
+            if timeout.value.0.is_zero() {
+                out.push((timeout.pos, "timeout must be more than 0".to_string()));
+            }
+        }
+        if let Some(table) = &self.ledger_table {
+            if !is_table_name(&table.value) {
+                out.push((
+                    table.pos,
+                    format!(
+                        "ledgerTable {:?} must be a lowercase table name (letters, digits, '_'; \
+                         optionally schema.table; at most 63 characters each)",
+                        table.value
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A lowercase, optionally schema-qualified PostgreSQL identifier that
+/// needs no quoting (so it can be put into SQL text as is).
+pub fn is_table_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+}
+
+/// One `$n` of a postgres statement: where its value comes from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresParameter {
+    pub src: Spanned<TriggerParameterSource>,
 }
 
 /// Argo `HTTPTrigger`.

@@ -8,7 +8,7 @@ use super::diagnostic::{Diagnostic, Severity};
 use super::eventsource::EventSource;
 use super::flow_control::Problem;
 use super::load::{DocName, Loaded};
-use super::sensor::{Sensor, Trigger, TriggerParameter};
+use super::sensor::{Sensor, Trigger, TriggerParameter, TriggerParameterSource};
 use super::suggest::did_you_mean;
 use super::workflow::{ConfigMap, WorkflowTemplate};
 use super::yaml::Pos;
@@ -412,19 +412,20 @@ fn check_trigger(
         template.log.as_ref().map(|t| t.pos),
         template.argo_workflow.as_ref().map(|t| t.pos),
         template.k8s.as_ref().map(|t| t.pos),
+        template.postgres.as_ref().map(|t| t.pos),
     ];
     let count = kinds.iter().flatten().count();
     if count == 0 {
         report.error(
             file,
             template.name.pos,
-            "trigger template needs one of: http, log, argoWorkflow, k8s",
+            "trigger template needs one of: http, log, argoWorkflow, k8s, postgres",
         );
     } else if count > 1 {
         report.error(
             file,
             template.name.pos,
-            "trigger template has more than one of http, log, argoWorkflow, k8s; use one per trigger",
+            "trigger template has more than one of http, log, argoWorkflow, k8s, postgres; use one per trigger",
         );
     }
     if let Some(rate) = &trigger.rate_limit {
@@ -507,6 +508,25 @@ fn check_trigger(
                 report.error(file, timeout.pos, "timeout must be at least 1 second");
             }
         }
+    }
+    let mut sources: Vec<&TriggerParameterSource> = Vec::new();
+    if let Some(postgres) = &template.postgres {
+        report_problems(file, postgres.value.problems(postgres.pos), report);
+        if let Some(first) = trigger.parameters.iter().flatten().next() {
+            report.warning(
+                file,
+                first.src.pos,
+                "trigger parameters do not apply to a postgres trigger ($1, $2 … come from postgres.parameters); ignored",
+            );
+        }
+        sources.extend(
+            postgres
+                .value
+                .parameters
+                .iter()
+                .flatten()
+                .map(|p| &p.src.value),
+        );
     }
     if let Some(workflow) = &template.argo_workflow {
         parameters.extend(workflow.value.parameters.iter().flatten());
@@ -591,23 +611,36 @@ fn check_trigger(
         }
     }
     for parameter in parameters {
-        let dep = &parameter.src.value.dependency_name;
-        if !dependencies.contains_key(dep.value.as_str()) {
-            let hint = did_you_mean(&dep.value, dependencies.keys().copied())
-                .map(|h| format!("; did you mean {h:?}?"))
-                .unwrap_or_default();
-            report.error(
-                file,
-                dep.pos,
-                format!(
-                    "dependencyName {:?} is not a dependency of this sensor{hint}",
-                    dep.value
-                ),
-            );
-        }
+        check_dependency_name(file, &parameter.src.value, dependencies, report);
         if parameter.dest.value.trim().is_empty() {
             report.error(file, parameter.dest.pos, "parameter dest must not be empty");
         }
+    }
+    for source in sources {
+        check_dependency_name(file, source, dependencies, report);
+    }
+}
+
+/// A parameter must take its value from a dependency of its sensor.
+fn check_dependency_name(
+    file: &Path,
+    source: &TriggerParameterSource,
+    dependencies: &HashMap<&str, Pos>,
+    report: &mut Report<'_>,
+) {
+    let dep = &source.dependency_name;
+    if !dependencies.contains_key(dep.value.as_str()) {
+        let hint = did_you_mean(&dep.value, dependencies.keys().copied())
+            .map(|h| format!("; did you mean {h:?}?"))
+            .unwrap_or_default();
+        report.error(
+            file,
+            dep.pos,
+            format!(
+                "dependencyName {:?} is not a dependency of this sensor{hint}",
+                dep.value
+            ),
+        );
     }
 }
 

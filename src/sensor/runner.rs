@@ -3,11 +3,11 @@
 //!
 //! Before an event is handed to the trigger, in this order:
 //! 1. **Concurrency slot** (`flowControl.maxInFlight`, adapted by
-//!    `flowControl.concurrency`: AIMD by default for http triggers). No slot,
-//!    no fetch: the runner fetches at most as many events as it has slots, so
-//!    a slow downstream stops the pulling, the bus fills, and the sources push
-//!    back. A downstream `Retry-After` (429/503) pauses every send of the
-//!    trigger until it has elapsed.
+//!    `flowControl.concurrency`: AIMD by default for http and postgres
+//!    triggers). No slot, no fetch: the runner fetches at most as many
+//!    events as it has slots, so a slow downstream stops the pulling, the bus
+//!    fills, and the sources push back. A downstream `Retry-After` (429/503)
+//!    pauses every send of the trigger until it has elapsed.
 //! 2. **Rate limits**: the sensor's `spec.rateLimit` (shared by its triggers)
 //!    and the trigger's own `rateLimit`. Both tokens are taken at the instant
 //!    of the invocation (a refused sensor token gives up the trigger token and
@@ -794,6 +794,8 @@ impl RunnerInner {
                 .keep_alive_during(&[seq], self.trigger.invoke(&dependency, &event))
                 .await;
             let rtt = started.elapsed();
+            self.metrics
+                .trigger_duration(&self.sensor, &self.trigger_name, rtt);
             let pause = match &result {
                 Ok(()) => {
                     slot.complete(Outcome::Success { rtt });
@@ -877,6 +879,8 @@ impl RunnerInner {
             let started = Instant::now();
             let result = self.trigger.invoke(dependency, event).await;
             let rtt = started.elapsed();
+            self.metrics
+                .trigger_duration(&self.sensor, &self.trigger_name, rtt);
             let err = match result {
                 Ok(()) => {
                     // Only a first attempt's time is a clean RTT sample.

@@ -32,6 +32,7 @@ use crate::sources::webhook::{self, PortState};
 use crate::sources::{EventName, SourceContext};
 use crate::telemetry::alerts::{self, Alerting};
 use crate::telemetry::Metrics;
+use crate::triggers::postgres::PostgresTrigger;
 use crate::triggers::workflow::semaphores::SemaphoreRegistry;
 use crate::triggers::workflow::WorkflowTrigger;
 use crate::triggers::{backlog::BacklogTrigger, http::HttpTrigger, log::LogTrigger, Trigger};
@@ -114,8 +115,9 @@ pub async fn run_until(
     refuse_unsupported(&config)?;
     crate::install_tls_provider();
     // Before anything opens or listens: a missing secret is a config error.
-    let webhook_ports = webhook::ports(&config, &SecretStore::new(&options.secrets_dir))
-        .map_err(|e| RunError::Config(e.to_string()))?;
+    let secrets = SecretStore::new(&options.secrets_dir);
+    let webhook_ports =
+        webhook::ports(&config, &secrets).map_err(|e| RunError::Config(e.to_string()))?;
 
     let limits = config.bus.limits;
     // The lock is held until the pipeline stops: one process per data directory.
@@ -184,10 +186,13 @@ pub async fn run_until(
                 sensor,
                 &bus,
                 shared_bus,
-                &http_client,
                 &metrics,
-                &workflows,
-                &store,
+                &Resources {
+                    http_client: &http_client,
+                    store: &store,
+                    workflows: &workflows,
+                    secrets: &secrets,
+                },
             )
             .await?,
         );
@@ -624,11 +629,10 @@ async fn build_runners(
     sensor: &Located<Sensor>,
     bus: &Arc<dyn Bus>,
     shared_bus: bool,
-    http_client: &reqwest::Client,
     metrics: &Arc<Metrics>,
-    workflows: &Workflows<'_>,
-    store: &Arc<BacklogStore>,
+    resources: &Resources<'_>,
 ) -> Result<Vec<TriggerRunner>, RunError> {
+    let store = resources.store;
     let sensor_name = sensor.doc.metadata.name().to_string();
     let dependencies: Vec<DependencyMatcher> = sensor
         .doc
@@ -679,9 +683,7 @@ async fn build_runners(
         let built = Built {
             sensor: &sensor_name,
             replay_to: &name,
-            http_client,
-            store,
-            workflows,
+            resources,
         };
         let Some(action) = built.trigger(trigger)? else {
             // refuse_unsupported() already rejected every other kind.
@@ -743,7 +745,7 @@ async fn build_runners(
             .map(RateLimiter::new);
         // Adaptive by default where there is a downstream to listen to.
         let mode = flow.and_then(|f| f.concurrency.as_ref()).map_or(
-            if matches!(action, Trigger::Http(_)) {
+            if matches!(action, Trigger::Http(_) | Trigger::Postgres(_)) {
                 ConcurrencyMode::Aimd
             } else {
                 ConcurrencyMode::Fixed
@@ -817,14 +819,21 @@ async fn build_runners(
     Ok(runners)
 }
 
+/// What triggers are built with, shared by every sensor.
+struct Resources<'a> {
+    http_client: &'a reqwest::Client,
+    store: &'a Arc<BacklogStore>,
+    workflows: &'a Workflows<'a>,
+    /// `urlSecret` of postgres triggers.
+    secrets: &'a SecretStore,
+}
+
 /// What building the triggers of one sensor trigger (and its DLQ) needs.
 struct Built<'a> {
     sensor: &'a str,
     /// The sensor trigger being built: what backlog records are replayed to.
     replay_to: &'a str,
-    http_client: &'a reqwest::Client,
-    store: &'a Arc<BacklogStore>,
-    workflows: &'a Workflows<'a>,
+    resources: &'a Resources<'a>,
 }
 
 impl Built<'_> {
@@ -837,13 +846,51 @@ impl Built<'_> {
         if let Some(k8s) = &trigger.template.k8s {
             if k8s.value.resource_kind() == "ConfigMap" {
                 return Ok(Some(Trigger::Backlog(BacklogTrigger::new(
-                    Arc::clone(self.store),
+                    Arc::clone(self.resources.store),
                     self.sensor,
                     self.replay_to,
                 ))));
             }
         }
-        build_trigger(self.sensor, trigger, self.http_client, self.workflows)
+        if let Some(postgres) = &trigger.template.postgres {
+            return self.postgres(trigger, &postgres.value).map(Some);
+        }
+        build_trigger(
+            self.sensor,
+            trigger,
+            self.resources.http_client,
+            self.resources.workflows,
+        )
+    }
+
+    /// A postgres trigger, its `urlSecret` resolved now: a missing secret
+    /// stops start-up like any config error.
+    fn postgres(
+        &self,
+        trigger: &crate::config::sensor::Trigger,
+        config: &crate::config::sensor::PostgresTrigger,
+    ) -> Result<Trigger, RunError> {
+        let name = &trigger.template.name.value;
+        let problem =
+            |e: String| RunError::Config(format!("sensor {}, trigger {name}: {e}", self.sensor));
+        let url = match (&config.url, &config.url_secret) {
+            (Some(url), _) => url.value.clone(),
+            (None, Some(selector)) => {
+                let value = self
+                    .resources
+                    .secrets
+                    .resolve(&selector.value)
+                    .map_err(|e| problem(e.to_string()))?;
+                String::from_utf8(value.as_bytes().to_vec())
+                    .map_err(|_| problem("urlSecret is not UTF-8".to_string()))?
+                    .trim()
+                    .to_string()
+            }
+            (None, None) => return Err(problem("postgres needs `url` or `urlSecret`".into())),
+        };
+        PostgresTrigger::new(self.sensor, name, config, &url)
+            .map(Trigger::Postgres)
+            .map_err(|e| problem(e.to_string()))
     }
 }
 

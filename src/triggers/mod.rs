@@ -9,6 +9,7 @@ pub mod backlog;
 pub mod http;
 pub mod log;
 pub mod params;
+pub mod postgres;
 pub mod workflow;
 
 use crate::event::Event;
@@ -50,6 +51,8 @@ pub enum Trigger {
     Workflow(workflow::WorkflowTrigger),
     /// Store for later (`k8s` ConfigMap `generateName: backlog-`).
     Backlog(backlog::BacklogTrigger),
+    /// spillway extension: one idempotent SQL statement per event.
+    Postgres(postgres::PostgresTrigger),
     Custom(Arc<dyn CustomTrigger>),
 }
 
@@ -64,6 +67,7 @@ impl Trigger {
             Trigger::Http(t) => t.invoke(dependency, event).await,
             Trigger::Workflow(t) => t.invoke(dependency, event).await,
             Trigger::Backlog(t) => t.invoke(event).await,
+            Trigger::Postgres(t) => t.invoke(dependency, event).await,
             Trigger::Custom(t) => t.invoke(dependency, event).await,
         }
     }

@@ -1,7 +1,7 @@
 //! Argo trigger parameters: take values from an event, place them in a
 //! JSON document (`src.dataKey` / `src.contextKey` / `src.value` → `dest`).
 
-use crate::config::sensor::TriggerParameter;
+use crate::config::sensor::{TriggerParameter, TriggerParameterSource};
 use crate::event::Event;
 use crate::json_path;
 use serde_json::Value;
@@ -9,7 +9,12 @@ use serde_json::Value;
 /// The value a parameter takes from `event`, or `None` when neither the key
 /// nor a default `value` yields one.
 pub fn resolve(parameter: &TriggerParameter, event: &Event, data: &Value) -> Option<Value> {
-    let src = &parameter.src.value;
+    resolve_source(&parameter.src.value, event, data)
+}
+
+/// The value `src` takes from `event` (whose data is `data`), or `None`
+/// when neither the key nor a default `value` yields one.
+pub fn resolve_source(src: &TriggerParameterSource, event: &Event, data: &Value) -> Option<Value> {
     let found = if let Some(key) = &src.data_key {
         json_path::get(data, &key.value).cloned()
     } else if let Some(key) = &src.context_key {
