@@ -139,10 +139,10 @@ impl JqProgram {
 
 fn describe<T: std::fmt::Debug>(errs: &T) -> String {
     let text = format!("{errs:?}");
-    if text.len() > 300 {
-        format!("{}…", &text[..text.floor_char_boundary(300)])
-    } else {
-        text
+    // jaq's errors carry the whole source; keep the message readable.
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 

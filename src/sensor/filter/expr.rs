@@ -269,7 +269,8 @@ mod tests {
         let data =
             json!({"a": "b", "c": 10, "d": 10.5, "e": false, "name": "it's", "items": [1, 2]});
         // (expr, fields, expected: Some(pass) / None = error)
-        let cases: Vec<(&str, Vec<(&str, &str)>, Option<bool>)> = vec![
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<bool>);
+        let cases: Vec<Case> = vec![
             (
                 r#"a == "b" && c > 5"#,
                 vec![("a", "a"), ("c", "c")],
