@@ -5,7 +5,7 @@
 //! Each evaluation runs in a fresh Lua 5.4 state, so nothing leaks from one
 //! event to the next, with two limits that make a runaway script an error
 //! on that one event, never a stuck or dead sensor:
-//! - [`INSTRUCTION_LIMIT`] VM instructions (about 10 ms of work), counted by
+//! - [`INSTRUCTION_LIMIT`] VM instructions, counted by
 //!   a hook every [`HOOK_EVERY`] instructions;
 //! - [`MEMORY_LIMIT`] bytes for the whole state, the event included.
 //!
