@@ -375,22 +375,22 @@ spec:
       eventSourceName: shop
       eventName: orders
       filters:
-        exprs:
-          - expr: total > 100
-            fields:
-              - name: total
-                path: body.total
+        data:
+          - path: body.total
+            type: string
+            value: ["1"]
+            template: "{{ .Input }}"
   triggers:
     - template:
         name: log
         log: {}
 "#,
         &[error(
-            21,
-            9,
+            25,
+            13,
             &[
-                "`exprs` is not supported",
-                "expression filters are not supported yet",
+                "`template` is not supported",
+                "data filter templates are not supported yet",
             ],
         )],
     );
@@ -1184,6 +1184,55 @@ spec:
             17,
             &["\"ten\" is not a number, but the filter type is number"],
         )],
+    );
+}
+
+#[test]
+fn filters_and_transforms_that_do_not_compile_point_at_their_values() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+      transform:
+        jq: ".body |"
+      filters:
+        time: {start: "09:00", stop: "7pm", timezone: Mars/Olympus}
+        data:
+          - {path: body.kind, type: string, value: ["(order"]}
+        exprs:
+          - expr: total =~ "1"
+            fields: [{name: total, path: body.total}]
+        script: "return ("
+  triggers:
+    - template:
+        name: log
+        log: {}
+"#,
+        &[
+            error(21, 13, &["jq program", "does not parse"]),
+            error(23, 38, &["\"7pm\" is not a time of day"]),
+            error(23, 55, &["unknown timezone \"Mars/Olympus\""]),
+            error(25, 53, &["\"(order\" is not a valid regular expression"]),
+            error(27, 19, &["the govaluate operator \"=~\" is not supported"]),
+            error(29, 17, &["Lua filter script does not compile"]),
+        ],
     );
 }
 

@@ -143,39 +143,9 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
         "use `jetstream.url` to point at an existing JetStream server",
     ),
     (
-        "DependencyFilters",
-        "exprs",
-        "expression filters are not supported yet",
-    ),
-    (
-        "DependencyFilters",
-        "exprLogicalOperator",
-        "expression filters are not supported yet",
-    ),
-    (
-        "DependencyFilters",
-        "time",
-        "time filters are not supported yet",
-    ),
-    (
-        "DependencyFilters",
-        "context",
-        "context filters are not supported yet",
-    ),
-    (
-        "DependencyFilters",
-        "script",
-        "script filters are not supported yet",
-    ),
-    (
-        "Dependency",
-        "filtersLogicalOperator",
-        "only data filters exist so far, so there is nothing to combine",
-    ),
-    (
-        "Dependency",
-        "transform",
-        "dependency transforms are not supported yet",
+        "DataFilter",
+        "template",
+        "data filter templates are not supported yet; use `exprs` or `script`",
     ),
     (
         "TriggerTemplate",

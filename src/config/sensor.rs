@@ -3,7 +3,8 @@
 //!
 //! Runnable today: `log`, `http` and (spillway extension) `postgres`
 //! triggers, the store-for-later `k8s` ConfigMap (`generateName: backlog-`)
-//! trigger, `data` filters. Argo fields
+//! trigger, every dependency filter kind and `transform` (see
+//! `sensor::filter`). Argo fields
 //! that are accepted by validation but not yet run are refused by
 //! `spillway run` with a message naming them (see `topology`), never
 //! silently ignored.
@@ -50,15 +51,76 @@ pub struct Dependency {
     pub event_source_name: Spanned<String>,
     pub event_name: Spanned<String>,
     pub filters: Option<DependencyFilters>,
+    /// `and` (default) or `or` across the filter kinds (data, exprs, context, time, script).
+    pub filters_logical_operator: Option<Spanned<LogicalOperator>>,
+    /// Rewrites the event data before the filters run (Argo order).
+    pub transform: Option<Spanned<Transform>>,
 }
 
-/// Argo's `EventDependencyFilter`. Only `data` filters exist so far.
+/// Argo `EventDependencyTransformer`: exactly one of `jq` or `script` (Lua).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transform {
+    pub jq: Option<Spanned<String>>,
+    pub script: Option<Spanned<String>>,
+}
+
+/// Argo's `EventDependencyFilter`; what each kind means is in `sensor::filter`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DependencyFilters {
     pub data: Option<Vec<DataFilter>>,
     /// `and` (default) or `or` across the data filters.
     pub data_logical_operator: Option<Spanned<LogicalOperator>>,
+    pub exprs: Option<Vec<ExprFilter>>,
+    /// `and` (default) or `or` across the expression filters.
+    pub expr_logical_operator: Option<Spanned<LogicalOperator>>,
+    pub context: Option<Spanned<ContextFilter>>,
+    pub time: Option<Spanned<TimeFilter>>,
+    /// Lua; the event data is the global `event`, the script returns a bool.
+    pub script: Option<Spanned<String>>,
+}
+
+/// Argo `ExprFilter`: `expr` over the values at `fields[].path`, named `fields[].name`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExprFilter {
+    pub expr: Spanned<String>,
+    pub fields: Vec<PayloadField>,
+}
+
+/// Argo `PayloadField`: binds the data at `path` to `name`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PayloadField {
+    pub path: Spanned<String>,
+    pub name: Spanned<String>,
+}
+
+/// Argo `EventContext` as a filter: every non-empty field must equal the
+/// event's. `id`, `specversion` and `time` are accepted and ignored, as in Argo.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextFilter {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub subject: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
+    pub data_content_type: Option<Spanned<String>>,
+    pub id: Option<Spanned<String>>,
+    pub specversion: Option<Spanned<String>>,
+    pub time: Option<Spanned<String>>,
+}
+
+/// Argo `TimeFilter`: `start` inclusive, `stop` exclusive, `hh:mm:ss`; a
+/// `stop` before `start` ends the next day. `timezone` (IANA name, default
+/// UTC as in Argo) is a spillway extension.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeFilter {
+    pub start: Spanned<String>,
+    pub stop: Spanned<String>,
+    pub timezone: Option<Spanned<String>>,
 }
 
 /// `{path, type, value, comparator}`: the event's data at `path` (dotted,

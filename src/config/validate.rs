@@ -338,6 +338,10 @@ fn check_sensor(
                 }
             }
         }
+        // Regexes, expressions, Lua, jq and timezones compile as they will run.
+        if let Err(problems) = crate::sensor::DependencyFilter::compile(dep) {
+            report_problems(file, problems, report);
+        }
         for filter in dep.filters.iter().flat_map(|f| f.data.iter().flatten()) {
             if filter.path.value.trim().is_empty() {
                 report.error(file, filter.path.pos, "filter path must not be empty");

@@ -10,20 +10,23 @@ pub mod filter;
 pub mod reject;
 mod retry;
 pub mod runner;
+pub mod transform;
 pub mod workers;
 
 pub use reject::RejectPolicy;
 pub use retry::RetryPolicy;
 pub use runner::{TriggerHandle, TriggerLimits, TriggerRunner};
 
-use crate::config::sensor::DependencyFilters;
+pub use filter::DependencyFilter;
+use std::sync::Arc;
 
-/// A dependency as the runner matches it: bus subject plus data filters.
+/// A dependency as the runner matches it: bus subject plus its compiled
+/// transform and filters (shared by the sensor's triggers).
 #[derive(Debug, Clone)]
 pub struct DependencyMatcher {
     pub name: String,
     pub subject: String,
-    pub filters: Option<DependencyFilters>,
+    pub filters: Option<Arc<DependencyFilter>>,
 }
 
 #[cfg(test)]

@@ -62,13 +62,14 @@
 //!   left unacked, so the bus redelivers them.
 
 use super::workers::Workers;
+mod filtering;
 mod prioritized;
 
 pub use prioritized::{
     look_ahead, PriorityDispatch, MAX_LOOK_AHEAD, MIN_LOOK_AHEAD, PRIORITY_AGING,
 };
 
-use super::{filter, DependencyMatcher, RejectPolicy, RetryPolicy};
+use super::{DependencyMatcher, RejectPolicy, RetryPolicy};
 use crate::event::Event;
 use crate::telemetry::{LogThrottle, Metrics, TriggerOutcome};
 use crate::triggers::workflow::semaphores::{Running, WorkflowGate};
@@ -713,7 +714,7 @@ impl RunnerInner {
             self.settle(self.consumer.ack(seq).await, seq);
             return None;
         }
-        let event = match Event::from_received(&message) {
+        let mut event = match Event::from_received(&message) {
             Ok(event) => event,
             Err(err) => {
                 tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, seq, "not a valid event, terminated: {err}");
@@ -731,11 +732,11 @@ impl RunnerInner {
             self.settle(self.consumer.ack(seq).await, seq);
             return None;
         };
-        if dependency.filters.is_some()
-            && !filter::matches(dependency.filters.as_ref(), &event.data_json())
-        {
-            self.settle(self.consumer.ack(seq).await, seq);
-            return None;
+        if let Some(filter) = &dependency.filters {
+            if !self.passes(filter, &mut event, seq) {
+                self.settle(self.consumer.ack(seq).await, seq);
+                return None;
+            }
         }
         Some(Ready {
             dependency: dependency.name.clone(),

@@ -66,6 +66,32 @@ pub struct TriggerShedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilteredLabels {
+    pub sensor: String,
+    pub trigger: String,
+    pub reason: String,
+}
+
+/// Why a trigger acked an event unrun because of its dependency's filters
+/// (`sensor_events_filtered_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilteredReason {
+    /// The filters kept it out.
+    NoMatch,
+    /// A filter or the transform could not be evaluated on it.
+    Error,
+}
+
+impl FilteredReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilteredReason::NoMatch => "no_match",
+            FilteredReason::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SensorLabels {
     pub sensor: String,
 }
@@ -286,6 +312,7 @@ pub struct Metrics {
     source_events: Family<SourceEventLabels, Counter>,
     source_events_shed: Family<SourceShedLabels, Counter>,
     sensor_events_shed: Family<TriggerShedLabels, Counter>,
+    sensor_events_filtered: Family<FilteredLabels, Counter>,
     producer_block: TotalsFamily<SourceLabels>,
     sensor_processing: TotalsFamily<SensorLabels>,
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
@@ -329,6 +356,7 @@ impl Metrics {
             source_events: Family::default(),
             source_events_shed: Family::default(),
             sensor_events_shed: Family::default(),
+            sensor_events_filtered: Family::default(),
             producer_block: Family::new_with_constructor(latency_totals_histogram),
             sensor_processing: Family::new_with_constructor(latency_totals_histogram),
             trigger_invocations: Family::default(),
@@ -411,6 +439,11 @@ impl Metrics {
             "sensor_events_shed",
             "Events a trigger acked without running (sensor flowControl.shedding), by priority",
             m.sensor_events_shed.clone(),
+        );
+        registry.register(
+            "sensor_events_filtered",
+            "Events a trigger acked without running because of its dependency's filters, by reason (no_match, error)",
+            m.sensor_events_filtered.clone(),
         );
         registry.register(
             "producer_block_seconds",
@@ -511,6 +544,17 @@ impl Metrics {
                 source: source.to_string(),
                 event: event.to_string(),
                 priority: priority.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one event a trigger acked unrun because of its dependency's filters.
+    pub fn sensor_filtered(&self, sensor: &str, trigger: &str, reason: FilteredReason) {
+        self.sensor_events_filtered
+            .get_or_create(&FilteredLabels {
+                sensor: sensor.to_string(),
+                trigger: trigger.to_string(),
+                reason: reason.as_str().to_string(),
             })
             .inc();
     }

@@ -27,7 +27,9 @@ use crate::event::Event;
 use crate::priority::{PriorityFrom, PrioritySource, DEFAULT_PRIORITY, PRIORITY_HEADER};
 use crate::secrets::SecretStore;
 use crate::sensor::runner::{look_ahead, PriorityDispatch};
-use crate::sensor::{DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner};
+use crate::sensor::{
+    DependencyFilter, DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner,
+};
 use crate::sources::webhook::{self, PortState};
 use crate::sources::{EventName, SourceContext};
 use crate::telemetry::alerts::{self, Alerting};
@@ -634,17 +636,19 @@ async fn build_runners(
 ) -> Result<Vec<TriggerRunner>, RunError> {
     let store = resources.store;
     let sensor_name = sensor.doc.metadata.name().to_string();
-    let dependencies: Vec<DependencyMatcher> = sensor
-        .doc
-        .spec
-        .dependencies
-        .iter()
-        .map(|d| DependencyMatcher {
+    let mut dependencies: Vec<DependencyMatcher> = Vec::new();
+    for d in &sensor.doc.spec.dependencies {
+        // Compiled once here; `validate` already reported what does not compile.
+        let filters = DependencyFilter::compile(d).map_err(|problems| {
+            let (pos, message) = problems.into_iter().next().unwrap_or_default();
+            RunError::Config(format!("{}:{pos}: {message}", sensor.file.display()))
+        })?;
+        dependencies.push(DependencyMatcher {
             name: d.name.value.clone(),
             subject: Event::subject_for(&d.event_source_name.value, &d.event_name.value),
-            filters: d.filters.clone(),
-        })
-        .collect();
+            filters: filters.map(Arc::new),
+        });
+    }
     let spec = &sensor.doc.spec;
     let sensor_burst = spec
         .flow_control

@@ -1,0 +1,215 @@
+//! A dependency's `transform` and `filters`: which events run the trigger,
+//! and with what data.
+//!
+//! Per event, in Argo's order: the `transform` (jq or Lua, see
+//! [`crate::sensor::transform`]) rewrites the data, then the filters decide.
+//! Filter kinds: [`context`] (CloudEvents attributes), [`time`] (time of day
+//! of the event), [`data`] (path/type/value), [`expr`] (`exprs`
+//! expressions), [`script`] (Lua). They combine with
+//! `filtersLogicalOperator` (`and` by default): under `and` the cheap kinds
+//! run first and the first failure decides; under `or` the event passes when
+//! any present kind passes.
+//!
+//! Guarantees:
+//! - everything (regexes, expressions, Lua, jq, timezones) is compiled once
+//!   at start-up by [`DependencyFilter::compile`]; what does not compile is a
+//!   config error with its position, reported by `spillway validate`;
+//! - a transform or filter that fails on an event (data not JSON, a missing
+//!   path, a value of the wrong type, a Lua error or limit, a jq error) is a
+//!   [`FilterError`]: that event is rejected — acked without running the
+//!   trigger and counted `reason="error"` in
+//!   `spillway_sensor_events_filtered_total` — never the sensor. Under `or`
+//!   an error only counts when no kind passed (Argo rejects the event as
+//!   soon as any kind errs);
+//! - empty event data passes the data, expression and script filters and is
+//!   not transformed, as in Argo.
+
+pub mod context;
+pub mod data;
+pub mod expr;
+pub mod script;
+pub mod time;
+
+use crate::config::flow_control::Problem;
+use crate::config::sensor::{Dependency, LogicalOperator};
+use crate::event::Event;
+use crate::sensor::transform::Transform;
+use crate::telemetry::LogThrottle;
+use serde_json::Value;
+use std::time::Duration;
+
+/// At most one warning per this interval per dependency about events its
+/// filters or transform could not evaluate.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a transform or filter could not be evaluated on one event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FilterError {
+    #[error("event data is not JSON: {0}")]
+    InvalidJson(String),
+    #[error("{filter} filter: path {path:?} does not exist in the event data")]
+    MissingPath { filter: &'static str, path: String },
+    #[error("data filter: the value at {path:?} is not a {expected}")]
+    TypeMismatch {
+        path: String,
+        expected: &'static str,
+    },
+    #[error("time filter: event time {0:?} is not RFC 3339")]
+    EventTime(String),
+    #[error("expr filter: {0}")]
+    Expr(String),
+    #[error("{0}")]
+    Script(String),
+    #[error("{0}")]
+    ScriptLimit(String),
+    #[error("transform: {0}")]
+    Transform(String),
+}
+
+/// A dependency's transform and filters, compiled.
+#[derive(Debug)]
+pub struct DependencyFilter {
+    transform: Option<Transform>,
+    operator: LogicalOperator,
+    context: Option<context::ContextFilter>,
+    time: Option<time::TimeFilter>,
+    data: Option<data::DataFilters>,
+    exprs: Option<expr::ExprFilters>,
+    script: Option<script::LuaScript>,
+    /// Throttles the warnings about events that could not be evaluated.
+    pub errors_logged: LogThrottle,
+}
+
+impl DependencyFilter {
+    /// Compiles `dependency`'s transform and filters; `None` when it has
+    /// neither. Every part that does not compile is a problem.
+    pub fn compile(dependency: &Dependency) -> Result<Option<Self>, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut keep = |found: Vec<Problem>| problems.extend(found);
+        let operator_of = |o: &Option<crate::config::Spanned<LogicalOperator>>| {
+            o.as_ref().map_or(LogicalOperator::And, |o| o.value)
+        };
+        let transform = dependency
+            .transform
+            .as_ref()
+            .and_then(|t| Transform::compile(t).map_err(&mut keep).ok());
+        let filters = dependency.filters.as_ref();
+        let context = filters
+            .and_then(|f| f.context.as_ref())
+            .map(|c| context::ContextFilter::new(&c.value));
+        let time = filters
+            .and_then(|f| f.time.as_ref())
+            .and_then(|t| time::TimeFilter::compile(&t.value).map_err(&mut keep).ok());
+        let data = filters
+            .and_then(|f| f.data.as_ref().filter(|d| !d.is_empty()).map(|d| (f, d)))
+            .and_then(|(f, d)| {
+                data::DataFilters::compile(d, operator_of(&f.data_logical_operator))
+                    .map_err(&mut keep)
+                    .ok()
+            });
+        let exprs = filters
+            .and_then(|f| f.exprs.as_ref().filter(|e| !e.is_empty()).map(|e| (f, e)))
+            .and_then(|(f, e)| {
+                expr::ExprFilters::compile(e, operator_of(&f.expr_logical_operator))
+                    .map_err(&mut keep)
+                    .ok()
+            });
+        let script = filters
+            .and_then(|f| f.script.as_ref())
+            .filter(|s| !s.value.trim().is_empty())
+            .and_then(|s| {
+                script::LuaScript::compile(&s.value, "filter script")
+                    .map_err(|m| keep(vec![(s.pos, m)]))
+                    .ok()
+            });
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let filter = DependencyFilter {
+            transform,
+            operator: operator_of(&dependency.filters_logical_operator),
+            context,
+            time,
+            data,
+            exprs,
+            script,
+            errors_logged: LogThrottle::new(ERROR_LOG_INTERVAL),
+        };
+        let empty = filter.transform.is_none()
+            && filter.context.is_none()
+            && filter.time.is_none()
+            && filter.data.is_none()
+            && filter.exprs.is_none()
+            && filter.script.is_none();
+        Ok((!empty).then_some(filter))
+    }
+
+    /// Transforms `event` in place, then whether it passes the filters.
+    pub fn apply(&self, event: &mut Event) -> Result<bool, FilterError> {
+        let needs_data = self.transform.is_some()
+            || self.data.is_some()
+            || self.exprs.is_some()
+            || self.script.is_some();
+        let mut data = None;
+        if needs_data && !event.data.iter().all(u8::is_ascii_whitespace) {
+            let parsed: Value = serde_json::from_slice(&event.data)
+                .map_err(|e| FilterError::InvalidJson(e.to_string()))?;
+            data = Some(parsed);
+        }
+        if let (Some(transform), Some(current)) = (&self.transform, data.as_ref()) {
+            let transformed = transform.apply(current)?;
+            let bytes = serde_json::to_vec(&transformed)
+                .map_err(|e| FilterError::Transform(e.to_string()))?;
+            event.data = bytes.into();
+            data = Some(transformed);
+        }
+        // Cheapest first: under `and` the first failure decides, and the
+        // kinds after it are not evaluated.
+        let data = data.as_ref();
+        let kinds: [&dyn Fn() -> Option<Result<bool, FilterError>>; 5] = [
+            &|| self.context.as_ref().map(|c| Ok(c.matches(&event.context))),
+            &|| self.time.as_ref().map(|t| t.evaluate(&event.context.time)),
+            &|| {
+                self.data
+                    .as_ref()
+                    .map(|d| data.map_or(Ok(true), |v| d.evaluate(v)))
+            },
+            &|| {
+                self.exprs
+                    .as_ref()
+                    .map(|e| data.map_or(Ok(true), |v| e.evaluate(v)))
+            },
+            &|| {
+                self.script
+                    .as_ref()
+                    .map(|s| data.map_or(Ok(true), |v| s.evaluate_bool(v)))
+            },
+        ];
+        let mut first_error = None;
+        let mut any = false;
+        for kind in kinds {
+            let Some(verdict) = kind() else {
+                continue;
+            };
+            any = true;
+            match (verdict, self.operator) {
+                (Ok(true), LogicalOperator::Or) => return Ok(true),
+                (Ok(false), LogicalOperator::And) => return Ok(false),
+                (Err(err), LogicalOperator::And) => return Err(err),
+                (Err(err), LogicalOperator::Or) => {
+                    first_error.get_or_insert(err);
+                }
+                (Ok(_), _) => {}
+            }
+        }
+        match (self.operator, first_error) {
+            (LogicalOperator::And, _) => Ok(true),
+            (LogicalOperator::Or, Some(err)) => Err(err),
+            // Only a transform: nothing to fail.
+            (LogicalOperator::Or, None) => Ok(!any),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! Dependency filters and transforms end to end through the binary:
+//! webhook → bus → sensor (jq transform, then an `exprs` filter) → http
+//! trigger → a downstream server in this test.
+
+mod common;
+
+use common::{free_port, metric, wait_until, Receiver, Spillway};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pipeline(port: u16, downstream: &str) -> String {
+    format!(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "{port}"
+      endpoint: /orders
+      method: POST
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+      transform:
+        jq: '{{id: .body.id, kind: .body.kind, total: .body.total}}'
+      filters:
+        exprs:
+          - expr: kind == 'order' && total >= 100
+            fields:
+              - name: kind
+                path: kind
+              - name: total
+                path: total
+  triggers:
+    - template:
+        name: forward
+        http:
+          url: {downstream}
+          method: POST
+"#
+    )
+}
+
+fn filtered(metrics: &str, reason: &str) -> f64 {
+    metric(
+        metrics,
+        &format!(
+            r#"spillway_sensor_events_filtered_total{{sensor="orders",trigger="forward",reason="{reason}"}}"#
+        ),
+    )
+}
+
+#[tokio::test]
+async fn only_matching_events_arrive_and_they_arrive_transformed() {
+    let receiver = Receiver::start(true).await;
+    let port = free_port();
+    let mut spillway = Spillway::start(&pipeline(port, &receiver.url)).await;
+    let client = common::client();
+    let events = [
+        json!({"id": "a", "kind": "order", "total": 150, "note": "dropped by jq"}),
+        json!({"id": "b", "kind": "order", "total": 50}),
+        json!({"id": "c", "kind": "refund", "total": 500}),
+        // No total: jq gives null, and `null >= 100` cannot be evaluated.
+        json!({"id": "d", "kind": "order"}),
+        json!({"id": "e", "kind": "order", "total": 100}),
+    ];
+    for event in &events {
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/orders"))
+            .header("content-type", "application/json")
+            .body(event.to_string())
+            .send()
+            .await
+            .expect("POST /orders");
+        assert_eq!(response.status(), 200);
+    }
+    wait_until("every event settled", WAIT, || async {
+        let metrics = spillway.metrics().await;
+        receiver.count().await >= 2
+            && filtered(&metrics, "no_match") >= 2.0
+            && filtered(&metrics, "error") >= 1.0
+    })
+    .await;
+    let metrics = spillway.metrics().await;
+    assert_eq!(filtered(&metrics, "no_match"), 2.0, "b and c");
+    assert_eq!(filtered(&metrics, "error"), 1.0, "d");
+    let mut bodies = receiver.bodies().await;
+    bodies.sort_by_key(|b| b["id"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        bodies,
+        vec![
+            json!({"id": "a", "kind": "order", "total": 150}),
+            json!({"id": "e", "kind": "order", "total": 100}),
+        ]
+    );
+    assert!(
+        spillway
+            .log_text()
+            .contains("event rejected: its dependency filter or transform failed"),
+        "the error is logged"
+    );
+    spillway.terminate().await;
+}
