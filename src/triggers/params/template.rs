@@ -81,7 +81,12 @@ impl GoTemplate {
             let mut template = Template::with_name("template");
             template.add_funcs(SPRIG);
             let parsed = template.parse(owned).map(|()| template);
-            let _ = tx.send(parsed.map_err(|e| e.to_string()));
+            let _ = tx.send(parsed.map_err(|e| match e {
+                // The context is the template's name and a line count that
+                // is off by one; the message alone reads better.
+                gtmpl::error::ParseError::WithContext(_, message) => message,
+                other => other.to_string(),
+            }));
         });
         let template = match rx.recv_timeout(PARSE_TIMEOUT) {
             Ok(parsed) => parsed.map_err(|e| format!("invalid Go template: {e}"))?,
