@@ -56,12 +56,32 @@ async fn webhook_sensor_runs_its_k8s_workflow_with_the_event_values() {
     let spillway = Spillway::start(&config).await;
     // No order id and no default: the parameter fails, so the event fails
     // permanently (no workflow, no retries).
-    post(port, "/orders", serde_json::json!({"type": "purchase", "order": {"customer": "x"}})).await;
+    post(
+        port,
+        "/orders",
+        serde_json::json!({"type": "purchase", "order": {"customer": "x"}}),
+    )
+    .await;
     // Filtered out by the dependency's data filter.
-    post(port, "/orders", serde_json::json!({"type": "refund", "order": {"id": "o-9", "customer": "z"}})).await;
-    post(port, "/orders", serde_json::json!({"type": "purchase", "order": {"id": "o-1", "customer": "ada"}})).await;
+    post(
+        port,
+        "/orders",
+        serde_json::json!({"type": "refund", "order": {"id": "o-9", "customer": "z"}}),
+    )
+    .await;
+    post(
+        port,
+        "/orders",
+        serde_json::json!({"type": "purchase", "order": {"id": "o-1", "customer": "ada"}}),
+    )
+    .await;
     // No customer: the template renders nothing, so its `value` is used.
-    post(port, "/orders", serde_json::json!({"type": "purchase", "order": {"id": "o-2"}})).await;
+    post(
+        port,
+        "/orders",
+        serde_json::json!({"type": "purchase", "order": {"id": "o-2"}}),
+    )
+    .await;
     wait_until("two workflows and one failure", LIMIT, || async {
         let metrics = spillway.metrics().await;
         lines(&log).len() >= 2 && invocations(&metrics, "orders", "process-order", "failure") >= 1.0
@@ -75,11 +95,23 @@ async fn webhook_sensor_runs_its_k8s_workflow_with_the_event_values() {
     got.sort();
     assert_eq!(got, ["o-1 ADA", "o-2 anonymous"]);
     let metrics = spillway.metrics().await;
-    assert_eq!(invocations(&metrics, "orders", "process-order", "success"), 2.0);
-    assert_eq!(invocations(&metrics, "orders", "process-order", "failure"), 1.0);
-    assert_eq!(invocations(&metrics, "orders", "process-order", "retry"), 0.0);
+    assert_eq!(
+        invocations(&metrics, "orders", "process-order", "success"),
+        2.0
+    );
+    assert_eq!(
+        invocations(&metrics, "orders", "process-order", "failure"),
+        1.0
+    );
+    assert_eq!(
+        invocations(&metrics, "orders", "process-order", "retry"),
+        0.0
+    );
     let text = spillway.log_text();
-    assert!(text.contains("body.order.id"), "the failure names the parameter:\n{text}");
+    assert!(
+        text.contains("body.order.id"),
+        "the failure names the parameter:\n{text}"
+    );
     // The lifted inline template runs under the trigger's name.
     assert!(
         metrics.contains(r#"template="orders/process-order""#),

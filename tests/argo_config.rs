@@ -52,12 +52,15 @@ fn expect_errors(dir: &Path, text: &str, want: &[(Option<&Path>, u32, u32, &[&st
         .filter(|d| d.severity == Severity::Error)
         .collect();
     let ok = errors.len() == want.len()
-        && errors.iter().zip(want).all(|(d, (in_file, line, col, text))| {
-            d.file == in_file.unwrap_or(&file)
-                && d.pos.line == *line
-                && d.pos.col == *col
-                && text.iter().all(|t| d.message.contains(t))
-        });
+        && errors
+            .iter()
+            .zip(want)
+            .all(|(d, (in_file, line, col, text))| {
+                d.file == in_file.unwrap_or(&file)
+                    && d.pos.line == *line
+                    && d.pos.col == *col
+                    && text.iter().all(|t| d.message.contains(t))
+            });
     assert!(ok, "wanted {want:?}\ngot:\n{:#?}", render(&diagnostics));
 }
 
@@ -89,9 +92,33 @@ fn k8s_resource_kinds_and_operations() {
 "#,
         ),
         &[
-            (None, 17, 22, &["operation \"update\"", "no Kubernetes API", "`create` or `submit`"]),
-            (None, 27, 23, &["kind \"Deployment\"", "no Kubernetes API", "Workflow", "ConfigMap"]),
-            (None, 31, 11, &["k8s trigger needs `source.resource`, `source.file` or `source.configmap`"]),
+            (
+                None,
+                17,
+                22,
+                &[
+                    "operation \"update\"",
+                    "no Kubernetes API",
+                    "`create` or `submit`",
+                ],
+            ),
+            (
+                None,
+                27,
+                23,
+                &[
+                    "kind \"Deployment\"",
+                    "no Kubernetes API",
+                    "Workflow",
+                    "ConfigMap",
+                ],
+            ),
+            (
+                None,
+                31,
+                11,
+                &["k8s trigger needs `source.resource`, `source.file` or `source.configmap`"],
+            ),
         ],
     );
 }
@@ -140,7 +167,9 @@ fn parameter_templates_and_operations_are_checked_at_load() {
     };
     expect_errors(
         dir.path(),
-        &trigger(r#"{src: {dependencyName: order, dataTemplate: "{{ .Input.body | nosuch }}"}, dest: x}"#),
+        &trigger(
+            r#"{src: {dependencyName: order, dataTemplate: "{{ .Input.body | nosuch }}"}, dest: x}"#,
+        ),
         &[(None, 18, 55, &["invalid Go template", "nosuch"])],
     );
     expect_errors(
@@ -182,7 +211,12 @@ fn file_sources_report_the_path_and_errors_inside_the_file() {
         &[
             // The template without its misspelt `container` is checked too.
             (Some(&resource), 5, 13, &["needs `container` or `script`"]),
-            (Some(&resource), 6, 7, &["contianer", "did you mean `container`"]),
+            (
+                Some(&resource),
+                6,
+                7,
+                &["contianer", "did you mean `container`"],
+            ),
         ],
     );
     std::fs::write(&resource, "kind: Workflow\n---\nkind: Workflow\n").expect("write resource");
@@ -273,15 +307,29 @@ spec:
 "#;
     let (_, result) = load(dir.path(), "sensor.yaml", text);
     let config = result.unwrap_or_else(|d| panic!("loads: {:#?}", render(&d)));
-    let warnings: Vec<(u32, u32)> = config.warnings.iter().map(|w| (w.pos.line, w.pos.col)).collect();
+    let warnings: Vec<(u32, u32)> = config
+        .warnings
+        .iter()
+        .map(|w| (w.pos.line, w.pos.col))
+        .collect();
     assert_eq!(
         warnings,
-        [(5, 3), (6, 3), (7, 3), (15, 3), (16, 3), (23, 11), (24, 11), (31, 17)],
+        [
+            (5, 3),
+            (6, 3),
+            (7, 3),
+            (15, 3),
+            (16, 3),
+            (23, 11),
+            (24, 11),
+            (31, 17)
+        ],
         "{:#?}",
         render(&config.warnings)
     );
     assert!(config
         .warnings
         .iter()
-        .all(|w| w.severity == Severity::Warning && w.message.contains("only has a meaning on Kubernetes")));
+        .all(|w| w.severity == Severity::Warning
+            && w.message.contains("only has a meaning on Kubernetes")));
 }

@@ -238,7 +238,10 @@ fn one_document(text: &str, file: &Path, out: &mut Vec<Diagnostic>) -> Option<No
         report(
             out,
             node.pos,
-            format!("expected a resource (a mapping with apiVersion, kind, metadata, spec), found {}", node.describe()),
+            format!(
+                "expected a resource (a mapping with apiVersion, kind, metadata, spec), found {}",
+                node.describe()
+            ),
         );
         return None;
     }

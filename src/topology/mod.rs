@@ -951,7 +951,7 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             if let (Some(flow), false) = (&trigger.flow_control, runs_workflow) {
                 if let Some(pending) = &flow.value.max_pending {
                     problems.push(format!(
-                        "{}: trigger {:?}: flowControl.maxPending bounds workflows waiting on a semaphore; it only applies to argoWorkflow triggers",
+                        "{}: trigger {:?}: flowControl.maxPending bounds workflows waiting on a semaphore; it only applies to workflow triggers (argoWorkflow, k8s Workflow)",
                         at(pending.pos),
                         t.name.value
                     ));

@@ -17,8 +17,9 @@
 //!
 //! Differences from Argo, on purpose (docs/parameters.md):
 //! - a key's value keeps its JSON type (numbers stay numbers, objects stay
-//!   objects); Argo turns everything but objects into strings unless
-//!   `useRawData: true`, which a receiver expecting a number trips over;
+//!   objects); Argo inserts every value as a string (objects as their JSON
+//!   text) unless `useRawData: true`, which a receiver expecting a number
+//!   trips over;
 //! - the whole event is `{"context", "data"}` with data as JSON; Argo
 //!   marshals its Go struct, where data is base64.
 //!
@@ -44,7 +45,11 @@ pub struct ParamError {
 
 /// The value `parameter` takes from `event`, whose data is `data` (the
 /// event's data as JSON, parsed once per event by the caller).
-pub fn resolve(parameter: &TriggerParameter, event: &Event, data: &Value) -> Result<Value, ParamError> {
+pub fn resolve(
+    parameter: &TriggerParameter,
+    event: &Event,
+    data: &Value,
+) -> Result<Value, ParamError> {
     let src = &parameter.src.value;
     let default = || src.value.as_ref().map(|v| Value::String(v.clone()));
     let fail = |reason: String| ParamError {
@@ -55,9 +60,8 @@ pub fn resolve(parameter: &TriggerParameter, event: &Event, data: &Value) -> Res
     let uses_data = src.data_key.is_some() || src.data_template.is_some();
     let uses_context = src.context_key.is_some() || src.context_template.is_some();
     if !uses_data && !uses_context {
-        return Ok(default().unwrap_or_else(|| {
-            serde_json::json!({ "context": event.context, "data": data })
-        }));
+        return Ok(default()
+            .unwrap_or_else(|| serde_json::json!({ "context": event.context, "data": data })));
     }
     let context;
     let (input, key, template) = if uses_data {
@@ -141,7 +145,11 @@ pub fn build_payload(
     event: &Event,
 ) -> Result<Value, ParamError> {
     let mut out = Value::Object(serde_json::Map::new());
-    apply(parameters, |name| (name == dependency).then_some(event), &mut out)?;
+    apply(
+        parameters,
+        |name| (name == dependency).then_some(event),
+        &mut out,
+    )?;
     Ok(out)
 }
 

@@ -91,7 +91,10 @@ impl GoTemplate {
         let template = match rx.recv_timeout(PARSE_TIMEOUT) {
             Ok(parsed) => parsed.map_err(|e| format!("invalid Go template: {e}"))?,
             Err(_) => {
-                return Err("invalid Go template: the parser did not finish (an unclosed action?)".to_string())
+                return Err(
+                    "invalid Go template: the parser did not finish (an unclosed action?)"
+                        .to_string(),
+                )
             }
         };
         Ok(GoTemplate {
@@ -162,7 +165,9 @@ fn check_actions_closed(text: &str) -> Result<(), String> {
                     break;
                 }
                 Some(b'/') if bytes.get(i + 1) == Some(&b'*') => {
-                    let end = text[i + 2..].find("*/").ok_or_else(|| "unclosed comment".to_string())?;
+                    let end = text[i + 2..]
+                        .find("*/")
+                        .ok_or_else(|| "unclosed comment".to_string())?;
                     i += 2 + end + 2;
                 }
                 Some(&quote @ (b'"' | b'\'' | b'`')) => {
@@ -202,11 +207,9 @@ fn from_json(value: &serde_json::Value) -> Value {
         }
         serde_json::Value::String(s) => Value::String(s.clone()),
         serde_json::Value::Array(items) => Value::Array(items.iter().map(from_json).collect()),
-        serde_json::Value::Object(map) => Value::Map(
-            map.iter()
-                .map(|(k, v)| (k.clone(), from_json(v)))
-                .collect(),
-        ),
+        serde_json::Value::Object(map) => {
+            Value::Map(map.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())
+        }
     }
 }
 
@@ -305,13 +308,17 @@ fn trim(args: &[Value]) -> Result<Value, FuncError> {
 fn trim_prefix(args: &[Value]) -> Result<Value, FuncError> {
     let [prefix, s] = exactly::<2>("trimPrefix", args)?;
     let (prefix, s) = (as_text(prefix), as_text(s));
-    Ok(Value::String(s.strip_prefix(&prefix).unwrap_or(&s).to_string()))
+    Ok(Value::String(
+        s.strip_prefix(&prefix).unwrap_or(&s).to_string(),
+    ))
 }
 
 fn trim_suffix(args: &[Value]) -> Result<Value, FuncError> {
     let [suffix, s] = exactly::<2>("trimSuffix", args)?;
     let (suffix, s) = (as_text(suffix), as_text(s));
-    Ok(Value::String(s.strip_suffix(&suffix).unwrap_or(&s).to_string()))
+    Ok(Value::String(
+        s.strip_suffix(&suffix).unwrap_or(&s).to_string(),
+    ))
 }
 
 fn replace(args: &[Value]) -> Result<Value, FuncError> {
@@ -399,12 +406,14 @@ fn b64enc(args: &[Value]) -> Result<Value, FuncError> {
 /// Like Sprig, a value that is not base64 decodes to the error text rather
 /// than failing the template.
 fn b64dec(args: &[Value]) -> Result<Value, FuncError> {
-    map_text("b64dec", args, |s| {
-        match base64::engine::general_purpose::STANDARD.decode(s) {
+    map_text(
+        "b64dec",
+        args,
+        |s| match base64::engine::general_purpose::STANDARD.decode(s) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) => e.to_string(),
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -413,7 +422,9 @@ mod tests {
     use serde_json::json;
 
     fn render(text: &str, input: serde_json::Value) -> Result<String, RenderError> {
-        GoTemplate::parse(text).expect("template parses").render(&input)
+        GoTemplate::parse(text)
+            .expect("template parses")
+            .render(&input)
     }
 
     #[test]
@@ -429,8 +440,14 @@ mod tests {
             ("{{ .Input.body.name | default \"none\" }}", "ada"),
             ("{{ .Input.body.name | quote }}", "\"ada\""),
             ("{{ .Input.body.name | squote }}", "'ada'"),
-            ("{{ .Input.body | toJson }}", r#"{"n":3,"name":"ada","tags":["a","b"]}"#),
-            ("{{ if eq .Input.body.name \"ada\" }}yes{{ else }}no{{ end }}", "yes"),
+            (
+                "{{ .Input.body | toJson }}",
+                r#"{"n":3,"name":"ada","tags":["a","b"]}"#,
+            ),
+            (
+                "{{ if eq .Input.body.name \"ada\" }}yes{{ else }}no{{ end }}",
+                "yes",
+            ),
             ("{{ .Input.body.name | title }}", "Ada"),
             ("{{ \"  x \" | trim }}", "x"),
             ("{{ .Input.body.name | trimPrefix \"a\" }}", "da"),
@@ -454,8 +471,14 @@ mod tests {
     #[test]
     fn missing_or_empty_results_are_not_values() {
         let input = json!({"body": {"blank": ""}});
-        assert_eq!(render("{{ .Input.body.missing }}", input.clone()), Err(RenderError::Empty));
-        assert_eq!(render("{{ .Input.body.blank }}", input), Err(RenderError::Empty));
+        assert_eq!(
+            render("{{ .Input.body.missing }}", input.clone()),
+            Err(RenderError::Empty)
+        );
+        assert_eq!(
+            render("{{ .Input.body.blank }}", input),
+            Err(RenderError::Empty)
+        );
     }
 
     #[test]

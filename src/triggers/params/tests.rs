@@ -13,7 +13,12 @@ fn parameter(yaml: &str) -> TriggerParameter {
 }
 
 fn event(data: Value) -> Event {
-    Event::new("shop", "webhook", "orders", bytes::Bytes::from(data.to_string()))
+    Event::new(
+        "shop",
+        "webhook",
+        "orders",
+        bytes::Bytes::from(data.to_string()),
+    )
 }
 
 #[test]
@@ -70,7 +75,12 @@ fn resolves_like_argo() {
 fn no_key_and_no_value_is_the_whole_event() {
     let data = json!({"body": {"a": 1}});
     let event = event(data.clone());
-    let got = resolve(&parameter("{src: {dependencyName: d}, dest: x}"), &event, &data).expect("resolves");
+    let got = resolve(
+        &parameter("{src: {dependencyName: d}, dest: x}"),
+        &event,
+        &data,
+    )
+    .expect("resolves");
     assert_eq!(got["data"], data);
     assert_eq!(got["context"]["id"], json!(event.context.id));
     assert_eq!(got["context"]["source"], json!("shop"));
@@ -78,15 +88,25 @@ fn no_key_and_no_value_is_the_whole_event() {
 
 #[test]
 fn malformed_data_uses_the_default_or_fails() {
-    let event = Event::new("shop", "webhook", "orders", bytes::Bytes::from_static(b"not json {"));
+    let event = Event::new(
+        "shop",
+        "webhook",
+        "orders",
+        bytes::Bytes::from_static(b"not json {"),
+    );
     let data = event.data_json();
-    let with_default = parameter("{src: {dependencyName: d, dataKey: body.id, value: none}, dest: x}");
+    let with_default =
+        parameter("{src: {dependencyName: d, dataKey: body.id, value: none}, dest: x}");
     assert_eq!(resolve(&with_default, &event, &data), Ok(json!("none")));
-    let without = parameter("{src: {dependencyName: d, dataTemplate: '{{ .Input.body.id }}'}, dest: x}");
+    let without =
+        parameter("{src: {dependencyName: d, dataTemplate: '{{ .Input.body.id }}'}, dest: x}");
     assert!(resolve(&without, &event, &data).is_err());
     // The context is still there for context keys.
     let context = parameter("{src: {dependencyName: d, contextKey: id}, dest: x}");
-    assert_eq!(resolve(&context, &event, &data), Ok(json!(event.context.id)));
+    assert_eq!(
+        resolve(&context, &event, &data),
+        Ok(json!(event.context.id))
+    );
 }
 
 #[test]
@@ -107,7 +127,8 @@ fn operations_overwrite_append_prepend() {
         assert_eq!(target, want, "{operation}");
     }
     // Appending to nothing sets the value as is; numbers join as text.
-    let p = parameter("{src: {dependencyName: d, dataKey: body.n}, dest: spec.v, operation: append}");
+    let p =
+        parameter("{src: {dependencyName: d, dataKey: body.n}, dest: spec.v, operation: append}");
     let mut empty = json!({});
     apply(std::slice::from_ref(&p), |_| Some(&event), &mut empty).expect("applies");
     assert_eq!(empty, json!({"spec": {"v": 7}}));
@@ -145,11 +166,18 @@ fn an_absent_dependency_uses_its_default_or_is_skipped() {
 #[test]
 fn a_failing_parameter_fails_the_payload() {
     let event = event(json!({"body": {}}));
-    let parameters = [parameter("{src: {dependencyName: d, dataKey: body.id}, dest: id}")];
+    let parameters = [parameter(
+        "{src: {dependencyName: d, dataKey: body.id}, dest: id}",
+    )];
     let err = build_payload(&parameters, "d", &event).expect_err("missing key");
     assert_eq!(err.dest, "id");
-    let parameters = [parameter("{src: {dependencyName: d, dataKey: body, value: x}, dest: all}")];
-    assert_eq!(build_payload(&parameters, "d", &event), Ok(json!({"all": {}})));
+    let parameters = [parameter(
+        "{src: {dependencyName: d, dataKey: body, value: x}, dest: all}",
+    )];
+    assert_eq!(
+        build_payload(&parameters, "d", &event),
+        Ok(json!({"all": {}}))
+    );
 }
 
 #[test]
@@ -162,8 +190,10 @@ fn bad_templates_and_operations_are_decode_errors() {
         .expect_err("unknown function");
     assert!(err.message.contains("nosuchfn"), "{}", err.message);
     assert!(err.pos.is_some());
-    let docs = crate::config::yaml::parse_documents("{src: {dependencyName: d}, dest: x, operation: merge}")
-        .expect("YAML parses");
+    let docs = crate::config::yaml::parse_documents(
+        "{src: {dependencyName: d}, dest: x, operation: merge}",
+    )
+    .expect("YAML parses");
     let err = crate::config::decode::decode::<TriggerParameter>(&docs[0], &Diagnostics::default())
         .expect_err("unknown operation");
     assert!(err.message.contains("append"), "{}", err.message);
