@@ -274,7 +274,7 @@ fn kubernetes_only_fields_warn_once_each() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = r#"apiVersion: argoproj.io/v1alpha1
 kind: EventSource
-metadata: {name: shop}
+metadata: {name: shop, labels: {team: a}}
 spec:
   replicas: 2
   service: {ports: [{port: 12000, targetPort: 12000}]}
@@ -315,6 +315,7 @@ spec:
     assert_eq!(
         warnings,
         [
+            (3, 24),
             (5, 3),
             (6, 3),
             (7, 3),

@@ -13,6 +13,9 @@ const K8S_ONLY: &[(&str, &[&str])] = &[
     (
         "ObjectMeta",
         &[
+            // Selectors and tooling read these on Kubernetes; nothing here does.
+            "labels",
+            "annotations",
             "namespace",
             "uid",
             "resourceVersion",
