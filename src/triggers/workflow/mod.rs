@@ -185,8 +185,9 @@ impl WorkflowTrigger {
                     }
                 })?,
             };
-        let mut parameters: Vec<TriggerParameter> =
-            config.parameters.iter().flatten().cloned().collect();
+        // Argo applies the trigger-level parameters to the template first,
+        // then the resource's own, so the latter win on the same `dest`.
+        let mut parameters: Vec<TriggerParameter> = Vec::new();
         for parameter in trigger.parameters.iter().flatten() {
             let dest = &parameter.dest.value;
             let inner = RESOURCE_PREFIXES
@@ -199,6 +200,7 @@ impl WorkflowTrigger {
             parameter.dest.value = inner.to_string();
             parameters.push(parameter);
         }
+        parameters.extend(config.parameters.iter().flatten().cloned());
         let template_deadline = [
             template.spec.active_deadline_seconds.as_ref(),
             entry.active_deadline_seconds.as_ref(),
