@@ -334,3 +334,34 @@ spec:
         .all(|w| w.severity == Severity::Warning
             && w.message.contains("only has a meaning on Kubernetes")));
 }
+
+#[test]
+fn a_dlq_trigger_may_keep_its_resource_in_a_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("backlog.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: backlog-}\n",
+    )
+    .expect("write resource");
+    let text = sensor(
+        r#"    - template:
+        name: log
+        log: {}
+      dlqTrigger:
+        template:
+          name: keep
+          k8s:
+            operation: create
+            source: {file: {path: backlog.yaml}}
+"#,
+    );
+    let (_, result) = load(dir.path(), "sensor.yaml", &text);
+    let config = result.unwrap_or_else(|d| panic!("loads: {:#?}", render(&d)));
+    let dlq = &config.sensors[0].doc.spec.triggers[0]
+        .dlq_trigger
+        .as_ref()
+        .expect("dlqTrigger")
+        .value;
+    let k8s = &dlq.template.k8s.as_ref().expect("k8s").value;
+    assert_eq!(k8s.resource_kind(), "ConfigMap");
+}

@@ -22,7 +22,7 @@
 use super::decode::{decode, Spanned};
 use super::diagnostic::{Diagnostic, Diagnostics, Severity};
 use super::load::{embedded_origin, first_char_at, lift_workflow_spec, shift_tree, Loaded};
-use super::sensor::ArtifactLocation;
+use super::sensor::{ArtifactLocation, TriggerTemplate};
 use super::yaml::{parse_documents, Node, Pos, Value};
 use std::path::{Path, PathBuf};
 
@@ -37,62 +37,82 @@ struct Outside {
     node: Node,
 }
 
-/// Turns every trigger's `source.file` / `source.configmap` into
-/// `source.resource`, reporting what cannot be read.
+/// Turns every trigger's (and `dlqTrigger`'s) `source.file` /
+/// `source.configmap` into `source.resource`, reporting what cannot be read.
 pub(super) fn resolve_sources(loaded: &mut Loaded, out: &mut Vec<Diagnostic>) {
     for index in 0..loaded.config.sensors.len() {
-        let sensor_file = loaded.config.sensors[index].file.clone();
-        let sensor_name = loaded.config.sensors[index].doc.metadata.name().to_string();
         let triggers = loaded.config.sensors[index].doc.spec.triggers.len();
         for t in 0..triggers {
-            let sensor = &loaded.config.sensors[index].doc;
-            let template = &sensor.spec.triggers[t].template;
-            let trigger_name = template.name.value.clone();
-            let source = template
-                .argo_workflow
-                .as_ref()
-                .and_then(|w| w.value.source.as_ref())
-                .or(template.k8s.as_ref().map(|k| &k.value.source));
-            let Some(source) = source.filter(|s| s.resource.is_none()) else {
-                continue;
-            };
-            let Some((outside, at)) = read_source(source, &sensor_file, loaded, out) else {
-                continue;
-            };
-            let diags = Diagnostics::default();
-            let value = match decode::<serde_json::Value>(&outside.node, &diags) {
-                Ok(value) => value,
-                Err(err) => {
-                    diags.error(err.pos.unwrap_or(outside.node.pos), err.message);
-                    diags.drain_into(&outside.file, out);
-                    continue;
-                }
-            };
-            let mut value = value;
-            if let Some(spec_node) = outside.node.get("spec") {
-                lift_workflow_spec(
-                    &outside.file,
-                    format!("{sensor_name}/{trigger_name}"),
-                    &mut value,
-                    spec_node,
-                    &diags,
-                    &mut loaded.names,
-                    &mut loaded.config.workflow_templates,
-                );
-            }
-            diags.drain_into(&outside.file, out);
-            let template = &mut loaded.config.sensors[index].doc.spec.triggers[t].template;
-            let source = match (template.argo_workflow.as_mut(), template.k8s.as_mut()) {
-                (Some(w), _) => w.value.source.as_mut(),
-                (None, Some(k)) => Some(&mut k.value.source),
-                (None, None) => None,
-            };
-            if let Some(source) = source {
-                // Positions of the resource point at `file:`/`configmap:` in
-                // the Sensor, where validation reports about it.
-                source.resource = Some(Spanned::new(value, at));
-            }
+            resolve_one(loaded, index, t, false, out);
+            resolve_one(loaded, index, t, true, out);
         }
+    }
+}
+
+/// The template of trigger `t` of sensor `index`, or of its `dlqTrigger`.
+fn template_mut(
+    loaded: &mut Loaded,
+    index: usize,
+    t: usize,
+    dlq: bool,
+) -> Option<&mut TriggerTemplate> {
+    let trigger = &mut loaded.config.sensors[index].doc.spec.triggers[t];
+    if dlq {
+        trigger.dlq_trigger.as_mut().map(|d| &mut d.value.template)
+    } else {
+        Some(&mut trigger.template)
+    }
+}
+
+fn source_mut(template: &mut TriggerTemplate) -> Option<&mut ArtifactLocation> {
+    match (template.argo_workflow.as_mut(), template.k8s.as_mut()) {
+        (Some(w), _) => w.value.source.as_mut(),
+        (None, Some(k)) => Some(&mut k.value.source),
+        (None, None) => None,
+    }
+}
+
+fn resolve_one(loaded: &mut Loaded, index: usize, t: usize, dlq: bool, out: &mut Vec<Diagnostic>) {
+    let sensor_file = loaded.config.sensors[index].file.clone();
+    let sensor_name = loaded.config.sensors[index].doc.metadata.name().to_string();
+    let Some(template) = template_mut(loaded, index, t, dlq) else {
+        return;
+    };
+    let trigger_name = template.name.value.clone();
+    let Some(source) = source_mut(template).filter(|s| s.resource.is_none()) else {
+        return;
+    };
+    let source = source.clone();
+    let Some((outside, at)) = read_source(&source, &sensor_file, loaded, out) else {
+        return;
+    };
+    let diags = Diagnostics::default();
+    let mut value = match decode::<serde_json::Value>(&outside.node, &diags) {
+        Ok(value) => value,
+        Err(err) => {
+            diags.error(err.pos.unwrap_or(outside.node.pos), err.message);
+            diags.drain_into(&outside.file, out);
+            return;
+        }
+    };
+    // A dlqTrigger's Workflow is refused at start-up (only http, log and
+    // store-for-later run as DLQ), so only top-level ones are lifted.
+    if let (Some(spec_node), false) = (outside.node.get("spec"), dlq) {
+        lift_workflow_spec(
+            &outside.file,
+            format!("{sensor_name}/{trigger_name}"),
+            &mut value,
+            spec_node,
+            &diags,
+            &mut loaded.names,
+            &mut loaded.config.workflow_templates,
+        );
+    }
+    diags.drain_into(&outside.file, out);
+    if let Some(source) = template_mut(loaded, index, t, dlq).and_then(source_mut) {
+        // Positions of the resource point at `file:`/`configmap:` in the
+        // Sensor, where validation reports about it.
+        source.resource = Some(Spanned::new(value, at));
     }
 }
 

@@ -1,7 +1,8 @@
 //! `kind: Sensor` — dependencies (which events, which filters) and triggers
 //! (what to do), with Argo's field names.
 //!
-//! Runnable today: `log` and `http` triggers, the store-for-later `k8s`
+//! Runnable today: `log` and `http` triggers, `argoWorkflow` and `k8s`
+//! Workflow triggers (local executor), the store-for-later `k8s`
 //! ConfigMap (`generateName: backlog-`) trigger, `data` filters. Argo fields
 //! that are accepted by validation but not yet run are refused by
 //! `spillway run` with a message naming them (see `topology`), never
