@@ -211,7 +211,10 @@ metadata:
 data:
   api-calls: "5"
 "#,
-        &[error(4, 3, &["a ConfigMap needs `metadata.name`"])],
+        &[
+            error(4, 3, &["a ConfigMap needs `metadata.name`"]),
+            warning(4, 3, &["`labels` only has a meaning on Kubernetes"]),
+        ],
     );
 }
 

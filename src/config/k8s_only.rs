@@ -13,6 +13,9 @@ const K8S_ONLY: &[(&str, &[&str])] = &[
     (
         "ObjectMeta",
         &[
+            // Selectors and tooling read these on Kubernetes; nothing here does.
+            "labels",
+            "annotations",
             "namespace",
             "uid",
             "resourceVersion",
@@ -25,6 +28,8 @@ const K8S_ONLY: &[(&str, &[&str])] = &[
         ],
     ),
     ("EventBus", &["status"]),
+    // Only mean something for `operation: update|patch` of a live object.
+    ("K8sTrigger", &["patchStrategy", "liveObject"]),
     ("EventSource", &["status"]),
     ("Sensor", &["status"]),
     ("WorkflowTemplate", &["status"]),
@@ -184,23 +189,14 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
     ),
     (
         "ArtifactLocation",
-        "configmap",
-        "only an inline `resource` is supported",
-    ),
-    (
-        "ArtifactLocation",
-        "file",
-        "only an inline `resource` is supported",
-    ),
-    (
-        "ArtifactLocation",
         "url",
-        "only an inline `resource` is supported",
+        "a URL would be fetched at start-up, making the config valid or not depending on the network; \
+         download it and use `file` (or an inline `resource`)",
     ),
     (
         "ArtifactLocation",
         "git",
-        "git sources need network access to a repository; use an inline `resource`",
+        "git sources need network access to a repository; check the file out and use `file` (or an inline `resource`)",
     ),
     (
         "ArtifactLocation",

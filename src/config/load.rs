@@ -71,6 +71,7 @@ pub fn load<P: AsRef<Path>>(files: &[P]) -> Result<Config, Vec<Diagnostic>> {
             }),
         }
     }
+    super::artifact::resolve_sources(&mut loaded, &mut diagnostics);
     validate::check(&mut loaded, &mut diagnostics);
     diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {
@@ -286,8 +287,9 @@ fn record_template_refs(file: &Path, node: &Node, into: &mut HashMap<(PathBuf, P
     }
 }
 
-/// Argo lets a trigger's Workflow carry its own `spec.templates` instead of
-/// naming a WorkflowTemplate. Each such inline spec of the sensor just
+/// Argo lets a trigger's Workflow (`argoWorkflow`, or `k8s` creating a
+/// Workflow) carry its own `spec.templates` instead of naming a
+/// WorkflowTemplate. Each such inline spec of the sensor just
 /// decoded becomes a WorkflowTemplate named `<sensor>/<trigger>` (no
 /// document can take that name: `/` is not allowed in names), decoded from
 /// this file with its positions, and the Workflow is made to name it. From
@@ -303,61 +305,94 @@ fn lift_inline_workflows(file: &Path, doc: &Node, diags: &Diagnostics, loaded: &
         return;
     };
     for (trigger, node) in sensor.doc.spec.triggers.iter_mut().zip(trigger_nodes) {
-        let Some(workflow) = trigger.template.argo_workflow.as_mut() else {
+        let template = &mut trigger.template;
+        let (resource, key) = if let Some(workflow) = template.argo_workflow.as_mut() {
+            let resource = workflow
+                .value
+                .source
+                .as_mut()
+                .and_then(|s| s.resource.as_mut());
+            (resource, "argoWorkflow")
+        } else if let Some(k8s) = template.k8s.as_mut() {
+            (k8s.value.source.resource.as_mut(), "k8s")
+        } else {
             continue;
         };
-        let Some(resource) = workflow
-            .value
-            .source
-            .as_mut()
-            .and_then(|s| s.resource.as_mut())
-        else {
+        let Some(resource) = resource else {
             continue;
         };
-        let Some(spec) = resource.value.get_mut("spec") else {
-            continue;
-        };
-        if spec.get("workflowTemplateRef").is_some() || spec.get("templates").is_none() {
-            continue;
-        }
         let spec_node = node
             .get("template")
-            .and_then(|t| t.get("argoWorkflow"))
+            .and_then(|t| t.get(key))
             .and_then(|w| w.get("source"))
             .and_then(|s| s.get("resource"))
             .and_then(|r| r.get("spec"));
         let Some(spec_node) = spec_node else {
             continue;
         };
-        let decoded = match decode::<super::workflow::WorkflowSpec>(spec_node, diags) {
-            Ok(decoded) => decoded,
-            Err(err) => {
-                diags.error(err.pos.unwrap_or(spec_node.pos), err.message);
-                continue;
-            }
-        };
-        let name = format!("{sensor_name}/{}", trigger.template.name.value);
-        spec["workflowTemplateRef"] = serde_json::json!({ "name": name });
-        loaded.names.push(DocName {
-            kind: "WorkflowTemplate",
-            name: name.clone(),
-            file: file.to_path_buf(),
-            pos: spec_node.pos,
-        });
-        loaded.config.workflow_templates.push(Located {
-            file: file.to_path_buf(),
-            pos: spec_node.pos,
-            doc: super::workflow::WorkflowTemplate {
-                api_version: "argoproj.io/v1alpha1".to_string(),
-                kind: "WorkflowTemplate".to_string(),
-                metadata: super::values::ObjectMeta {
-                    name: Some(super::decode::Spanned::new(name, spec_node.pos)),
-                    ..Default::default()
-                },
-                spec: decoded,
-            },
-        });
+        let name = format!("{sensor_name}/{}", template.name.value);
+        lift_workflow_spec(
+            file,
+            name,
+            &mut resource.value,
+            spec_node,
+            diags,
+            &mut loaded.names,
+            &mut loaded.config.workflow_templates,
+        );
     }
+}
+
+/// Lifts the inline `spec.templates` of the Workflow `resource` (whose
+/// spec is `spec_node`, in `file`) into a WorkflowTemplate called `name`
+/// and makes the Workflow name it. A `k8s` resource of another kind, or a
+/// Workflow that already names a template, is left alone.
+pub(super) fn lift_workflow_spec(
+    file: &Path,
+    name: String,
+    resource: &mut serde_json::Value,
+    spec_node: &Node,
+    diags: &Diagnostics,
+    names: &mut Vec<DocName>,
+    templates: &mut Vec<Located<super::workflow::WorkflowTemplate>>,
+) {
+    let kind = resource.get("kind").and_then(|k| k.as_str());
+    if kind.is_some_and(|k| k != "Workflow") {
+        return;
+    }
+    let Some(spec) = resource.get_mut("spec") else {
+        return;
+    };
+    if spec.get("workflowTemplateRef").is_some() || spec.get("templates").is_none() {
+        return;
+    }
+    let decoded = match decode::<super::workflow::WorkflowSpec>(spec_node, diags) {
+        Ok(decoded) => decoded,
+        Err(err) => {
+            diags.error(err.pos.unwrap_or(spec_node.pos), err.message);
+            return;
+        }
+    };
+    spec["workflowTemplateRef"] = serde_json::json!({ "name": name });
+    names.push(DocName {
+        kind: "WorkflowTemplate",
+        name: name.clone(),
+        file: file.to_path_buf(),
+        pos: spec_node.pos,
+    });
+    templates.push(Located {
+        file: file.to_path_buf(),
+        pos: spec_node.pos,
+        doc: super::workflow::WorkflowTemplate {
+            api_version: "argoproj.io/v1alpha1".to_string(),
+            kind: "WorkflowTemplate".to_string(),
+            metadata: super::values::ObjectMeta {
+                name: Some(super::decode::Spanned::new(name, spec_node.pos)),
+                ..Default::default()
+            },
+            spec: decoded,
+        },
+    });
 }
 
 /// Kubernetes object names: DNS subdomain rules (lowercase alphanumerics,
@@ -586,7 +621,7 @@ fn embedded<T: for<'a> Deserialize<'a>>(text: &str, node: &Node, diags: &Diagnos
 /// Where line 1, column 1 of a string value's content sits in the file, as
 /// (lines to add, columns to add). Block scalars (`|`, `>`) start on the next
 /// line at its indentation; quoted and plain scalars start at the value.
-fn embedded_origin(text: &str, pos: Pos) -> (u32, u32) {
+pub(super) fn embedded_origin(text: &str, pos: Pos) -> (u32, u32) {
     let line_index = pos.line.saturating_sub(1) as usize;
     let line = text.lines().nth(line_index).unwrap_or("");
     let rest: String = line
@@ -605,7 +640,7 @@ fn embedded_origin(text: &str, pos: Pos) -> (u32, u32) {
 }
 
 /// The character of `text` at `pos`.
-fn first_char_at(text: &str, pos: Pos) -> Option<char> {
+pub(super) fn first_char_at(text: &str, pos: Pos) -> Option<char> {
     let line = text.lines().nth(pos.line.saturating_sub(1) as usize)?;
     line.chars().nth(pos.col.saturating_sub(1) as usize)
 }
@@ -617,7 +652,7 @@ fn shift_pos(pos: Pos, lines: u32, cols: u32) -> Pos {
     }
 }
 
-fn shift_tree(node: &mut Node, lines: u32, cols: u32) {
+pub(super) fn shift_tree(node: &mut Node, lines: u32, cols: u32) {
     node.pos = shift_pos(node.pos, lines, cols);
     match &mut node.value {
         Value::Seq(items) => items.iter_mut().for_each(|n| shift_tree(n, lines, cols)),

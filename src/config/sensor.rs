@@ -2,9 +2,10 @@
 //! (what to do), with Argo's field names.
 //!
 //! Runnable today: `log`, `http` and (spillway extension) `postgres`
-//! triggers, the store-for-later `k8s` ConfigMap (`generateName: backlog-`)
-//! trigger, every dependency filter kind and `transform` (see
-//! `sensor::filter`). Argo fields
+//! triggers, `argoWorkflow` and `k8s` Workflow triggers (local executor),
+//! the store-for-later `k8s` ConfigMap (`generateName: backlog-`) trigger,
+//! every dependency filter kind and `transform` (see `sensor::filter`).
+//! Argo fields
 //! that are accepted by validation but not yet run are refused by
 //! `spillway run` with a message naming them (see `topology`), never
 //! silently ignored.
@@ -482,12 +483,37 @@ impl K8sTrigger {
     }
 }
 
-/// Where a trigger's resource comes from. Only inline `resource` so far.
+/// Where a trigger's resource comes from: inline `resource`, a `file` read
+/// at load, or a `configmap` key of a ConfigMap document loaded with the
+/// config. The loader turns `file` and `configmap` into `resource` (see
+/// `config::artifact`), so everything after loading reads `resource` only.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactLocation {
     /// An inline Kubernetes object (e.g. a `Workflow` or a `ConfigMap`).
     pub resource: Option<Spanned<serde_json::Value>>,
+    /// Argo `FileArtifact`: a YAML or JSON file holding the resource.
+    pub file: Option<Spanned<FileArtifact>>,
+    /// Argo `ConfigMapKeySelector`: a ConfigMap key whose value is the resource.
+    pub configmap: Option<Spanned<ConfigMapKeySelector>>,
+}
+
+/// Argo `FileArtifact`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileArtifact {
+    /// Absolute, or relative to the directory of the file that names it.
+    pub path: Spanned<String>,
+}
+
+/// Kubernetes `ConfigMapKeySelector`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeySelector {
+    pub name: Spanned<String>,
+    pub key: Spanned<String>,
+    /// Accepted for Argo's sake; a missing ConfigMap is always an error here.
+    pub optional: Option<bool>,
 }
 
 /// Argo `TriggerParameter`: take a value from the event, put it at `dest`.
@@ -497,6 +523,35 @@ pub struct TriggerParameter {
     pub src: Spanned<TriggerParameterSource>,
     /// Dotted path in the target document, e.g. `order.id`.
     pub dest: Spanned<String>,
+    /// Argo: `overwrite` (default), `append` or `prepend` to the value at `dest`.
+    pub operation: Option<Spanned<ParameterOperation>>,
+}
+
+/// What a parameter does with the value already at its `dest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParameterOperation {
+    #[default]
+    Overwrite,
+    /// `dest` becomes its current text followed by the new value.
+    Append,
+    /// `dest` becomes the new value followed by its current text.
+    Prepend,
+}
+
+impl<'de> Deserialize<'de> for ParameterOperation {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "overwrite" | "" => Ok(ParameterOperation::Overwrite),
+            "append" => Ok(ParameterOperation::Append),
+            "prepend" => Ok(ParameterOperation::Prepend),
+            _ => Err(de::Error::custom(one_of(
+                "parameter operation",
+                &text,
+                &["overwrite", "append", "prepend"],
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -509,6 +564,14 @@ pub struct TriggerParameterSource {
     pub context_key: Option<Spanned<String>>,
     /// Used when the key is missing.
     pub value: Option<String>,
+    /// Go template over the event data (`.Input`); parsed at load.
+    pub data_template: Option<Spanned<crate::triggers::params::template::GoTemplate>>,
+    /// Go template over the event context (`.Input`); parsed at load.
+    pub context_template: Option<Spanned<crate::triggers::params::template::GoTemplate>>,
+    /// Argo: insert JSON values as JSON rather than as strings. spillway
+    /// always keeps the JSON type of a `dataKey`/`contextKey` value, so
+    /// this changes nothing (see docs/parameters.md).
+    pub use_raw_data: Option<bool>,
 }
 
 /// Argo `Backoff`: `steps` attempts, waiting `duration × factor^n` (± jitter).

@@ -580,7 +580,14 @@ fn check_trigger(
             .source
             .as_ref()
             .and_then(|s| s.resource.as_ref());
+        let loaded_elsewhere = workflow
+            .value
+            .source
+            .as_ref()
+            .is_some_and(|s| s.file.is_some() || s.configmap.is_some());
         match resource {
+            // A `file` or `configmap` that did not load was reported by the loader.
+            None if loaded_elsewhere => {}
             None => report.error(
                 file,
                 workflow.pos,
@@ -591,8 +598,15 @@ fn check_trigger(
     }
     if let Some(k8s) = &template.k8s {
         parameters.extend(k8s.value.parameters.iter().flatten());
-        match &k8s.value.source.resource {
-            None => report.error(file, k8s.pos, "k8s trigger needs `source.resource`"),
+        let source = &k8s.value.source;
+        match &source.resource {
+            // A `file` or `configmap` that did not load was reported by the loader.
+            None if source.file.is_some() || source.configmap.is_some() => {}
+            None => report.error(
+                file,
+                k8s.pos,
+                "k8s trigger needs `source.resource`, `source.file` or `source.configmap`",
+            ),
             Some(resource) => {
                 let kind = resource
                     .value
@@ -600,7 +614,22 @@ fn check_trigger(
                     .and_then(|k| k.as_str())
                     .unwrap_or("");
                 match kind {
-                    "Workflow" => check_workflow_resource(file, resource, templates, broken, report),
+                    "Workflow" => {
+                        if let Some(op) = &k8s.value.operation {
+                            if op.value != "create" && op.value != "submit" {
+                                report.error(
+                                    file,
+                                    op.pos,
+                                    format!(
+                                        "operation {:?} changes a live Kubernetes object (no Kubernetes API here); \
+                                         a Workflow is run with `create` or `submit`",
+                                        op.value
+                                    ),
+                                );
+                            }
+                        }
+                        check_workflow_resource(file, resource, templates, broken, report)
+                    }
                     "ConfigMap" => report_problems(file, k8s.value.config_map_problems(), report),
                     other => report.error(
                         file,

@@ -9,7 +9,6 @@ use super::decode::Spanned;
 use super::suggest::did_you_mean;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -171,8 +170,6 @@ pub fn one_of(what: &str, got: &str, allowed: &[&str]) -> String {
 pub struct ObjectMeta {
     pub name: Option<Spanned<String>>,
     pub generate_name: Option<String>,
-    pub labels: Option<BTreeMap<String, String>>,
-    pub annotations: Option<BTreeMap<String, String>>,
 }
 
 impl ObjectMeta {

@@ -415,7 +415,12 @@ fn replay_targets(config: &Config) -> HashMap<String, TargetKind> {
     for sensor in &config.sensors {
         let sensor_name = sensor.doc.metadata.name().to_string();
         for trigger in &sensor.doc.spec.triggers {
-            let kind = if trigger.template.k8s.is_some() {
+            let stores = trigger
+                .template
+                .k8s
+                .as_ref()
+                .is_some_and(|k| k.value.resource_kind() == "ConfigMap");
+            let kind = if stores {
                 TargetKind::StoresForLater
             } else {
                 TargetKind::Runs
@@ -898,8 +903,8 @@ impl Built<'_> {
     }
 }
 
-/// The runnable http, log or argoWorkflow trigger of `trigger`'s template;
-/// `None` for other kinds.
+/// The runnable http, log or workflow (argoWorkflow, k8s Workflow) trigger
+/// of `trigger`'s template; `None` for other kinds.
 fn build_trigger(
     sensor: &str,
     trigger: &crate::config::sensor::Trigger,
@@ -917,14 +922,27 @@ fn build_trigger(
             .map_err(|e| RunError::Config(format!("sensor {sensor}, trigger {name}: {e}")))?;
         return Ok(Some(Trigger::Http(http)));
     }
-    if let Some(workflow) = &trigger.template.argo_workflow {
+    // A k8s trigger creating a Workflow runs exactly like an argoWorkflow submit.
+    let k8s_workflow = trigger
+        .template
+        .k8s
+        .as_ref()
+        .filter(|k| k.value.resource_kind() == "Workflow")
+        .map(|k| crate::triggers::workflow::as_argo_workflow(&k.value));
+    let workflow = trigger
+        .template
+        .argo_workflow
+        .as_ref()
+        .map(|w| &w.value)
+        .or(k8s_workflow.as_ref());
+    if let Some(workflow) = workflow {
         let problem = |e: String| RunError::Config(format!("sensor {sensor}, trigger {name}: {e}"));
-        let template = crate::triggers::workflow::template_ref(&workflow.value).unwrap_or("");
+        let template = crate::triggers::workflow::template_ref(workflow).unwrap_or("");
         let gate = workflows
             .semaphores
             .gate(template)
             .ok_or_else(|| problem(format!("WorkflowTemplate {template:?} is not loaded")))?;
-        let workflow = WorkflowTrigger::new(trigger, &workflow.value, workflows.templates, gate)
+        let workflow = WorkflowTrigger::new(trigger, workflow, workflows.templates, gate)
             .map_err(|e| problem(e.to_string()))?;
         return Ok(Some(Trigger::Workflow(workflow)));
     }
@@ -977,10 +995,14 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
                     ));
                 }
             }
-            if let (Some(flow), None) = (&trigger.flow_control, &t.argo_workflow) {
+            let runs_workflow = t.argo_workflow.is_some()
+                || t.k8s
+                    .as_ref()
+                    .is_some_and(|k| k.value.resource_kind() == "Workflow");
+            if let (Some(flow), false) = (&trigger.flow_control, runs_workflow) {
                 if let Some(pending) = &flow.value.max_pending {
                     problems.push(format!(
-                        "{}: trigger {:?}: flowControl.maxPending bounds workflows waiting on a semaphore; it only applies to argoWorkflow triggers",
+                        "{}: trigger {:?}: flowControl.maxPending bounds workflows waiting on a semaphore; it only applies to workflow triggers (argoWorkflow, k8s Workflow)",
                         at(pending.pos),
                         t.name.value
                     ));
@@ -988,10 +1010,16 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             }
             if let Some(k) = &t.k8s {
                 let kind = k.value.resource_kind();
-                if kind != "ConfigMap" {
+                if kind == "Workflow" && crate::triggers::workflow::template_ref_of(t).is_none() {
                     problems.push(format!(
-                        "{}: trigger {:?}: k8s triggers of kind {kind:?} are not runnable in this build; \
-                         the supported kind is ConfigMap with `generateName: backlog-` (store for later)",
+                        "{}: trigger {:?}: a k8s Workflow needs a resource written as a mapping with `spec.workflowTemplateRef` or `spec.templates`",
+                        at(k.pos),
+                        t.name.value
+                    ));
+                } else if kind != "ConfigMap" && kind != "Workflow" {
+                    problems.push(format!(
+                        "{}: trigger {:?}: k8s triggers of kind {kind:?} are not runnable (no Kubernetes API); \
+                         the supported kinds are Workflow (local executor) and ConfigMap with `generateName: backlog-` (store for later)",
                         at(k.pos),
                         t.name.value
                     ));

@@ -80,7 +80,11 @@ impl HttpTrigger {
     pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
         let body = match &self.payload {
             Some(parameters) => {
-                let json = params::build_payload(parameters, dependency, event);
+                let json = params::build_payload(parameters, dependency, event).map_err(|e| {
+                    TriggerError::Permanent {
+                        message: format!("{} {}: payload: {e}", self.method, self.url),
+                    }
+                })?;
                 bytes::Bytes::from(json.to_string())
             }
             None => event.data.clone(),

@@ -159,7 +159,8 @@ impl PostgresTrigger {
                 if src.dependency_name.value != dependency {
                     return None;
                 }
-                match params::resolve_source(src, event, &data)? {
+                // A parameter without a value is NULL (see docs/postgres.md).
+                match params::resolve_source(src, event, &data).ok()? {
                     serde_json::Value::Null => None,
                     serde_json::Value::String(s) => Some(s),
                     other => Some(other.to_string()),

@@ -2,7 +2,9 @@
 //! of the Workflow's `workflowTemplateRef` on this machine. A Workflow with
 //! its own `spec.templates` runs the same way: the config loader turns its
 //! spec into a WorkflowTemplate named `<sensor>/<trigger>` and points the
-//! Workflow at it.
+//! Workflow at it. A `k8s` trigger whose resource is a `Workflow`
+//! (`operation: create` or `submit`) is the same trigger
+//! ([`as_argo_workflow`]): same executor, same semaphores.
 //!
 //! Per event:
 //! 1. the trigger's parameters are applied to the Workflow resource (Argo
@@ -36,7 +38,7 @@ pub mod executor;
 pub mod semaphores;
 
 use super::{params, TriggerError};
-use crate::config::sensor::{ArgoWorkflowTrigger, TriggerParameter};
+use crate::config::sensor::{ArgoWorkflowTrigger, K8sTrigger, TriggerParameter, TriggerTemplate};
 use crate::config::workflow::{Template, WorkflowTemplate};
 use crate::event::Event;
 use crate::json_path;
@@ -51,8 +53,9 @@ use std::time::Duration;
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
 /// Bytes of output quoted in a failure message.
 const FAILURE_OUTPUT: usize = 1024;
-/// Trigger-level parameter destinations that point into the Workflow.
-const RESOURCE_PREFIX: &str = "argoWorkflow.source.resource.";
+/// Trigger-level parameter destinations that point into the Workflow, for
+/// an `argoWorkflow` and a `k8s` trigger.
+const RESOURCE_PREFIXES: [&str; 2] = ["argoWorkflow.source.resource.", "k8s.source.resource."];
 
 /// The WorkflowTemplate a trigger's Workflow resource names, if any.
 pub fn template_ref(trigger: &ArgoWorkflowTrigger) -> Option<&str> {
@@ -68,6 +71,38 @@ pub fn template_ref(trigger: &ArgoWorkflowTrigger) -> Option<&str> {
         .as_str()
 }
 
+/// The WorkflowTemplate a trigger template runs: its `argoWorkflow`'s, or
+/// its `k8s` trigger's when that creates a `Workflow`.
+pub fn template_ref_of(template: &TriggerTemplate) -> Option<&str> {
+    if let Some(workflow) = &template.argo_workflow {
+        return template_ref(&workflow.value);
+    }
+    let k8s = template.k8s.as_ref()?;
+    if k8s.value.resource_kind() != "Workflow" {
+        return None;
+    }
+    k8s.value
+        .source
+        .resource
+        .as_ref()?
+        .value
+        .get("spec")?
+        .get("workflowTemplateRef")?
+        .get("name")?
+        .as_str()
+}
+
+/// A `k8s` trigger that creates a `Workflow`, seen as the `argoWorkflow`
+/// submit it means here: same resource, same parameters.
+pub fn as_argo_workflow(k8s: &K8sTrigger) -> ArgoWorkflowTrigger {
+    ArgoWorkflowTrigger {
+        operation: None,
+        source: Some(k8s.source.clone()),
+        parameters: k8s.parameters.clone(),
+        args: None,
+    }
+}
+
 /// Why an argoWorkflow trigger cannot be built from its config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkflowTriggerError {
@@ -81,7 +116,7 @@ pub enum WorkflowTriggerError {
         "template {0:?} has neither `container` nor `script`; only those run on the local executor"
     )]
     NotRunnable(String),
-    #[error("parameter dest {0:?}: trigger-level parameters must point into `argoWorkflow.source.resource.`")]
+    #[error("parameter dest {0:?}: trigger-level parameters must point into `argoWorkflow.source.resource.` (or `k8s.source.resource.`)")]
     Dest(String),
 }
 
@@ -150,17 +185,22 @@ impl WorkflowTrigger {
                     }
                 })?,
             };
-        let mut parameters: Vec<TriggerParameter> =
-            config.parameters.iter().flatten().cloned().collect();
+        // Argo applies the trigger-level parameters to the template first,
+        // then the resource's own, so the latter win on the same `dest`.
+        let mut parameters: Vec<TriggerParameter> = Vec::new();
         for parameter in trigger.parameters.iter().flatten() {
             let dest = &parameter.dest.value;
-            let Some(inner) = dest.strip_prefix(RESOURCE_PREFIX) else {
+            let inner = RESOURCE_PREFIXES
+                .iter()
+                .find_map(|prefix| dest.strip_prefix(prefix));
+            let Some(inner) = inner else {
                 return Err(WorkflowTriggerError::Dest(dest.clone()));
             };
             let mut parameter = parameter.clone();
             parameter.dest.value = inner.to_string();
             parameters.push(parameter);
         }
+        parameters.extend(config.parameters.iter().flatten().cloned());
         let template_deadline = [
             template.spec.active_deadline_seconds.as_ref(),
             entry.active_deadline_seconds.as_ref(),
@@ -254,15 +294,14 @@ impl WorkflowTrigger {
     /// The program, name and deadline of the workflow for `event`.
     fn render(&self, dependency: &str, event: &Event) -> Result<Rendered, TriggerError> {
         let mut resource = self.resource.clone();
-        let data = event.data_json();
-        for parameter in &self.parameters {
-            if parameter.src.value.dependency_name.value != dependency {
-                continue;
-            }
-            if let Some(value) = params::resolve(parameter, event, &data) {
-                json_path::set(&mut resource, &parameter.dest.value, value);
-            }
-        }
+        params::apply(
+            &self.parameters,
+            |name| (name == dependency).then_some(event),
+            &mut resource,
+        )
+        .map_err(|e| TriggerError::Permanent {
+            message: format!("workflow of {}: {e}", self.gate.template()),
+        })?;
         let spec = resource.get("spec");
         let mut workflow = self.defaults.clone();
         for parameter in spec

@@ -95,12 +95,7 @@ impl SemaphoreRegistry {
         let mut max_pending: BTreeMap<&str, usize> = BTreeMap::new();
         for sensor in &config.sensors {
             for trigger in &sensor.doc.spec.triggers {
-                let Some(name) = trigger
-                    .template
-                    .argo_workflow
-                    .as_ref()
-                    .and_then(|w| super::template_ref(&w.value))
-                else {
+                let Some(name) = super::template_ref_of(&trigger.template) else {
                     continue;
                 };
                 let share = trigger

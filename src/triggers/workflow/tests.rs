@@ -242,3 +242,83 @@ fn placeholders_substitute_and_unknown_ones_stay() {
         Err("inputs.parameters.b has no value".to_string())
     );
 }
+
+/// A `k8s` trigger creating a Workflow builds the same trigger as an
+/// `argoWorkflow` submit: its parameters, trigger-level ones pointing into
+/// `k8s.source.resource.`, operations and templates all reach the process;
+/// a parameter that finds nothing fails the event for good.
+#[tokio::test]
+async fn a_k8s_workflow_runs_with_its_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let config = config_from(&format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata: {{name: shop}}
+spec:
+  webhook:
+    orders: {{port: "12000", endpoint: /orders, method: POST}}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata: {{name: orders}}
+spec:
+  dependencies:
+    - {{name: order, eventSourceName: shop, eventName: orders}}
+  triggers:
+    - template:
+        name: run
+        k8s:
+          operation: create
+          source:
+            resource:
+              apiVersion: argoproj.io/v1alpha1
+              kind: Workflow
+              metadata: {{generateName: run-}}
+              spec:
+                arguments:
+                  parameters: [{{name: id, value: "id-"}}, {{name: who}}, {{name: how}}]
+                templates:
+                  - name: main
+                    container:
+                      command: [sh, -c]
+                      args: ["echo '{{{{workflow.parameters.id}}}} {{{{workflow.parameters.who}}}} {{{{workflow.parameters.how}}}}' > {out}"]
+          parameters:
+            - src: {{dependencyName: order, dataKey: body.id}}
+              dest: spec.arguments.parameters.0.value
+              operation: append
+            - src: {{dependencyName: order, dataTemplate: "{{{{ .Input.body.who | upper }}}}"}}
+              dest: spec.arguments.parameters.1.value
+      parameters:
+        - src: {{dependencyName: order, contextKey: type}}
+          dest: k8s.source.resource.spec.arguments.parameters.2.value
+"#,
+        out = out.display()
+    ));
+    let trigger = &config.sensors[0].doc.spec.triggers[0];
+    let k8s = &trigger.template.k8s.as_ref().expect("k8s").value;
+    assert_eq!(template_ref_of(&trigger.template), Some("orders/run"));
+    let workflow = WorkflowTrigger::new(
+        trigger,
+        &as_argo_workflow(k8s),
+        &config.workflow_templates,
+        WorkflowGate::unlimited("orders/run"),
+    )
+    .expect("build trigger");
+    workflow
+        .invoke("order", &event(r#"{"body": {"id": "o-7", "who": "ada"}}"#))
+        .await
+        .expect("workflow succeeded");
+    let written = std::fs::read_to_string(&out).expect("output file");
+    assert_eq!(written.trim(), "id-o-7 ADA webhook");
+    let err = workflow
+        .invoke("order", &event(r#"{"body": {"who": "ada"}}"#))
+        .await
+        .expect_err("no body.id");
+    match err {
+        TriggerError::Permanent { message } => {
+            assert!(message.contains("body.id"), "{message}")
+        }
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
