@@ -178,16 +178,6 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
         "dependency transforms are not supported yet",
     ),
     (
-        "TriggerTemplate",
-        "conditions",
-        "dependency conditions are not supported yet",
-    ),
-    (
-        "TriggerTemplate",
-        "conditionsReset",
-        "dependency conditions are not supported yet",
-    ),
-    (
         "TriggerPolicy",
         "k8s",
         "k8s resource policies watch Kubernetes objects; use `status.allow` for http triggers",

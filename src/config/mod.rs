@@ -16,6 +16,7 @@
 //! It never panics on bad input.
 
 pub mod alerts;
+pub mod conditions;
 pub mod decode;
 pub mod diagnostic;
 pub mod eventbus;

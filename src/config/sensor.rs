@@ -189,6 +189,29 @@ pub struct TriggerTemplate {
     pub log: Option<Spanned<LogTrigger>>,
     pub argo_workflow: Option<Spanned<ArgoWorkflowTrigger>>,
     pub k8s: Option<Spanned<K8sTrigger>>,
+    /// Argo `conditions`: a boolean expression over dependency names
+    /// (`a && (b || c)`) saying which events the trigger waits for; without
+    /// it, every dependency must arrive. See `docs/conditions.md`.
+    pub conditions: Option<Spanned<String>>,
+    /// Argo `conditionsReset`: when the events waiting for `conditions`
+    /// are dropped.
+    pub conditions_reset: Option<Vec<ConditionsReset>>,
+}
+
+/// Argo `ConditionsResetCriteria`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionsReset {
+    pub by_time: Option<Spanned<ConditionsResetByTime>>,
+}
+
+/// Argo `ConditionsResetByTime`: at each `cron` tick (read in `timezone`,
+/// default UTC) the waiting events are dropped.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionsResetByTime {
+    pub cron: Spanned<String>,
+    pub timezone: Option<Spanned<String>>,
 }
 
 /// Argo `HTTPTrigger`.
