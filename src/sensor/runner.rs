@@ -27,6 +27,9 @@
 //! With `flowControl.autoscale`, step 1 also waits for a free *worker*: the
 //! worker count follows the consumer lag (see [`super::workers`]) and caps
 //! the invocations in flight below the concurrency limit.
+//! A trigger of a multi-dependency sensor runs the loop of
+//! `runner/correlated.rs`: events wait (bounded) until the trigger's
+//! `conditions` are met, then the trigger runs once for them.
 //! A sensor with `flowControl.priority` or `flowControl.shedding` runs the
 //! loop of `runner/prioritized.rs` instead: it keeps a bounded look-ahead window of
 //! fetched events, sheds low priorities while the backlog is deep, and gives
@@ -62,7 +65,10 @@
 //!   left unacked, so the bus redelivers them.
 
 use super::workers::Workers;
+mod correlated;
 mod prioritized;
+
+pub use correlated::{Correlation, WallClock};
 
 pub use prioritized::{
     look_ahead, PriorityDispatch, MAX_LOOK_AHEAD, MIN_LOOK_AHEAD, PRIORITY_AGING,
@@ -202,6 +208,8 @@ pub struct TriggerRunner {
     autoscaler: Option<LagAutoscaler>,
     /// Set when the sensor dispatches by priority.
     priority: Option<prioritized::Prioritized>,
+    /// Set for a trigger of a multi-dependency sensor (`runner/correlated.rs`).
+    correlation: Option<Correlation>,
 }
 
 struct RunnerInner {
@@ -333,6 +341,7 @@ impl TriggerRunner {
             sensor_rate,
             autoscaler: autoscale,
             priority: priority.map(prioritized::Prioritized::new),
+            correlation: None,
         }
     }
 
@@ -369,6 +378,9 @@ impl TriggerRunner {
             .map(tokio_util::task::AbortOnDropHandle::new);
         if let Some(prioritized) = self.priority.take() {
             return self.run_prioritized(prioritized, shutdown).await;
+        }
+        if let Some(correlation) = self.correlation.take() {
+            return self.run_correlated(correlation, shutdown).await;
         }
         let mut tasks = JoinSet::new();
         loop {

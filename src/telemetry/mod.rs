@@ -65,6 +65,16 @@ pub struct TriggerShedLabels {
     pub priority: String,
 }
 
+/// An event of a multi-dependency trigger acked without running the
+/// trigger: `reason` is `max_wait`, `max_events` or `reset`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiredLabels {
+    pub sensor: String,
+    pub trigger: String,
+    pub dependency: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SensorLabels {
     pub sensor: String,
@@ -280,6 +290,7 @@ pub struct Metrics {
     source_events: Family<SourceEventLabels, Counter>,
     source_events_shed: Family<SourceShedLabels, Counter>,
     sensor_events_shed: Family<TriggerShedLabels, Counter>,
+    sensor_events_expired: Family<ExpiredLabels, Counter>,
     producer_block: TotalsFamily<SourceLabels>,
     sensor_processing: TotalsFamily<SensorLabels>,
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
@@ -322,6 +333,7 @@ impl Metrics {
             source_events: Family::default(),
             source_events_shed: Family::default(),
             sensor_events_shed: Family::default(),
+            sensor_events_expired: Family::default(),
             producer_block: Family::new_with_constructor(latency_totals_histogram),
             sensor_processing: Family::new_with_constructor(latency_totals_histogram),
             trigger_invocations: Family::default(),
@@ -403,6 +415,11 @@ impl Metrics {
             "sensor_events_shed",
             "Events a trigger acked without running (sensor flowControl.shedding), by priority",
             m.sensor_events_shed.clone(),
+        );
+        registry.register(
+            "sensor_events_expired",
+            "Events a trigger with conditions acked unrun: waited maxWait, overflowed maxEvents, or dropped by conditionsReset",
+            m.sensor_events_expired.clone(),
         );
         registry.register(
             "producer_block_seconds",
@@ -509,6 +526,19 @@ impl Metrics {
                 sensor: sensor.to_string(),
                 trigger: trigger.to_string(),
                 priority: priority.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one waiting event of `dependency` acked without running the
+    /// trigger (see [`ExpiredLabels`]).
+    pub fn sensor_expired(&self, sensor: &str, trigger: &str, dependency: &str, reason: &str) {
+        self.sensor_events_expired
+            .get_or_create(&ExpiredLabels {
+                sensor: sensor.to_string(),
+                trigger: trigger.to_string(),
+                dependency: dependency.to_string(),
+                reason: reason.to_string(),
             })
             .inc();
     }
