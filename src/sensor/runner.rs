@@ -792,7 +792,7 @@ impl RunnerInner {
         drop(ticket);
         if !self.at_least_once {
             self.settle(self.consumer.ack(seq).await, seq);
-            self.invoke_acked(&dependency, &event, slot, &shutdown)
+            self.invoke_acked(&[(&dependency, &event)], slot, &shutdown)
                 .await;
             self.metrics
                 .sensor_processing(&self.sensor, delivered.elapsed());
@@ -876,18 +876,22 @@ impl RunnerInner {
     /// The event keeps its concurrency slot through its backoff, so events
     /// retried in memory stay bounded by `maxInFlight`; only a downstream
     /// pushback gives the slot back (to the pause) and waits for a new one.
+    /// `matched` holds one event, or the events of one run of a trigger
+    /// with `conditions` (each is settled on its own when the run gives up).
     async fn invoke_acked(
         self: &Arc<Self>,
-        dependency: &str,
-        event: &Event,
+        matched: &crate::triggers::Matched<'_>,
         first_slot: Slot,
         shutdown: &CancellationToken,
     ) {
+        let Some(&(_, event)) = matched.first() else {
+            return;
+        };
         let mut slot = Some(first_slot);
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let result = self.trigger.invoke(dependency, event).await;
+            let result = self.trigger.invoke_matched(matched).await;
             let rtt = started.elapsed();
             let err = match result {
                 Ok(()) => {
@@ -918,15 +922,17 @@ impl RunnerInner {
             };
             let Some(delay) = delay else {
                 drop(slot);
-                if self.handled_rejection(attempt, event, &err).await {
-                    return;
-                }
-                if self.dlq.is_some() {
-                    self.dead_letter_acked(dependency, event, &err.to_string())
-                        .await;
-                } else {
-                    self.count(TriggerOutcome::Failure);
-                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed; event was acked before the trigger (atLeastOnce: false) and is dropped: {err}");
+                for &(dependency, event) in matched {
+                    if self.handled_rejection(attempt, event, &err).await {
+                        continue;
+                    }
+                    if self.dlq.is_some() {
+                        self.dead_letter_acked(dependency, event, &err.to_string())
+                            .await;
+                    } else {
+                        self.count(TriggerOutcome::Failure);
+                        tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed; event was acked before the trigger (atLeastOnce: false) and is dropped: {err}");
+                    }
                 }
                 return;
             };

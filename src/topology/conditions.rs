@@ -76,16 +76,6 @@ pub fn unsupported(
     if spec.dependencies.len() < 2 {
         return problems;
     }
-    for trigger in &spec.triggers {
-        if let Some(flag) = trigger.at_least_once.as_ref().filter(|f| !f.value) {
-            problems.push(format!(
-                "{}: trigger {:?}: `atLeastOnce: false` is not supported on a sensor with several dependencies yet; \
-                 remove it (spillway acks the events after the trigger outcome)",
-                at(flag.pos),
-                trigger.template.name.value
-            ));
-        }
-    }
     if let Some(flow) = &spec.flow_control {
         let by_priority = flow.value.priority.as_ref().map(|p| p.pos);
         let shedding = flow.value.shedding.as_ref().map(|s| s.pos);

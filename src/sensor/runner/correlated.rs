@@ -40,8 +40,11 @@
 //! - otherwise each event is settled as a single event would be (`onReject`,
 //!   `dlqTrigger` — one DLQ call per event —, or terminated).
 //!
-//! Not supported here (refused by `spillway run`): `atLeastOnce: false`,
-//! sensor `priority`/`shedding`. `maxPending` does not apply: a run waiting
+//! With `atLeastOnce: false` the events are acked when the run starts and
+//! retried in memory, as for a single event.
+//!
+//! Not supported here (refused by `spillway run`): sensor
+//! `priority`/`shedding`. `maxPending` does not apply: a run waiting
 //! for its workflow semaphore holds its concurrency slot, so `maxInFlight`
 //! bounds them.
 
@@ -404,7 +407,7 @@ impl RunnerInner {
                 .unwrap_or(Duration::ZERO);
             self.metrics.event_age(&self.sensor, age);
         }
-        if attempt > self.retry.steps && self.dlq.is_some() {
+        if self.at_least_once && attempt > self.retry.steps && self.dlq.is_some() {
             drop(slot);
             for ready in &group {
                 self.dead_letter(
@@ -441,6 +444,17 @@ impl RunnerInner {
             .iter()
             .map(|r| (r.dependency.as_str(), &r.event))
             .collect();
+        if !self.at_least_once {
+            for &seq in &seqs {
+                self.settle(self.consumer.ack(seq).await, seq);
+            }
+            self.invoke_acked(&matched, slot, &shutdown).await;
+            if let Some(delivered) = first_delivered {
+                self.metrics
+                    .sensor_processing(&self.sensor, delivered.elapsed());
+            }
+            return;
+        }
         let result = loop {
             let started = Instant::now();
             let result = self

@@ -379,3 +379,39 @@ async fn a_failed_run_is_retried_with_the_same_events() {
     assert_eq!(joined.unacked(), 0);
     joined.stop().await;
 }
+
+/// `atLeastOnce: false`: the pair is acked when the run starts and the
+/// failed run is retried in memory with the same events.
+#[tokio::test(start_paused = true)]
+async fn at_least_once_false_acks_the_pair_first_and_retries_in_memory() {
+    let runs = Arc::new(Runs {
+        fail_first: AtomicUsize::new(1),
+        ..Runs::default()
+    });
+    let joined = Correlated::start_with(
+        correlation("a && b", &["a", "b"]),
+        TriggerLimits {
+            at_least_once: false,
+            retry: RetryPolicy {
+                steps: 2,
+                duration: Duration::from_secs(10),
+                ..RetryPolicy::default()
+            },
+            ..limits(4)
+        },
+        runs,
+    )
+    .await;
+    publish(&joined.bus, "a", 0).await;
+    publish(&joined.bus, "b", 0).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Failed once, acked already, retry still 5 s away.
+    assert_eq!(joined.runs.runs().len(), 1);
+    assert_eq!(joined.unacked(), 0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let pair = run(&[("a", 0), ("b", 0)]);
+    assert_eq!(joined.runs.runs(), [pair.clone(), pair]);
+    assert_eq!(invocations(&joined.metrics, "joined", "success"), 1);
+    assert_eq!(joined.consumer.stats().redelivered, 0);
+    joined.stop().await;
+}
