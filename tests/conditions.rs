@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, metric, wait_until, Receiver, Spillway};
+use common::{free_port, metric, wait_until, NatsServer, Receiver, Spillway};
 use std::time::Duration;
 
 fn pipeline(port: u16, downstream: &str) -> String {
@@ -206,4 +206,100 @@ fn conditions_are_validated_against_the_dependencies_with_positions() {
     assert!(fine.is_empty(), "{fine:?}");
     // Argo's default without conditions: all dependencies must arrive.
     assert!(load_errors(&sensor_yaml("")).is_empty());
+}
+
+/// Two dependencies on the same webhook told apart by `data` filters, and
+/// no `conditions` (Argo: all must arrive): one run with both events.
+#[tokio::test]
+async fn dependencies_sharing_an_event_source_are_told_apart_by_filters() {
+    shared_source_pairs(common::eventbus(1000)).await;
+}
+
+/// The same on JetStream, where the trigger's consumer is made of one
+/// durable JetStream consumer per distinct subject.
+#[tokio::test]
+async fn dependencies_sharing_an_event_source_on_jetstream() {
+    let nats = NatsServer::start().await;
+    let bus = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: EventBus\nmetadata:\n  name: default\nspec:\n  jetstream:\n    url: {}\n",
+        nats.url
+    );
+    shared_source_pairs(bus).await;
+}
+
+async fn shared_source_pairs(bus: String) {
+    let receiver = Receiver::start(true).await;
+    let port = free_port();
+    let config = format!(
+        r#"{bus}---
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    events:
+      port: "{port}"
+      endpoint: /events
+      method: POST
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: checkout
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: events
+      filters:
+        data:
+          - {{path: body.kind, type: string, value: [order]}}
+    - name: payment
+      eventSourceName: shop
+      eventName: events
+      filters:
+        data:
+          - {{path: body.kind, type: string, value: [payment]}}
+  triggers:
+    - template:
+        name: ship
+        http:
+          url: {url}
+          method: POST
+          payload:
+            - src: {{dependencyName: order, dataKey: body.id}}
+              dest: order
+            - src: {{dependencyName: payment, dataKey: body.id}}
+              dest: payment
+"#,
+        url = receiver.url
+    );
+    let _spillway = Spillway::start(&config).await;
+    post(
+        port,
+        "events",
+        serde_json::json!({"kind": "payment", "id": "p-1"}),
+    )
+    .await;
+    post(
+        port,
+        "events",
+        serde_json::json!({"kind": "refund", "id": "r-1"}),
+    )
+    .await;
+    post(
+        port,
+        "events",
+        serde_json::json!({"kind": "order", "id": "o-1"}),
+    )
+    .await;
+    wait_until("one shipment", Duration::from_secs(20), || async {
+        receiver.count().await >= 1
+    })
+    .await;
+    assert_eq!(
+        receiver.bodies().await,
+        [serde_json::json!({"order": "o-1", "payment": "p-1"})]
+    );
 }

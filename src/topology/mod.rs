@@ -802,10 +802,6 @@ async fn build_runners(
         };
         let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
         consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
-        // Dependencies on one event source share a subject; JetStream refuses
-        // overlapping filters.
-        consumer_config.filter_subjects.sort_unstable();
-        consumer_config.filter_subjects.dedup();
         // Every instance of a scaled-out pipeline pulls from the same durable
         // consumer, each holding at most max_fetched (its slots and its
         // priority look-ahead): the consumer-wide cap must leave room for
