@@ -303,3 +303,50 @@ spec:
         [serde_json::json!({"order": "o-1", "payment": "p-1"})]
     );
 }
+
+/// What a multi-dependency sensor cannot do yet is refused at start-up
+/// with its position, never ignored.
+#[test]
+fn run_refuses_priority_dispatch_on_a_multi_dependency_sensor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("checkout.yaml");
+    let yaml = sensor_yaml("").replace(
+        "spec:\n  dependencies:",
+        "spec:\n  flowControl:\n    shedding: {queueDepthAbove: 100, shedPriorityAbove: 3}\n  dependencies:",
+    );
+    std::fs::write(&path, yaml).expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("run")
+        .arg("-f")
+        .arg(&path)
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run spillway");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:20:15: sensor flowControl.priority/shedding is not supported on a sensor with several dependencies", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn correlation_bounds_on_a_single_dependency_sensor_are_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("single.yaml");
+    let yaml = sensor_yaml("      flowControl:\n        correlation: {maxWait: 1m}\n").replace(
+        "    - name: payment-received\n      eventSourceName: shop\n      eventName: payments\n",
+        "",
+    );
+    std::fs::write(&path, yaml).expect("write config");
+    let config = spillway::config::load(&[path.as_path()]).expect("loads");
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(":28:22: ") && warnings[0].contains("correlation has no effect"),
+        "{warnings:?}"
+    );
+}
