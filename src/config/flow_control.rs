@@ -53,6 +53,40 @@ pub struct TriggerFlowControl {
     /// progress are kept alive, so this bounds how late a crashed instance's
     /// events are redelivered, not how long a trigger may run.
     pub ack_wait: Option<Spanned<GoDuration>>,
+    /// How long and how many events of a dependency wait for the trigger's
+    /// `conditions` (multi-dependency sensors only).
+    pub correlation: Option<Spanned<Correlation>>,
+}
+
+/// `correlation: {maxWait, maxEvents}`: bounds on the events of a
+/// multi-dependency trigger that wait for its condition. An event that
+/// waited `maxWait` (default 1h), or the oldest of a dependency when a
+/// `maxEvents + 1`-th (default 1000) arrives, is acked and counted in
+/// `spillway_sensor_events_expired_total`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Correlation {
+    pub max_wait: Option<Spanned<GoDuration>>,
+    pub max_events: Option<Spanned<u32>>,
+}
+
+/// Default `correlation.maxWait`.
+pub const DEFAULT_CORRELATION_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Default `correlation.maxEvents` (per dependency).
+pub const DEFAULT_CORRELATION_MAX_EVENTS: u32 = 1000;
+
+impl Correlation {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Some(wait) = &self.max_wait {
+            if wait.value.0.is_zero() {
+                out.push((wait.pos, "maxWait must be longer than 0s".to_string()));
+            }
+        }
+        window("maxEvents", &self.max_events, &mut out);
+        out
+    }
 }
 
 /// `rateLimit` inside a `flowControl` block: Argo's fields plus `burst`.
@@ -383,6 +417,9 @@ impl TriggerFlowControl {
             if let Err(err) = slow.value.to_flowctl().validate() {
                 out.push((slow.pos, format!("slowStart: {err}")));
             }
+        }
+        if let Some(correlation) = &self.correlation {
+            out.extend(correlation.value.problems());
         }
         out
     }

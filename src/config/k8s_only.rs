@@ -153,16 +153,6 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
         "data filter templates are not supported yet; use `exprs` or `script`",
     ),
     (
-        "TriggerTemplate",
-        "conditions",
-        "dependency conditions are not supported yet",
-    ),
-    (
-        "TriggerTemplate",
-        "conditionsReset",
-        "dependency conditions are not supported yet",
-    ),
-    (
         "TriggerPolicy",
         "k8s",
         "k8s resource policies watch Kubernetes objects; use `status.allow` for http triggers",

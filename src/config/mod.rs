@@ -17,6 +17,7 @@
 
 pub mod alerts;
 mod artifact;
+pub mod conditions;
 pub mod decode;
 pub mod diagnostic;
 pub mod eventbus;

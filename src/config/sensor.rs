@@ -255,6 +255,13 @@ pub struct TriggerTemplate {
     pub k8s: Option<Spanned<K8sTrigger>>,
     /// spillway extension: one idempotent statement per event.
     pub postgres: Option<Spanned<PostgresTrigger>>,
+    /// Argo `conditions`: a boolean expression over dependency names
+    /// (`a && (b || c)`) saying which events the trigger waits for; without
+    /// it, every dependency must arrive. See `docs/conditions.md`.
+    pub conditions: Option<Spanned<String>>,
+    /// Argo `conditionsReset`: when the events waiting for `conditions`
+    /// are dropped.
+    pub conditions_reset: Option<Vec<ConditionsReset>>,
 }
 
 /// spillway extension (not in Argo): runs one SQL statement per event in
@@ -364,6 +371,22 @@ pub fn is_table_name(name: &str) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct PostgresParameter {
     pub src: Spanned<TriggerParameterSource>,
+}
+
+/// Argo `ConditionsResetCriteria`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionsReset {
+    pub by_time: Option<Spanned<ConditionsResetByTime>>,
+}
+
+/// Argo `ConditionsResetByTime`: at each `cron` tick (read in `timezone`,
+/// default UTC) the waiting events are dropped.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionsResetByTime {
+    pub cron: Spanned<String>,
+    pub timezone: Option<Spanned<String>>,
 }
 
 /// Argo `HTTPTrigger`.

@@ -393,6 +393,16 @@ fn check_sensor(
             );
         }
         check_trigger(file, trigger, &dependency_names, templates, broken, report);
+        let names: Vec<&str> = spec
+            .dependencies
+            .iter()
+            .map(|d| d.name.value.as_str())
+            .collect();
+        let (errors, warnings) = super::conditions::problems(trigger, &names);
+        report_problems(file, errors, report);
+        for (pos, message) in warnings {
+            report.warning(file, pos, message);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! (fan-out isolation). What a runner guarantees, and in which order its
 //! limits apply, is in [`runner`].
 
+pub mod condition;
 pub mod filter;
 pub mod reject;
 mod retry;

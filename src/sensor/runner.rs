@@ -27,6 +27,9 @@
 //! With `flowControl.autoscale`, step 1 also waits for a free *worker*: the
 //! worker count follows the consumer lag (see [`super::workers`]) and caps
 //! the invocations in flight below the concurrency limit.
+//! A trigger of a multi-dependency sensor runs the loop of
+//! `runner/correlated.rs`: events wait (bounded) until the trigger's
+//! `conditions` are met, then the trigger runs once for them.
 //! A sensor with `flowControl.priority` or `flowControl.shedding` runs the
 //! loop of `runner/prioritized.rs` instead: it keeps a bounded look-ahead window of
 //! fetched events, sheds low priorities while the backlog is deep, and gives
@@ -62,8 +65,11 @@
 //!   left unacked, so the bus redelivers them.
 
 use super::workers::Workers;
+mod correlated;
 mod filtering;
 mod prioritized;
+
+pub use correlated::{Correlation, WallClock};
 
 pub use prioritized::{
     look_ahead, PriorityDispatch, MAX_LOOK_AHEAD, MIN_LOOK_AHEAD, PRIORITY_AGING,
@@ -203,6 +209,8 @@ pub struct TriggerRunner {
     autoscaler: Option<LagAutoscaler>,
     /// Set when the sensor dispatches by priority.
     priority: Option<prioritized::Prioritized>,
+    /// Set for a trigger of a multi-dependency sensor (`runner/correlated.rs`).
+    correlation: Option<Correlation>,
 }
 
 struct RunnerInner {
@@ -334,6 +342,7 @@ impl TriggerRunner {
             sensor_rate,
             autoscaler: autoscale,
             priority: priority.map(prioritized::Prioritized::new),
+            correlation: None,
         }
     }
 
@@ -370,6 +379,9 @@ impl TriggerRunner {
             .map(tokio_util::task::AbortOnDropHandle::new);
         if let Some(prioritized) = self.priority.take() {
             return self.run_prioritized(prioritized, shutdown).await;
+        }
+        if let Some(correlation) = self.correlation.take() {
+            return self.run_correlated(correlation, shutdown).await;
         }
         let mut tasks = JoinSet::new();
         loop {
@@ -781,7 +793,7 @@ impl RunnerInner {
         drop(ticket);
         if !self.at_least_once {
             self.settle(self.consumer.ack(seq).await, seq);
-            self.invoke_acked(&dependency, &event, slot, &shutdown)
+            self.invoke_acked(&[(&dependency, &event)], slot, &shutdown)
                 .await;
             self.metrics
                 .sensor_processing(&self.sensor, delivered.elapsed());
@@ -867,18 +879,22 @@ impl RunnerInner {
     /// The event keeps its concurrency slot through its backoff, so events
     /// retried in memory stay bounded by `maxInFlight`; only a downstream
     /// pushback gives the slot back (to the pause) and waits for a new one.
+    /// `matched` holds one event, or the events of one run of a trigger
+    /// with `conditions` (each is settled on its own when the run gives up).
     async fn invoke_acked(
         self: &Arc<Self>,
-        dependency: &str,
-        event: &Event,
+        matched: &crate::triggers::Matched<'_>,
         first_slot: Slot,
         shutdown: &CancellationToken,
     ) {
+        let Some(&(_, event)) = matched.first() else {
+            return;
+        };
         let mut slot = Some(first_slot);
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let result = self.trigger.invoke(dependency, event).await;
+            let result = self.trigger.invoke_matched(matched).await;
             let rtt = started.elapsed();
             self.metrics
                 .trigger_duration(&self.sensor, &self.trigger_name, rtt);
@@ -911,15 +927,17 @@ impl RunnerInner {
             };
             let Some(delay) = delay else {
                 drop(slot);
-                if self.handled_rejection(attempt, event, &err).await {
-                    return;
-                }
-                if self.dlq.is_some() {
-                    self.dead_letter_acked(dependency, event, &err.to_string())
-                        .await;
-                } else {
-                    self.count(TriggerOutcome::Failure);
-                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed; event was acked before the trigger (atLeastOnce: false) and is dropped: {err}");
+                for &(dependency, event) in matched {
+                    if self.handled_rejection(attempt, event, &err).await {
+                        continue;
+                    }
+                    if self.dlq.is_some() {
+                        self.dead_letter_acked(dependency, event, &err.to_string())
+                            .await;
+                    } else {
+                        self.count(TriggerOutcome::Failure);
+                        tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempts = attempt, "trigger failed; event was acked before the trigger (atLeastOnce: false) and is dropped: {err}");
+                    }
                 }
                 return;
             };

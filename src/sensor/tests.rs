@@ -969,4 +969,5 @@ async fn autoscale_from_zero_wakes_on_lag_and_sleeps_after_cooldown() {
     assert_eq!(handle.workers(), Some(0), "at 91 s");
     setup.stop().await;
 }
+mod conditions;
 mod priority;

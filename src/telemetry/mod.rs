@@ -65,6 +65,16 @@ pub struct TriggerShedLabels {
     pub priority: String,
 }
 
+/// An event of a multi-dependency trigger acked without running the
+/// trigger: `reason` is `max_wait`, `max_events` or `reset`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiredLabels {
+    pub sensor: String,
+    pub trigger: String,
+    pub dependency: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FilteredLabels {
     pub sensor: String,
@@ -313,6 +323,7 @@ pub struct Metrics {
     source_events_shed: Family<SourceShedLabels, Counter>,
     sensor_events_shed: Family<TriggerShedLabels, Counter>,
     sensor_events_filtered: Family<FilteredLabels, Counter>,
+    sensor_events_expired: Family<ExpiredLabels, Counter>,
     producer_block: TotalsFamily<SourceLabels>,
     sensor_processing: TotalsFamily<SensorLabels>,
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
@@ -357,6 +368,7 @@ impl Metrics {
             source_events_shed: Family::default(),
             sensor_events_shed: Family::default(),
             sensor_events_filtered: Family::default(),
+            sensor_events_expired: Family::default(),
             producer_block: Family::new_with_constructor(latency_totals_histogram),
             sensor_processing: Family::new_with_constructor(latency_totals_histogram),
             trigger_invocations: Family::default(),
@@ -444,6 +456,11 @@ impl Metrics {
             "sensor_events_filtered",
             "Events a trigger acked without running because of its dependency's filters, by reason (no_match, error)",
             m.sensor_events_filtered.clone(),
+        );
+        registry.register(
+            "sensor_events_expired",
+            "Events a trigger with conditions acked unrun: waited maxWait, overflowed maxEvents, or dropped by conditionsReset",
+            m.sensor_events_expired.clone(),
         );
         registry.register(
             "producer_block_seconds",
@@ -566,6 +583,19 @@ impl Metrics {
                 sensor: sensor.to_string(),
                 trigger: trigger.to_string(),
                 priority: priority.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one waiting event of `dependency` acked without running the
+    /// trigger (see [`ExpiredLabels`]).
+    pub fn sensor_expired(&self, sensor: &str, trigger: &str, dependency: &str, reason: &str) {
+        self.sensor_events_expired
+            .get_or_create(&ExpiredLabels {
+                sensor: sensor.to_string(),
+                trigger: trigger.to_string(),
+                dependency: dependency.to_string(),
+                reason: reason.to_string(),
             })
             .inc();
     }

@@ -17,6 +17,8 @@
 //! Config that validates but cannot run yet is refused here with a message
 //! that names the field ([`RunError::Config`]), never silently ignored.
 
+mod conditions;
+
 use crate::api::AdminState;
 use crate::backlog::{BacklogLimits, BacklogStore, Replayer, TargetKind};
 use crate::config::flow_control::{OnReject, MAX_WINDOW};
@@ -799,31 +801,49 @@ async fn build_runners(
             priority,
             autoscale,
         };
+        let correlation = conditions::correlation(&sensor_name, spec, trigger)?;
+        // A trigger with conditions reads only the dependencies they name.
+        let dependencies: Vec<DependencyMatcher> = match &correlation {
+            Some(c) => dependencies
+                .iter()
+                .filter(|d| c.dependencies.contains(&d.name))
+                .cloned()
+                .collect(),
+            None => dependencies.clone(),
+        };
         let mut consumer_config = ConsumerConfig::new(format!("{sensor_name}-{name}"));
         consumer_config.filter_subjects = dependencies.iter().map(|d| d.subject.clone()).collect();
         // Every instance of a scaled-out pipeline pulls from the same durable
         // consumer, each holding at most max_fetched (its slots and its
         // priority look-ahead): the consumer-wide cap must leave room for
         // all of them.
+        // Events waiting for a trigger's conditions are unacked too.
+        let max_fetched = limits
+            .max_fetched()
+            .saturating_add(correlation.as_ref().map_or(0, |c| c.max_waiting()));
         consumer_config.max_ack_pending = if shared_bus {
-            limits.max_fetched().saturating_mul(MAX_SCALE_OUT_INSTANCES)
+            max_fetched.saturating_mul(MAX_SCALE_OUT_INSTANCES)
         } else {
-            limits.max_fetched()
+            max_fetched
         };
         // Invocations in progress are kept alive (every ack_wait / 3), so
         // ack_wait only bounds how late a crashed instance's events come back.
         consumer_config.ack_wait = limits.ack_wait;
         let consumer = bus.consumer(consumer_config).await?;
-        runners.push(TriggerRunner::new(
+        let runner = TriggerRunner::new(
             &sensor_name,
             &name,
-            dependencies.clone(),
+            dependencies,
             action,
             dlq,
             consumer,
             limits,
             Arc::clone(metrics),
-        ));
+        );
+        runners.push(match correlation {
+            Some(correlation) => runner.correlate(correlation),
+            None => runner,
+        });
     }
     Ok(runners)
 }
@@ -960,15 +980,8 @@ fn build_trigger(
 fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
     let mut problems = Vec::new();
     for sensor in &config.sensors {
-        let name = sensor.doc.metadata.name().to_string();
         let at = |pos: crate::config::yaml::Pos| format!("{}:{}", sensor.file.display(), pos);
-        if sensor.doc.spec.dependencies.len() > 1 {
-            problems.push(format!(
-                "{}: sensor {name:?} has {} dependencies; combining dependencies (Argo's default: all must arrive) is not supported yet — use one sensor per dependency",
-                at(sensor.doc.spec.dependencies[1].name.pos),
-                sensor.doc.spec.dependencies.len()
-            ));
-        }
+        problems.extend(conditions::unsupported(&sensor.doc.spec, &at));
         for trigger in &sensor.doc.spec.triggers {
             let t = &trigger.template;
             if let Some(dlq) = &trigger.dlq_trigger {

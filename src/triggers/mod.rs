@@ -42,7 +42,23 @@ pub enum TriggerError {
 pub trait CustomTrigger: Send + Sync + 'static {
     /// Runs the trigger for `event`, which satisfied dependency `dependency`.
     async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError>;
+
+    /// Runs the trigger once for the events that met a multi-dependency
+    /// trigger's `conditions`. By default, [`CustomTrigger::invoke`] for
+    /// each of them in turn, stopping at the first failure.
+    async fn invoke_matched(&self, matched: &Matched<'_>) -> Result<(), TriggerError> {
+        for (dependency, event) in matched {
+            self.invoke(dependency, event).await?;
+        }
+        Ok(())
+    }
 }
+
+/// The events of one trigger run, as `(dependency name, event)`: exactly
+/// one for a single-dependency sensor; for a trigger with `conditions`, the
+/// oldest waiting event of each dependency that had one when the condition
+/// became true (see [`crate::sensor::runner`]'s correlation stage).
+pub type Matched<'a> = [(&'a str, &'a Event)];
 
 /// A runnable trigger.
 pub enum Trigger {
@@ -59,16 +75,36 @@ pub enum Trigger {
 impl Trigger {
     /// Runs the trigger for `event`, which satisfied dependency `dependency`.
     pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
+        self.invoke_matched(&[(dependency, event)]).await
+    }
+
+    /// Runs the trigger once for `matched` (see [`Matched`]). Kinds that
+    /// handle one event at a time (log, store-for-later, postgres) take each
+    /// in turn.
+    pub async fn invoke_matched(&self, matched: &Matched<'_>) -> Result<(), TriggerError> {
         match self {
             Trigger::Log(t) => {
-                t.invoke(dependency, event);
+                for (dependency, event) in matched {
+                    t.invoke(dependency, event);
+                }
                 Ok(())
             }
-            Trigger::Http(t) => t.invoke(dependency, event).await,
-            Trigger::Workflow(t) => t.invoke(dependency, event).await,
-            Trigger::Backlog(t) => t.invoke(event).await,
-            Trigger::Postgres(t) => t.invoke(dependency, event).await,
-            Trigger::Custom(t) => t.invoke(dependency, event).await,
+            Trigger::Http(t) => t.invoke_matched(matched).await,
+            Trigger::Workflow(t) => t.invoke_matched(matched).await,
+            Trigger::Backlog(t) => {
+                for (_, event) in matched {
+                    t.invoke(event).await?;
+                }
+                Ok(())
+            }
+            // Idempotent per event id: each event is its own transaction.
+            Trigger::Postgres(t) => {
+                for (dependency, event) in matched {
+                    t.invoke(dependency, event).await?;
+                }
+                Ok(())
+            }
+            Trigger::Custom(t) => t.invoke_matched(matched).await,
         }
     }
 

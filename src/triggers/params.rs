@@ -154,13 +154,40 @@ pub fn build_payload(
     dependency: &str,
     event: &Event,
 ) -> Result<Value, ParamError> {
+    build_payload_matched(parameters, &[(dependency, event)])
+}
+
+/// Builds a JSON object from `parameters` for the events of one trigger
+/// run ([`super::Matched`]): each parameter reads the event of its
+/// `src.dependencyName`. A parameter whose dependency has no event in the
+/// run takes its `src.value` default, or is skipped without one (as Argo
+/// falls back to `value`).
+pub fn build_payload_matched(
+    parameters: &[TriggerParameter],
+    matched: &super::Matched,
+) -> Result<Value, ParamError> {
     let mut out = Value::Object(serde_json::Map::new());
+    apply_matched(parameters, matched, &mut out)?;
+    Ok(out)
+}
+
+/// Applies `parameters` to `target` for the events of one trigger run (see
+/// [`build_payload_matched`] for which event a parameter reads).
+pub fn apply_matched(
+    parameters: &[TriggerParameter],
+    matched: &super::Matched,
+    target: &mut Value,
+) -> Result<(), ParamError> {
     apply(
         parameters,
-        |name| (name == dependency).then_some(event),
-        &mut out,
-    )?;
-    Ok(out)
+        |name| {
+            matched
+                .iter()
+                .find(|(dependency, _)| *dependency == name)
+                .map(|(_, event)| *event)
+        },
+        target,
+    )
 }
 
 #[cfg(test)]

@@ -78,16 +78,31 @@ impl HttpTrigger {
     }
 
     pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
-        let body = match &self.payload {
-            Some(parameters) => {
-                let json = params::build_payload(parameters, dependency, event).map_err(|e| {
+        self.invoke_matched(&[(dependency, event)]).await
+    }
+
+    /// One request for the events of one trigger run. Without `payload`
+    /// the body is the event's data; for several events (a trigger with
+    /// `conditions`) it is a JSON object of each event's data by dependency
+    /// name, so no event's data is left out.
+    pub async fn invoke_matched(&self, matched: &super::Matched<'_>) -> Result<(), TriggerError> {
+        let body = match (&self.payload, matched) {
+            (Some(parameters), _) => {
+                let json = params::build_payload_matched(parameters, matched).map_err(|e| {
                     TriggerError::Permanent {
                         message: format!("{} {}: payload: {e}", self.method, self.url),
                     }
                 })?;
                 bytes::Bytes::from(json.to_string())
             }
-            None => event.data.clone(),
+            (None, [(_, event)]) => event.data.clone(),
+            (None, _) => {
+                let by_dependency: serde_json::Map<String, serde_json::Value> = matched
+                    .iter()
+                    .map(|(dependency, event)| (dependency.to_string(), event.data_json()))
+                    .collect();
+                bytes::Bytes::from(serde_json::Value::Object(by_dependency).to_string())
+            }
         };
         let mut request = self
             .client

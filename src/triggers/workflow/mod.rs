@@ -232,11 +232,33 @@ impl WorkflowTrigger {
 
     /// Runs the workflow for `event` (the semaphore slot is already held).
     pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
-        let rendered = self.render(dependency, event)?;
-        let input = serde_json::json!({
+        self.invoke_matched(&[(dependency, event)]).await
+    }
+
+    /// Runs one workflow for the events of one trigger run: parameters read
+    /// the event of their `dependencyName`; stdin carries the first event
+    /// (`context`, `data`) and, for several, `dependencies` with each
+    /// event by dependency name.
+    pub async fn invoke_matched(&self, matched: &super::Matched<'_>) -> Result<(), TriggerError> {
+        let Some((_, event)) = matched.first() else {
+            return Ok(());
+        };
+        let rendered = self.render(matched)?;
+        let mut input = serde_json::json!({
             "context": event.context,
             "data": event.data_json(),
         });
+        if matched.len() > 1 {
+            let by_dependency: serde_json::Map<String, Value> = matched
+                .iter()
+                .map(|(dependency, event)| {
+                    let one =
+                        serde_json::json!({"context": event.context, "data": event.data_json()});
+                    (dependency.to_string(), one)
+                })
+                .collect();
+            input["dependencies"] = Value::Object(by_dependency);
+        }
         let input = bytes::Bytes::from(input.to_string());
         let name = &rendered.name;
         match executor::run(&rendered.program, input, rendered.deadline, OUTPUT_LIMIT).await {
@@ -292,15 +314,12 @@ impl WorkflowTrigger {
     }
 
     /// The program, name and deadline of the workflow for `event`.
-    fn render(&self, dependency: &str, event: &Event) -> Result<Rendered, TriggerError> {
+    fn render(&self, matched: &super::Matched<'_>) -> Result<Rendered, TriggerError> {
         let mut resource = self.resource.clone();
-        params::apply(
-            &self.parameters,
-            |name| (name == dependency).then_some(event),
-            &mut resource,
-        )
-        .map_err(|e| TriggerError::Permanent {
-            message: format!("workflow of {}: {e}", self.gate.template()),
+        params::apply_matched(&self.parameters, matched, &mut resource).map_err(|e| {
+            TriggerError::Permanent {
+                message: format!("workflow of {}: {e}", self.gate.template()),
+            }
         })?;
         let spec = resource.get("spec");
         let mut workflow = self.defaults.clone();

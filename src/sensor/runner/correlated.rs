@@ -1,0 +1,553 @@
+//! The fetch/correlate/dispatch loop of a trigger of a multi-dependency
+//! sensor: Argo trigger `conditions` (without them, every dependency must
+//! arrive), with bounded waiting.
+//!
+//! Each fetched event that passes its dependency's filters joins its
+//! dependency's **FIFO queue**. Whenever the condition is true over "which
+//! dependencies have a waiting event", the trigger runs **once** with the
+//! oldest waiting event of every dependency that has one (the events that
+//! made it true), and those events leave their queues; this repeats while
+//! the condition stays true. So `a && b` fires once per (a, b) pair, and
+//! `a || b` once per event.
+//!
+//! Argo keeps only the *latest* event per dependency and overwrites the
+//! older one silently. spillway keeps every event in order instead, so at
+//! least once holds: an event leaves its queue only by running the trigger
+//! or by being **expired**, which acks it and counts it in
+//! `spillway_sensor_events_expired_total{sensor,trigger,dependency,reason}`:
+//! - `max_wait`: it waited `flowControl.correlation.maxWait` (default 1h);
+//! - `max_events`: its dependency already had `maxEvents` (default 1000)
+//!   waiting, and it was the oldest when another arrived (the queue is full
+//!   → the oldest goes, never the new one, so the loop never stops fetching
+//!   and the events another dependency needs still reach it);
+//! - `reset`: a `conditionsReset.byTime` cron tick (read in its timezone)
+//!   dropped every waiting event, as in Argo.
+//!
+//! Waiting events are held unacked on the bus and kept alive with
+//! `in_progress` every `ackWait / 3`, so the bus does not redeliver them
+//! while they wait; they do not hold a concurrency slot (a waiting `a` must
+//! not keep the `b` it waits for from being fetched). The bus consumer's
+//! `max_ack_pending` leaves room for them ([`Correlation::max_waiting`]).
+//! On shutdown they stay unacked and are redelivered.
+//!
+//! A run takes a concurrency slot and passes the rate limits and slow start
+//! like any invocation; its events are acked only after the outcome:
+//! - success: all of them are acked, counted once as `success`;
+//! - retryable failure with steps left: all of them are put back on the bus
+//!   with the backoff delay (`nak`), counted once as `retry`; they come back
+//!   as separate events and are correlated again. The attempt of a run is
+//!   the highest delivery count among its events;
+//! - otherwise each event is settled as a single event would be (`onReject`,
+//!   `dlqTrigger` — one DLQ call per event —, or terminated).
+//!
+//! With `atLeastOnce: false` the events are acked when the run starts and
+//! retried in memory, as for a single event.
+//!
+//! Not supported here (refused by `spillway run`): sensor
+//! `priority`/`shedding`. `maxPending` does not apply: a run waiting
+//! for its workflow semaphore holds its concurrency slot, so `maxInFlight`
+//! bounds them.
+
+use super::{Ready, RunnerInner, Slot, TriggerRunner, BUS_ERROR_BACKOFF, FETCH_WAIT};
+use crate::event::Event;
+use crate::sensor::condition::Condition;
+use crate::sources::calendar::Schedule;
+use crate::telemetry::{LogThrottle, TriggerOutcome};
+use crate::triggers::TriggerError;
+use chrono::{DateTime, Utc};
+use spillway_bus::Received;
+use spillway_flowctl::{AcquireError, Outcome};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// At most one log line per this interval about expired events.
+const EXPIRED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The wall clock `conditionsReset` crons are read against.
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl WallClock {
+    /// The system clock.
+    pub fn system() -> Self {
+        WallClock(Arc::new(Utc::now))
+    }
+
+    /// `start` plus the tokio time elapsed since now: follows paused time
+    /// in tests.
+    pub fn from_tokio(start: DateTime<Utc>) -> Self {
+        let base = Instant::now();
+        WallClock(Arc::new(move || {
+            let elapsed =
+                chrono::Duration::from_std(base.elapsed()).unwrap_or(chrono::Duration::MAX);
+            start + elapsed
+        }))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+/// How a multi-dependency trigger correlates its events.
+#[derive(Clone)]
+pub struct Correlation {
+    /// True when the trigger may run (Argo `conditions`, or all of the
+    /// sensor's dependencies).
+    pub condition: Condition,
+    /// The dependencies that wait, in the order their events are passed to
+    /// the trigger: the condition's names.
+    pub dependencies: Vec<String>,
+    /// `flowControl.correlation.maxWait`.
+    pub max_wait: Duration,
+    /// `flowControl.correlation.maxEvents`, per dependency.
+    pub max_events: usize,
+    /// `conditionsReset.byTime` schedules.
+    pub resets: Vec<Schedule>,
+    pub clock: WallClock,
+}
+
+impl Correlation {
+    /// Most events waiting at once: `maxEvents` per dependency.
+    pub fn max_waiting(&self) -> usize {
+        self.max_events
+            .max(1)
+            .saturating_mul(self.dependencies.len())
+    }
+}
+
+/// One waiting event.
+struct Waiting {
+    ready: Ready,
+    since: Instant,
+}
+
+/// The waiting events, one FIFO queue per dependency.
+struct Queues {
+    queues: Vec<(String, VecDeque<Waiting>)>,
+}
+
+impl Queues {
+    fn seqs(&self) -> Vec<u64> {
+        self.queues
+            .iter()
+            .flat_map(|(_, q)| q.iter().map(|w| w.ready.message.seq))
+            .collect()
+    }
+
+    fn is_met(&self, condition: &Condition) -> bool {
+        condition.eval(&|name| {
+            self.queues
+                .iter()
+                .any(|(dep, q)| dep == name && !q.is_empty())
+        })
+    }
+
+    /// The oldest event of every dependency that has one.
+    fn take_heads(&mut self) -> Vec<Ready> {
+        self.queues
+            .iter_mut()
+            .filter_map(|(_, q)| q.pop_front().map(|w| w.ready))
+            .collect()
+    }
+
+    /// When the oldest waiting event expires.
+    fn next_expiry(&self, max_wait: Duration) -> Option<Instant> {
+        self.queues
+            .iter()
+            .filter_map(|(_, q)| q.front().map(|w| w.since + max_wait))
+            .min()
+    }
+}
+
+impl TriggerRunner {
+    /// Correlates events by `correlation` instead of running the trigger
+    /// once per event (see the module docs).
+    pub fn correlate(mut self, correlation: Correlation) -> Self {
+        self.correlation = Some(correlation);
+        self
+    }
+
+    pub(super) async fn run_correlated(
+        self,
+        correlation: Correlation,
+        shutdown: CancellationToken,
+    ) {
+        let inner = Arc::clone(&self.inner);
+        let mut queues = Queues {
+            queues: correlation
+                .dependencies
+                .iter()
+                .map(|d| (d.clone(), VecDeque::new()))
+                .collect(),
+        };
+        let expired_log = LogThrottle::new(EXPIRED_LOG_INTERVAL);
+        let mut next_reset = next_reset(&correlation);
+        let mut next_keep_alive = Instant::now() + inner.keep_alive;
+        let mut tasks = JoinSet::new();
+        'run: loop {
+            while tasks.try_join_next().is_some() {}
+            let now = Instant::now();
+            if next_reset.is_some_and(|at| at <= now) {
+                for (dependency, queue) in &mut queues.queues {
+                    for waiting in queue.drain(..) {
+                        inner
+                            .expire(&waiting.ready, dependency, "reset", &expired_log)
+                            .await;
+                    }
+                }
+                next_reset = self::next_reset(&correlation);
+            }
+            for (dependency, queue) in &mut queues.queues {
+                while queue
+                    .front()
+                    .is_some_and(|w| w.since + correlation.max_wait <= now)
+                {
+                    if let Some(waiting) = queue.pop_front() {
+                        inner
+                            .expire(&waiting.ready, dependency, "max_wait", &expired_log)
+                            .await;
+                    }
+                }
+            }
+            if next_keep_alive <= now {
+                for seq in queues.seqs() {
+                    let result = inner.consumer.in_progress(seq).await;
+                    inner.settle(result, seq);
+                }
+                next_keep_alive = now + inner.keep_alive;
+            }
+            // Wake for the next expiry, reset or keep-alive, whichever is first.
+            let deadline = [
+                Some(now + FETCH_WAIT),
+                Some(next_keep_alive),
+                next_reset,
+                queues.next_expiry(correlation.max_wait),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + FETCH_WAIT);
+            let wait = deadline.saturating_duration_since(now);
+            let batch = tokio::select! {
+                batch = inner.consumer.fetch(self.fetch_cap, wait) => batch,
+                _ = shutdown.cancelled() => break,
+            };
+            let messages = match batch {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(sensor = %inner.sensor, trigger = %inner.trigger_name, "bus fetch failed: {err}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(BUS_ERROR_BACKOFF) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            for message in messages {
+                let Some((ready, matching)) = inner.prepare_matching(message).await else {
+                    continue;
+                };
+                // Several dependencies may share a subject (same event
+                // source, different filters): the event joins the first one
+                // it matches that has nothing waiting, else the first.
+                let index = queues
+                    .queues
+                    .iter()
+                    .position(|(d, q)| q.is_empty() && matching.contains(d))
+                    .or_else(|| queues.queues.iter().position(|(d, _)| matching.contains(d)));
+                let Some(index) = index else {
+                    // Only dependencies the condition does not name: nothing waits for it.
+                    let seq = ready.message.seq;
+                    inner.settle(inner.consumer.ack(seq).await, seq);
+                    continue;
+                };
+                let seq = ready.message.seq;
+                if queues.seqs().contains(&seq) {
+                    // Redelivered while it waits (a keep-alive was lost):
+                    // the waiting copy holds it; no duplicate run.
+                    continue;
+                }
+                let (dependency, queue) = &mut queues.queues[index];
+                let mut ready = ready;
+                ready.dependency = dependency.clone();
+                if queue.len() >= correlation.max_events.max(1) {
+                    if let Some(oldest) = queue.pop_front() {
+                        inner
+                            .expire(&oldest.ready, dependency, "max_events", &expired_log)
+                            .await;
+                    }
+                }
+                queue.push_back(Waiting {
+                    ready,
+                    since: Instant::now(),
+                });
+                while queues.is_met(&correlation.condition) {
+                    let group = queues.take_heads();
+                    let mut held = queues.seqs();
+                    held.extend(group.iter().map(|r| r.message.seq));
+                    let Some(slot) = inner.acquire_slot(&shutdown, &held).await else {
+                        break 'run;
+                    };
+                    if inner
+                        .keep_alive_while(&held, &shutdown, self.admit())
+                        .await
+                        .is_none()
+                    {
+                        break 'run;
+                    }
+                    let inner = Arc::clone(&inner);
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move { inner.invoke_group(group, slot, shutdown).await });
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        // Waiting events stay unacked: the bus redelivers them.
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The tokio instant of the first `conditionsReset` tick from now.
+fn next_reset(correlation: &Correlation) -> Option<Instant> {
+    let now = correlation.clock.now();
+    let next = correlation
+        .resets
+        .iter()
+        .filter_map(|schedule| schedule.next_after(now, now))
+        .min()?;
+    let until = (next - now).to_std().unwrap_or(Duration::ZERO);
+    Some(Instant::now() + until)
+}
+
+impl RunnerInner {
+    /// Decodes one event and finds every dependency whose subject and
+    /// filters it matches. Events that match none (or are invalid, or
+    /// replayed to another trigger) are settled here and `None` is returned.
+    async fn prepare_matching(&self, message: Received) -> Option<(Ready, Vec<String>)> {
+        let delivered = Instant::now();
+        let seq = message.seq;
+        if message
+            .header(crate::backlog::REPLAY_TO_HEADER)
+            .is_some_and(|to| to != self.replay_key)
+        {
+            // Replayed for another trigger: this one already handled it.
+            self.settle(self.consumer.ack(seq).await, seq);
+            return None;
+        }
+        let event = match Event::from_received(&message) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, seq, "not a valid event, terminated: {err}");
+                self.count(TriggerOutcome::Failure);
+                self.settle(self.consumer.term(seq).await, seq);
+                return None;
+            }
+        };
+        // Each dependency of the subject applies its own transform and
+        // filters to its own copy; the event waits as the first matching
+        // dependency transformed it. A dependency whose filters keep the
+        // event out counts it (spillway_sensor_events_filtered_total).
+        let mut matching: Vec<String> = Vec::new();
+        let mut transformed: Option<Event> = None;
+        for dependency in self
+            .dependencies
+            .iter()
+            .filter(|d| d.subject == message.subject)
+        {
+            let mut candidate = event.clone();
+            let passes = match &dependency.filters {
+                None => true,
+                Some(filter) => self.passes(filter, &mut candidate, seq),
+            };
+            if passes {
+                matching.push(dependency.name.clone());
+                transformed.get_or_insert(candidate);
+            }
+        }
+        let event = transformed.unwrap_or(event);
+        let Some(first) = matching.first().cloned() else {
+            // Not ours, or filtered out by every dependency of its subject.
+            self.settle(self.consumer.ack(seq).await, seq);
+            return None;
+        };
+        Some((
+            Ready {
+                dependency: first,
+                message,
+                event,
+                delivered,
+                ticket: None,
+            },
+            matching,
+        ))
+    }
+
+    /// Acks a waiting event without running the trigger and counts it.
+    async fn expire(&self, ready: &Ready, dependency: &str, reason: &str, log: &LogThrottle) {
+        let seq = ready.message.seq;
+        self.metrics
+            .sensor_expired(&self.sensor, &self.trigger_name, dependency, reason);
+        if let Some(skipped) = log.admit() {
+            tracing::info!(sensor = %self.sensor, trigger = %self.trigger_name, dependency, id = %ready.event.context.id, reason, skipped, "event expired waiting for the trigger's conditions; acked (counted in spillway_sensor_events_expired_total)");
+        }
+        self.settle(self.consumer.ack(seq).await, seq);
+    }
+
+    /// Runs the trigger once for `group` (holding `slot`) and settles every
+    /// event of it (see the module docs).
+    async fn invoke_group(
+        self: Arc<Self>,
+        group: Vec<Ready>,
+        mut slot: Slot,
+        shutdown: CancellationToken,
+    ) {
+        let seqs: Vec<u64> = group.iter().map(|r| r.message.seq).collect();
+        let attempt = group
+            .iter()
+            .map(|r| r.message.delivery_count)
+            .max()
+            .unwrap_or(1);
+        let first_delivered = group.iter().map(|r| r.delivered).min();
+        for ready in &group {
+            let age = SystemTime::now()
+                .duration_since(ready.message.published_at)
+                .unwrap_or(Duration::ZERO);
+            self.metrics.event_age(&self.sensor, age);
+        }
+        if self.at_least_once && attempt > self.retry.steps && self.dlq.is_some() {
+            drop(slot);
+            for ready in &group {
+                self.dead_letter(
+                    ready.message.seq,
+                    &ready.dependency,
+                    &ready.event,
+                    "retries used up",
+                )
+                .await;
+            }
+            return;
+        }
+        // Held until the trigger is done: the workflow's semaphore slot.
+        let _running = match self.trigger.workflow_gate() {
+            Some(gate) => match self
+                .keep_alive_while(&seqs, &shutdown, gate.acquire())
+                .await
+            {
+                None => return,
+                Some(Ok(running)) => Some(running),
+                Some(Err(err @ (AcquireError::PendingFull { .. } | AcquireError::Closed))) => {
+                    tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, template = gate.template(), "workflow semaphore refused the workflow ({err}); events put back on the bus");
+                    self.count(TriggerOutcome::Retry);
+                    for &seq in &seqs {
+                        let result = self.consumer.nak(seq, BUS_ERROR_BACKOFF).await;
+                        self.settle(result, seq);
+                    }
+                    return;
+                }
+            },
+            None => None,
+        };
+        let matched: Vec<(&str, &Event)> = group
+            .iter()
+            .map(|r| (r.dependency.as_str(), &r.event))
+            .collect();
+        if !self.at_least_once {
+            for &seq in &seqs {
+                self.settle(self.consumer.ack(seq).await, seq);
+            }
+            self.invoke_acked(&matched, slot, &shutdown).await;
+            if let Some(delivered) = first_delivered {
+                self.metrics
+                    .sensor_processing(&self.sensor, delivered.elapsed());
+            }
+            return;
+        }
+        let result = loop {
+            let started = Instant::now();
+            let result = self
+                .keep_alive_during(&seqs, self.trigger.invoke_matched(&matched))
+                .await;
+            let rtt = started.elapsed();
+            let pause = match &result {
+                Ok(()) => {
+                    slot.complete(Outcome::Success { rtt });
+                    break result;
+                }
+                Err(TriggerError::Retryable {
+                    pushback: Some(reason),
+                    retry_after,
+                    ..
+                }) => {
+                    slot.complete(Outcome::Dropped {
+                        reason: *reason,
+                        retry_after: *retry_after,
+                    });
+                    if let Some(drain) = &self.slow_start {
+                        drain.reset();
+                    }
+                    *retry_after
+                }
+                Err(_) => {
+                    drop(slot);
+                    None
+                }
+            };
+            let Some(_pause) = pause.filter(|p| !p.is_zero()) else {
+                break result;
+            };
+            // The downstream said when to come back: not a retry step.
+            self.count(TriggerOutcome::Retry);
+            match self.reacquire_slot(&shutdown, &seqs).await {
+                Some(next) => slot = next,
+                None => return,
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.count(self.success());
+                for &seq in &seqs {
+                    self.settle(self.consumer.ack(seq).await, seq);
+                }
+            }
+            Err(err) => {
+                let retry_delay = match &err {
+                    TriggerError::Retryable { retry_after, .. } => {
+                        self.retry.delay_after(attempt, *retry_after)
+                    }
+                    TriggerError::Permanent { .. } => None,
+                };
+                match retry_delay {
+                    Some(delay) => {
+                        self.count(TriggerOutcome::Retry);
+                        tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, attempt, ?delay, events = seqs.len(), "trigger failed, will retry: {err}");
+                        for &seq in &seqs {
+                            self.settle(self.consumer.nak(seq, delay).await, seq);
+                        }
+                    }
+                    None => {
+                        for ready in &group {
+                            self.give_up(
+                                ready.message.seq,
+                                attempt,
+                                &ready.dependency,
+                                &ready.event,
+                                &err,
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(delivered) = first_delivered {
+            self.metrics
+                .sensor_processing(&self.sensor, delivered.elapsed());
+        }
+    }
+}
