@@ -54,6 +54,7 @@ pub async fn deliver<T: Target>(
         let outcome = target.send(Request { id, attempt }).await;
         let now = Instant::now();
         recorder.finished(window.elapsed(now), &outcome, now - started);
+        recorder.track(id, &outcome);
         let wait = match outcome.retry_after() {
             Some(wait) if honor_retry_after => wait.max(MIN_RETRY_WAIT),
             _ => return,

@@ -30,6 +30,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod svg;
 pub mod target;
+pub mod tracker;
 
 use closed_loop::ClosedLoop;
 use deliver::Window;
@@ -79,6 +80,8 @@ pub struct StormConfig {
     pub out: PathBuf,
     /// Show the progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// Records accepted ids (and Retry-After facts) here, for a loss check.
+    pub tracker: Option<Arc<tracker::Tracker>>,
 }
 
 /// A storm that could not run or report.
@@ -159,7 +162,11 @@ pub async fn run(config: StormConfig) -> Result<Finished, StormError> {
     )?);
     // Answers can come back up to one timeout after the last send.
     let seconds = (config.duration + config.timeout).as_secs_f64().ceil() as usize + 1;
-    let recorder = Arc::new(Recorder::new(seconds));
+    let recorder = match &config.tracker {
+        Some(tracker) => Recorder::new(seconds).with_tracker(tracker.clone()),
+        None => Recorder::new(seconds),
+    };
+    let recorder = Arc::new(recorder);
     let sampler = match &config.admin {
         Some(admin) => Some(Sampler::new(admin, seconds + 1).map_err(StormError::Sampler)?),
         None => None,
