@@ -221,10 +221,16 @@ struct StormArgs {
     /// List the built-in scenarios.
     #[arg(long)]
     list_scenarios: bool,
-    /// Shrink a scenario for a quick check: durations, bus size and
-    /// shedding threshold times this (0 < S <= 1); rates are unchanged.
+    /// Shrink a scenario for a quick check: durations times this
+    /// (0 < S <= 1).
     #[arg(long, hide = true, default_value_t = 1.0, requires = "scenario")]
     scenario_scale: f64,
+    /// … the bus size and the shedding threshold times this.
+    #[arg(long, hide = true, default_value_t = 1.0, requires = "scenario")]
+    scenario_bus_scale: f64,
+    /// … the storm's rates and the trigger's rateLimit times this.
+    #[arg(long, hide = true, default_value_t = 1.0, requires = "scenario")]
+    scenario_rate_scale: f64,
     /// Admin server of the spillway under test, e.g. http://127.0.0.1:9470:
     /// bus depth, consumer lag and memory are sampled once a second.
     #[arg(long)]
@@ -832,7 +838,8 @@ fn storm_scenario(args: StormArgs) -> ExitCode {
     let settings = Settings {
         scale: Scale {
             time: args.scenario_scale,
-            bus: args.scenario_scale,
+            bus: args.scenario_bus_scale,
+            rate: args.scenario_rate_scale,
         },
         admin,
         out: args.out,
@@ -851,6 +858,7 @@ fn demo(args: DemoArgs) -> ExitCode {
         scale: Scale {
             time: 0.5,
             bus: 0.5,
+            rate: 1.0,
         },
         admin: args.admin,
         out: args.out,

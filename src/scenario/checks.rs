@@ -122,7 +122,7 @@ impl Facts {
             .find(|s| {
                 s.reading.at >= self.peak_end
                     && s.reading.depth <= depth
-                    && (!idle || (s.reading.lag == 0 && s.reading.inflight == 0))
+                    && (!idle || (s.reading.lag == 0 && s.reading.ack_pending == 0))
             })
             .map(|s| s.reading.at - self.peak_end)
     }

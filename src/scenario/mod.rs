@@ -133,22 +133,26 @@ pub fn find(name: &str) -> Result<&'static Scenario, ScenarioError> {
         })
 }
 
-/// How a scenario is shrunk: durations by `time`, the bus size and the
-/// shedding threshold by `bus` (both in (0, 1]; rates are never changed).
+/// How a scenario is shrunk, each factor in (0, 1]: durations by `time`,
+/// the bus size and the shedding threshold by `bus`, the storm's rates and
+/// the trigger's rateLimit by `rate` (so a slow debug build on a busy
+/// machine can still run a faithful miniature).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scale {
     pub time: f64,
     pub bus: f64,
+    pub rate: f64,
 }
 
 impl Scale {
     pub const FULL: Scale = Scale {
         time: 1.0,
         bus: 1.0,
+        rate: 1.0,
     };
 
     pub fn check(&self) -> Result<(), ScenarioError> {
-        for v in [self.time, self.bus] {
+        for v in [self.time, self.bus, self.rate] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(ScenarioError::Scale(v));
             }
@@ -187,6 +191,10 @@ impl Scenario {
         scaled(self.shed_depth, scale.bus)
     }
 
+    pub fn rate_limit_at(&self, scale: Scale) -> f64 {
+        scaled(self.rate_limit as u64, scale.rate) as f64
+    }
+
     /// The YAML to run: the webhook on `port`, the trigger posting to
     /// `downstream`, the bus and shedding threshold scaled.
     pub fn pipeline_yaml(
@@ -213,11 +221,17 @@ impl Scenario {
             &format!("max_msgs: {}", self.max_msgs),
             &format!("max_msgs: {}", self.max_msgs_at(scale)),
         )?;
-        replace_once(
+        let yaml = replace_once(
             self.name,
             &yaml,
             &format!("queueDepthAbove: {}", self.shed_depth),
             &format!("queueDepthAbove: {}", self.shed_depth_at(scale)),
+        )?;
+        replace_once(
+            self.name,
+            &yaml,
+            &format!("requestsPerUnit: {}", self.rate_limit),
+            &format!("requestsPerUnit: {}", self.rate_limit_at(scale)),
         )
     }
 
@@ -231,8 +245,13 @@ impl Scenario {
 
     pub fn profile(&self, scale: Scale) -> Result<Profile, ScenarioError> {
         let (base_for, peak_for) = self.phases(scale);
-        Profile::spike(self.storm.base, self.storm.peak, base_for, peak_for)
-            .map_err(|e| ScenarioError::Storm(e.to_string()))
+        Profile::spike(
+            self.storm.base * scale.rate,
+            self.storm.peak * scale.rate,
+            base_for,
+            peak_for,
+        )
+        .map_err(|e| ScenarioError::Storm(e.to_string()))
     }
 
     pub fn priorities(&self) -> Result<PriorityMix, ScenarioError> {
@@ -250,6 +269,7 @@ mod tests {
             let half = Scale {
                 time: 0.5,
                 bus: 0.5,
+                rate: 0.5,
             };
             let yaml = s
                 .pipeline_yaml(4242, "http://127.0.0.1:9/sink", half)
@@ -259,7 +279,7 @@ mod tests {
             assert!(yaml.contains(&format!("max_msgs: {}", s.max_msgs / 2)));
             assert!(yaml.contains(&format!("queueDepthAbove: {}", s.shed_depth / 2)));
             assert!(yaml.contains(&format!("shedPriorityAbove: {}", s.shed_priority_above)));
-            assert!(yaml.contains(&format!("requestsPerUnit: {}", s.rate_limit)));
+            assert!(yaml.contains(&format!("requestsPerUnit: {}", s.rate_limit / 2.0)));
             assert!(yaml.contains(&format!("endpoint: {}", s.endpoint)));
             assert!(s.yaml.contains("max_bytes: 32MiB") && s.max_bytes == 32 << 20);
             // Unscaled, only the addresses change.

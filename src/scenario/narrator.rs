@@ -29,9 +29,11 @@ pub struct Reading {
     pub bus_full: u64,
     /// Successful trigger invocations so far, summed over triggers.
     pub triggered: u64,
-    /// Consumer lag summed over triggers, and events in flight.
+    /// Consumer lag summed over triggers, and events fetched but not yet
+    /// acked (`ack_pending`; the status's `inflight` counts reserved
+    /// concurrency slots, which an idle trigger holds too).
     pub lag: u64,
-    pub inflight: u64,
+    pub ack_pending: u64,
     /// The `Retry-After` (seconds) of the latest `bus_full` answer the
     /// storm got, if any.
     pub bus_full_retry_after: Option<u64>,
@@ -63,7 +65,7 @@ impl Reading {
                 .filter_map(|t| t.invocations.get("success"))
                 .sum(),
             lag: status.triggers.iter().map(|t| t.lag).sum(),
-            inflight: status.triggers.iter().map(|t| t.inflight as u64).sum(),
+            ack_pending: status.triggers.iter().map(|t| t.ack_pending).sum(),
             bus_full_retry_after,
         }
     }
@@ -165,7 +167,7 @@ impl Narrator {
             && !self.drained
             && reading.depth == 0
             && reading.lag == 0
-            && reading.inflight == 0
+            && reading.ack_pending == 0
         {
             self.drained = true;
             let after = reading.at.saturating_sub(self.plan.peak_end).as_secs();
@@ -208,7 +210,7 @@ mod tests {
             bus_full,
             triggered,
             lag: depth,
-            inflight: 0,
+            ack_pending: 0,
             bus_full_retry_after: (bus_full > 0).then_some(2),
         }
     }
@@ -268,7 +270,7 @@ mod tests {
         n.observe(r(1, 500, 0, 0, 0));
         n.observe(r(6, 10, 0, 0, 0));
         let busy = Reading {
-            inflight: 3,
+            ack_pending: 3,
             ..r(7, 0, 0, 0, 0)
         };
         assert!(n.observe(busy).is_empty());

@@ -96,6 +96,34 @@ fn free_port() -> Result<u16, RunnerError> {
         .map_err(RunnerError::Port)
 }
 
+/// Most open files asked for: the storm's client sockets and the
+/// webhook's server sockets share this process.
+const WANTED_OPEN_FILES: u64 = 16_384;
+
+/// Raises the soft open-files limit towards [`WANTED_OPEN_FILES`] (never
+/// above the hard limit): a storm with thousands of outstanding requests
+/// and the webhook answering them live in one process, and a common soft
+/// limit of 1024 would make the run fail on `accept`, not on backpressure.
+/// Best effort: a refusal is logged.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let current = getrlimit(Resource::Nofile);
+    let wanted = match current.maximum {
+        Some(hard) => WANTED_OPEN_FILES.min(hard),
+        None => WANTED_OPEN_FILES,
+    };
+    if current.current.is_some_and(|soft| soft >= wanted) || current.current.is_none() {
+        return;
+    }
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: current.maximum,
+    };
+    if let Err(err) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!("cannot raise the open-files limit to {wanted}: {err}");
+    }
+}
+
 /// `nproc` and the load average, in words.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -115,6 +143,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Finished, RunnerError> {
     settings.scale.check()?;
+    raise_open_files_limit();
     let scale = settings.scale;
     let profile = scenario.profile(scale)?;
     let (base_for, peak_for) = scenario.phases(scale);
@@ -230,7 +259,7 @@ impl Run<'_> {
             self.scenario.max_msgs_at(self.settings.scale),
             self.scenario.shed_priority_above,
             self.scenario.shed_depth_at(self.settings.scale),
-            self.scenario.rate_limit,
+            self.scenario.rate_limit_at(self.settings.scale),
             self.scenario.downstream_latency.as_millis()
         ));
         if self.settings.open_browser {
@@ -239,11 +268,11 @@ impl Run<'_> {
         let storm_end = self.duration;
         say(&format!(
             "storm: {}/s for {} s, {}/s for {} s, {}/s for {} s; priorities {}; honoring Retry-After",
-            self.scenario.storm.base,
+            self.scenario.storm.base * self.settings.scale.rate,
             self.base_for.as_secs(),
-            self.scenario.storm.peak,
+            self.scenario.storm.peak * self.settings.scale.rate,
             self.peak_for.as_secs(),
-            self.scenario.storm.base,
+            self.scenario.storm.base * self.settings.scale.rate,
             self.base_for.as_secs(),
             self.scenario.storm.priorities
         ));
@@ -325,9 +354,10 @@ impl Run<'_> {
             scaling: if self.settings.scale == Scale::FULL {
                 self.scenario.scaling.to_string()
             } else {
+                let scale = self.settings.scale;
                 format!(
-                    "{}; this run further scaled: durations x{}, bus and shedding threshold x{}",
-                    self.scenario.scaling, self.settings.scale.time, self.settings.scale.bus
+                    "{}; this run further scaled: durations x{}, bus and shedding threshold x{}, rates x{}",
+                    self.scenario.scaling, scale.time, scale.bus, scale.rate
                 )
             },
             command: self.settings.command.clone(),
@@ -352,7 +382,7 @@ impl Run<'_> {
             peak_start: self.base_for,
             peak_end: self.base_for + self.peak_for,
             storm_end,
-            rate_limit: self.scenario.rate_limit,
+            rate_limit: self.scenario.rate_limit_at(self.settings.scale),
             drain_limit: self.scenario.drain_limit,
             drained,
         };
@@ -429,7 +459,7 @@ async fn watch(
         for line in narrator.observe(reading) {
             say(&line);
         }
-        if at >= storm_end && reading.depth == 0 && reading.lag == 0 && reading.inflight == 0 {
+        if at >= storm_end && reading.depth == 0 && reading.lag == 0 && reading.ack_pending == 0 {
             idle.send_replace(true);
         }
         if samples.len() < MAX_SAMPLES {
