@@ -298,17 +298,8 @@ mod tests {
             err.as_deref(),
             Some("unknown scenario \"noon\"; built-in: midnight-spike")
         );
-        assert!(Scale {
-            time: 0.0,
-            bus: 1.0
-        }
-        .check()
-        .is_err());
-        assert!(Scale {
-            time: 1.5,
-            bus: 1.0
-        }
-        .check()
-        .is_err());
+        let bad = |time, bus, rate| Scale { time, bus, rate }.check().is_err();
+        assert!(bad(0.0, 1.0, 1.0) && bad(1.0, 1.5, 1.0) && bad(1.0, 1.0, f64::NAN));
+        assert!(!bad(0.1, 0.02, 0.2));
     }
 }
