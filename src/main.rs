@@ -215,7 +215,7 @@ struct StormArgs {
     #[arg(long, value_name = "NAME", conflicts_with_all = [
         "url", "mode", "profile", "rate", "from", "to", "ramp_for", "base", "peak",
         "base_for", "peak_for", "duration", "concurrency", "max_outstanding",
-        "payload_bytes", "priorities", "priority_header", "honor_retry_after", "timeout",
+        "payload_bytes", "priorities", "priority_header", "honor_retry_after", "max_retries", "timeout",
     ])]
     scenario: Option<String>,
     /// List the built-in scenarios.
@@ -297,6 +297,10 @@ struct StormArgs {
     /// counted apart.
     #[arg(long)]
     honor_retry_after: bool,
+    /// With --honor-retry-after: give an event up after this many retries
+    /// [default: retry until the run ends].
+    #[arg(long, requires = "honor_retry_after")]
+    max_retries: Option<u32>,
     /// Timeout of each request.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: std::time::Duration,
@@ -675,6 +679,7 @@ fn storm_config(args: StormArgs) -> anyhow::Result<spillway::storm::StormConfig>
         priorities: args.priorities,
         priority_header: args.priority_header,
         honor_retry_after: args.honor_retry_after,
+        max_retries: args.max_retries.unwrap_or(u32::MAX),
         timeout: args.timeout,
         out: args.out,
         progress: true,

@@ -49,6 +49,9 @@ pub struct StormPlan {
     pub priorities: &'static str,
     pub payload_bytes: usize,
     pub max_outstanding: usize,
+    /// Retries per event after a 429's `Retry-After`, at most (clients
+    /// that give up, so shed events do not pile up as retries forever).
+    pub max_retries: u32,
     pub timeout: Duration,
 }
 
@@ -106,7 +109,8 @@ pub const MIDNIGHT_SPIKE: Scenario = Scenario {
         peak_for: Duration::from_secs(60),
         priorities: "0:10,2:40,5:50",
         payload_bytes: 256,
-        max_outstanding: 4000,
+        max_outstanding: 8000,
+        max_retries: 2,
         timeout: Duration::from_secs(10),
     },
     downstream_latency: Duration::from_millis(5),

@@ -267,14 +267,15 @@ impl Run<'_> {
         }
         let storm_end = self.duration;
         say(&format!(
-            "storm: {}/s for {} s, {}/s for {} s, {}/s for {} s; priorities {}; honoring Retry-After",
+            "storm: {}/s for {} s, {}/s for {} s, {}/s for {} s; priorities {}; honoring Retry-After (at most {} retries per event)",
             self.scenario.storm.base * self.settings.scale.rate,
             self.base_for.as_secs(),
             self.scenario.storm.peak * self.settings.scale.rate,
             self.peak_for.as_secs(),
             self.scenario.storm.base * self.settings.scale.rate,
             self.base_for.as_secs(),
-            self.scenario.storm.priorities
+            self.scenario.storm.priorities,
+            self.scenario.storm.max_retries
         ));
 
         let tracker = Arc::new(Tracker::new(self.capacity));
@@ -307,6 +308,7 @@ impl Run<'_> {
             priorities: Some(self.scenario.priorities()?),
             priority_header: "X-Priority".to_string(),
             honor_retry_after: true,
+            max_retries: self.scenario.storm.max_retries,
             timeout: self.scenario.storm.timeout,
             out: self.settings.out.clone(),
             progress: false,

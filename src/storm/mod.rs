@@ -74,6 +74,9 @@ pub struct StormConfig {
     pub priorities: Option<PriorityMix>,
     pub priority_header: String,
     pub honor_retry_after: bool,
+    /// With `honor_retry_after`: retries per event at most (`u32::MAX`:
+    /// until the run ends).
+    pub max_retries: u32,
     /// Per attempt.
     pub timeout: Duration,
     /// Directory for the report.
@@ -190,6 +193,7 @@ pub async fn run(config: StormConfig) -> Result<Finished, StormError> {
                 duration: config.duration,
                 max_outstanding: *max_outstanding,
                 honor_retry_after: config.honor_retry_after,
+                max_retries: config.max_retries,
             };
             open.run(target, recorder.clone(), window).await;
         }
@@ -197,6 +201,7 @@ pub async fn run(config: StormConfig) -> Result<Finished, StormError> {
             let closed = ClosedLoop {
                 workers: *workers,
                 honor_retry_after: config.honor_retry_after,
+                max_retries: config.max_retries,
             };
             closed.run(target, recorder.clone(), window).await;
         }
