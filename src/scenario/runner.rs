@@ -278,6 +278,7 @@ impl Run<'_> {
             self.scenario.storm.max_retries
         ));
 
+        let load_at_start = machine();
         let tracker = Arc::new(Tracker::new(self.capacity));
         let start = Instant::now();
         let stop_watching = CancellationToken::new();
@@ -363,7 +364,10 @@ impl Run<'_> {
                 )
             },
             command: self.settings.command.clone(),
-            machine: machine(),
+            machine: format!(
+                "{load_at_start} at the start, {} at the end (1/5/15 min); pipeline, storm and downstream share this one process",
+                machine().rsplit("load average ").next().unwrap_or("unknown")
+            ),
             storm: *t,
             ids_used: finished.report.run.ids_used,
             accepted_ids: tracker.accepted.len(),
