@@ -880,8 +880,13 @@ fn demo(args: DemoArgs) -> ExitCode {
             "  {} events accepted ({} sent, {} resent after Retry-After); 429s: {} bus_full, {} shed, {} rate_limited",
             f.accepted_ids, t.sent, t.retries, t.rejected_bus_full, t.rejected_shed, t.rejected_rate_limited
         );
+        let reached = if f.lost == 0 {
+            "every accepted id reached the downstream"
+        } else {
+            "accepted ids that never reached the downstream"
+        };
         println!(
-            "  lost: {} (every accepted id reached the downstream; {} duplicate deliveries)",
+            "  lost: {} ({reached}; {} duplicate deliveries)",
             f.lost, f.duplicates
         );
         println!(
