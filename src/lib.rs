@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod json_path;
 pub mod priority;
 pub mod publish;
+pub mod scenario;
 pub mod secrets;
 pub mod sensor;
 pub mod sources;

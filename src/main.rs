@@ -92,11 +92,41 @@ enum Command {
     /// report.md, report.json and SVG charts of rate, latency and, with
     /// --admin, queue depth, lag and memory over time.
     Storm(Box<StormArgs>),
+    /// The midnight spike, narrated, in about two minutes: starts a
+    /// pipeline in-process with a built-in slow downstream, prints the
+    /// dashboard URL, drives a spike at it and tells what happens (bus
+    /// fills, 429s with Retry-After, shedding, drain), then sums up.
+    /// Ctrl-C stops it cleanly (exit 130). Exit 1 if a check failed.
+    Demo(DemoArgs),
+    /// The built-in slow downstream of the scenarios, on its own: answers
+    /// every POST with 200 after --latency, and on Ctrl-C prints how many
+    /// storm ids it received (for running examples/scenarios/*.yaml by hand).
+    Downstream {
+        #[arg(long, default_value = "127.0.0.1:12001")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+        latency: std::time::Duration,
+    },
     /// Send events to a webhook (or any HTTP endpoint), as fast as it
     /// accepts them: a 429/503 is waited out (Retry-After) and the same
     /// event sent again; the input is read only as events are accepted.
     /// Exits 1 if any event was given up.
     Publish(PublishArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Admin server (and dashboard) address [default: a free port on
+    /// 127.0.0.1].
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Directory for the storm report and scenario.md.
+    #[arg(long, default_value = "demo-report")]
+    out: PathBuf,
+    /// Do not try to open the dashboard in a browser (it is only tried
+    /// when DISPLAY or WAYLAND_DISPLAY is set).
+    #[arg(long)]
+    no_open: bool,
 }
 
 #[derive(clap::Args)]
@@ -175,8 +205,32 @@ enum BacklogCommand {
 struct StormArgs {
     /// Endpoint to POST JSON events to, e.g. http://127.0.0.1:12000/orders.
     /// Each body is {"id":"storm-<n>",…}; a retry resends the same id.
+    #[arg(long, required_unless_present_any = ["scenario", "list_scenarios"])]
+    url: Option<String>,
+    /// Run a built-in scenario instead (see --list-scenarios): starts its
+    /// pipeline in-process with a built-in downstream, runs its storm,
+    /// waits for the drain, and writes scenario.md (a PASS/FAIL per check)
+    /// next to the report. Exit 1 if a check fails, 130 on Ctrl-C. Only
+    /// --out and --admin (the address to serve the admin API on) apply.
+    #[arg(long, value_name = "NAME", conflicts_with_all = [
+        "url", "mode", "profile", "rate", "from", "to", "ramp_for", "base", "peak",
+        "base_for", "peak_for", "duration", "concurrency", "max_outstanding",
+        "payload_bytes", "priorities", "priority_header", "honor_retry_after", "max_retries", "timeout",
+    ])]
+    scenario: Option<String>,
+    /// List the built-in scenarios.
     #[arg(long)]
-    url: String,
+    list_scenarios: bool,
+    /// Shrink a scenario for a quick check: durations times this
+    /// (0 < S <= 1).
+    #[arg(long, hide = true, default_value_t = 1.0, requires = "scenario")]
+    scenario_scale: f64,
+    /// … the bus size and the shedding threshold times this.
+    #[arg(long, hide = true, default_value_t = 1.0, requires = "scenario")]
+    scenario_bus_scale: f64,
+    /// … the storm's rates and the trigger's rateLimit times this.
+    #[arg(long, hide = true, default_value_t = 1.0, requires = "scenario")]
+    scenario_rate_scale: f64,
     /// Admin server of the spillway under test, e.g. http://127.0.0.1:9470:
     /// bus depth, consumer lag and memory are sampled once a second.
     #[arg(long)]
@@ -243,6 +297,10 @@ struct StormArgs {
     /// counted apart.
     #[arg(long)]
     honor_retry_after: bool,
+    /// With --honor-retry-after: give an event up after this many retries
+    /// [default: retry until the run ends].
+    #[arg(long, requires = "honor_retry_after")]
+    max_retries: Option<u32>,
     /// Timeout of each request.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: std::time::Duration,
@@ -402,7 +460,19 @@ fn main() -> ExitCode {
                     max_rate,
                 },
         } => backlog::replay(&admin, rate, max_rate),
+        Command::Storm(args) if args.list_scenarios => {
+            for s in spillway::scenario::SCENARIOS {
+                println!(
+                    "{:<16} {}\n{:<16} pipeline: {}",
+                    s.name, s.summary, "", s.file
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Storm(args) if args.scenario.is_some() => storm_scenario(*args),
         Command::Storm(args) => storm(*args),
+        Command::Demo(args) => demo(args),
+        Command::Downstream { listen, latency } => downstream(listen, latency),
         Command::Publish(args) => publish(args),
         Command::Status {
             admin,
@@ -603,7 +673,8 @@ fn storm_config(args: StormArgs) -> anyhow::Result<spillway::storm::StormConfig>
         },
     };
     Ok(spillway::storm::StormConfig {
-        url: args.url,
+        // clap requires --url unless --scenario or --list-scenarios.
+        url: args.url.unwrap_or_default(),
         admin: args.admin,
         mode,
         duration,
@@ -611,9 +682,11 @@ fn storm_config(args: StormArgs) -> anyhow::Result<spillway::storm::StormConfig>
         priorities: args.priorities,
         priority_header: args.priority_header,
         honor_retry_after: args.honor_retry_after,
+        max_retries: args.max_retries.unwrap_or(u32::MAX),
         timeout: args.timeout,
         out: args.out,
         progress: true,
+        tracker: None,
     })
 }
 
@@ -661,6 +734,220 @@ fn storm(args: StormArgs) -> ExitCode {
                 StormError::Invalid(_) | StormError::Target(_) => ExitCode::from(2),
                 _ => ExitCode::from(1),
             }
+        }
+    }
+}
+
+/// The command line as typed, for reports.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("spillway {}", args.join(" "))
+}
+
+/// A token cancelled on Ctrl-C (SIGINT).
+fn interrupt_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping the storm and shutting the pipeline down");
+            cancel.cancel();
+        }
+    });
+    token
+}
+
+/// Runs `scenario` and turns the outcome into an exit code: 0 every check
+/// passed, 1 one failed or the run broke, 2 a config/usage error, 130
+/// interrupted.
+fn run_scenario(
+    scenario: &spillway::scenario::Scenario,
+    settings: spillway::scenario::runner::Settings,
+    summary: fn(&spillway::scenario::runner::Finished),
+) -> ExitCode {
+    use spillway::scenario::runner::{self, RunnerError};
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    let result = runtime.block_on(async {
+        let cancel = interrupt_token();
+        runner::run(scenario, settings, cancel).await
+    });
+    match result {
+        Ok(finished) => {
+            summary(&finished);
+            if finished.facts.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(RunnerError::Interrupted) => {
+            eprintln!("interrupted: the pipeline was shut down");
+            ExitCode::from(130)
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            match err {
+                RunnerError::Scenario(_) | RunnerError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn say_stdout() -> spillway::scenario::runner::Say {
+    std::sync::Arc::new(|line: &str| println!("{line}"))
+}
+
+/// The admin flag of a scenario: an address, with or without `http://`.
+fn admin_address(admin: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    admin
+        .map(|a| {
+            let a = a.trim_start_matches("http://").trim_end_matches('/');
+            a.parse::<SocketAddr>()
+                .map_err(|e| format!("--admin {a:?} is not an address such as 127.0.0.1:9470: {e}"))
+        })
+        .transpose()
+}
+
+fn print_checks(finished: &spillway::scenario::runner::Finished) {
+    for check in finished.facts.checks() {
+        println!(
+            "{} {}: {}",
+            if check.pass { "PASS" } else { "FAIL" },
+            check.name,
+            check.detail
+        );
+    }
+    if let Some(report) = finished.storm.files.first() {
+        println!("report: {}", report.display());
+    }
+    println!("scenario: {}", finished.scenario_md.display());
+}
+
+fn storm_scenario(args: StormArgs) -> ExitCode {
+    use spillway::scenario::{self, runner::Settings, Scale};
+    let name = args.scenario.unwrap_or_default();
+    let scenario = match scenario::find(&name) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin = match admin_address(args.admin.as_deref()) {
+        Ok(admin) => admin,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = Settings {
+        scale: Scale {
+            time: args.scenario_scale,
+            bus: args.scenario_bus_scale,
+            rate: args.scenario_rate_scale,
+        },
+        admin,
+        out: args.out,
+        open_browser: false,
+        command: command_line(),
+        say: say_stdout(),
+    };
+    run_scenario(scenario, settings, print_checks)
+}
+
+/// The demo: the midnight spike at half length and half the bus.
+fn demo(args: DemoArgs) -> ExitCode {
+    use spillway::scenario::{runner::Settings, Scale, MIDNIGHT_SPIKE};
+    println!("spillway demo: a 5x traffic spike into a pipeline whose downstream is slower than the peak. Ctrl-C stops it.");
+    let settings = Settings {
+        scale: Scale {
+            time: 0.5,
+            bus: 0.5,
+            rate: 1.0,
+        },
+        admin: args.admin,
+        out: args.out,
+        open_browser: !args.no_open,
+        command: command_line(),
+        say: say_stdout(),
+    };
+    run_scenario(&MIDNIGHT_SPIKE, settings, |finished| {
+        let f = &finished.facts;
+        let t = &f.storm;
+        println!();
+        println!("summary:");
+        println!(
+            "  {} events accepted ({} sent, {} resent after Retry-After); 429s: {} bus_full, {} shed, {} rate_limited",
+            f.accepted_ids, t.sent, t.retries, t.rejected_bus_full, t.rejected_shed, t.rejected_rate_limited
+        );
+        let reached = if f.lost == 0 {
+            "every accepted id reached the downstream"
+        } else {
+            "accepted ids that never reached the downstream"
+        };
+        println!(
+            "  lost: {} ({reached}; {} duplicate deliveries)",
+            f.lost, f.duplicates
+        );
+        println!(
+            "  priority 0 shed: {}; bus peak {}/{} events; max RSS {}",
+            f.shed_by_priority.get(&0).copied().unwrap_or(0),
+            f.peak_depth(),
+            f.max_msgs,
+            f.peak_rss().map_or_else(
+                || "n/a".to_string(),
+                |r| format!("{:.0} MiB", r as f64 / 1048576.0)
+            )
+        );
+        let failed: Vec<_> = f.checks().into_iter().filter(|c| !c.pass).collect();
+        if failed.is_empty() {
+            println!("  every check passed");
+        }
+        for check in failed {
+            println!("  FAIL {}: {}", check.name, check.detail);
+        }
+        println!("  report: {}", finished.scenario_md.display());
+    })
+}
+
+fn downstream(listen: SocketAddr, latency: std::time::Duration) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
+    };
+    let result = runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = spillway::scenario::downstream::start(
+            listen,
+            latency,
+            spillway::storm::tracker::MAX_TRACKED_IDS,
+            stop.clone(),
+        )
+        .await?;
+        eprintln!(
+            "downstream listening on {} ({} ms per request); Ctrl-C to stop",
+            server.url(),
+            latency.as_millis()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+        let r = &server.received;
+        eprintln!(
+            "downstream: {} requests, {} distinct storm ids, {} duplicates, {} without a storm id",
+            r.requests(),
+            r.ids.len(),
+            r.duplicates(),
+            r.untracked()
+        );
+        std::io::Result::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: cannot listen on {listen}: {err}");
+            ExitCode::from(1)
         }
     }
 }

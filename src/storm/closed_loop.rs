@@ -24,6 +24,8 @@ pub struct ClosedLoop {
     /// Clamped to 1..=[`MAX_WORKERS`].
     pub workers: usize,
     pub honor_retry_after: bool,
+    /// Retries per event at most (`u32::MAX`: until the run ends).
+    pub max_retries: u32,
 }
 
 impl ClosedLoop {
@@ -35,7 +37,7 @@ impl ClosedLoop {
             let target = target.clone();
             let recorder = recorder.clone();
             let next_id = next_id.clone();
-            let honor = self.honor_retry_after;
+            let (honor, max_retries) = (self.honor_retry_after, self.max_retries);
             workers.spawn(async move {
                 loop {
                     let now = Instant::now();
@@ -44,7 +46,7 @@ impl ClosedLoop {
                     }
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     recorder.sent(window.elapsed(now));
-                    deliver(&*target, &recorder, window, id, now, honor).await;
+                    deliver(&*target, &recorder, window, id, now, honor, max_retries).await;
                 }
             });
         }
@@ -74,6 +76,7 @@ mod tests {
         let closed = ClosedLoop {
             workers: 4,
             honor_retry_after: false,
+            max_retries: u32::MAX,
         };
         let window = Window::new(Instant::now(), Duration::from_secs(2));
         closed

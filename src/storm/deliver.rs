@@ -5,7 +5,8 @@
 //! Guarantees: a retry is only sent if it falls inside the run, so a
 //! delivery ends at most one request timeout after the run does; a
 //! `Retry-After` shorter than [`MIN_RETRY_WAIT`] is stretched to it, so an
-//! answer of `Retry-After: 0` cannot turn into a tight loop. Not guaranteed:
+//! answer of `Retry-After: 0` cannot turn into a tight loop; at most
+//! `max_retries` retries are sent per event (a client that gives up). Not guaranteed:
 //! that the event is ever accepted.
 
 use super::recorder::Recorder;
@@ -47,6 +48,7 @@ pub async fn deliver<T: Target>(
     id: u64,
     first_due: Instant,
     honor_retry_after: bool,
+    max_retries: u32,
 ) {
     let mut attempt = 0;
     let mut started = first_due;
@@ -54,8 +56,9 @@ pub async fn deliver<T: Target>(
         let outcome = target.send(Request { id, attempt }).await;
         let now = Instant::now();
         recorder.finished(window.elapsed(now), &outcome, now - started);
+        recorder.track(id, &outcome);
         let wait = match outcome.retry_after() {
-            Some(wait) if honor_retry_after => wait.max(MIN_RETRY_WAIT),
+            Some(wait) if honor_retry_after && attempt < max_retries => wait.max(MIN_RETRY_WAIT),
             _ => return,
         };
         let retry_at = now + wait;

@@ -30,6 +30,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod svg;
 pub mod target;
+pub mod tracker;
 
 use closed_loop::ClosedLoop;
 use deliver::Window;
@@ -73,12 +74,17 @@ pub struct StormConfig {
     pub priorities: Option<PriorityMix>,
     pub priority_header: String,
     pub honor_retry_after: bool,
+    /// With `honor_retry_after`: retries per event at most (`u32::MAX`:
+    /// until the run ends).
+    pub max_retries: u32,
     /// Per attempt.
     pub timeout: Duration,
     /// Directory for the report.
     pub out: PathBuf,
     /// Show the progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// Records accepted ids (and Retry-After facts) here, for a loss check.
+    pub tracker: Option<Arc<tracker::Tracker>>,
 }
 
 /// A storm that could not run or report.
@@ -159,7 +165,11 @@ pub async fn run(config: StormConfig) -> Result<Finished, StormError> {
     )?);
     // Answers can come back up to one timeout after the last send.
     let seconds = (config.duration + config.timeout).as_secs_f64().ceil() as usize + 1;
-    let recorder = Arc::new(Recorder::new(seconds));
+    let recorder = match &config.tracker {
+        Some(tracker) => Recorder::new(seconds).with_tracker(tracker.clone()),
+        None => Recorder::new(seconds),
+    };
+    let recorder = Arc::new(recorder);
     let sampler = match &config.admin {
         Some(admin) => Some(Sampler::new(admin, seconds + 1).map_err(StormError::Sampler)?),
         None => None,
@@ -183,6 +193,7 @@ pub async fn run(config: StormConfig) -> Result<Finished, StormError> {
                 duration: config.duration,
                 max_outstanding: *max_outstanding,
                 honor_retry_after: config.honor_retry_after,
+                max_retries: config.max_retries,
             };
             open.run(target, recorder.clone(), window).await;
         }
@@ -190,6 +201,7 @@ pub async fn run(config: StormConfig) -> Result<Finished, StormError> {
             let closed = ClosedLoop {
                 workers: *workers,
                 honor_retry_after: config.honor_retry_after,
+                max_retries: config.max_retries,
             };
             closed.run(target, recorder.clone(), window).await;
         }

@@ -121,6 +121,8 @@ pub struct Recording {
 /// Collects a storm's outcomes; shared by every task of the run.
 pub struct Recorder {
     inner: Mutex<Inner>,
+    /// Per-event facts (accepted ids), when the run checks for loss.
+    tracker: Option<std::sync::Arc<super::tracker::Tracker>>,
 }
 
 struct Inner {
@@ -144,6 +146,20 @@ impl Recorder {
                 current_second: 0,
                 current: histogram(2),
             }),
+            tracker: None,
+        }
+    }
+
+    /// Also records which event ids were accepted into `tracker`.
+    pub fn with_tracker(mut self, tracker: std::sync::Arc<super::tracker::Tracker>) -> Recorder {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// The outcome of an attempt at event `id`, for the tracker (if any).
+    pub fn track(&self, id: u64, outcome: &Outcome) {
+        if let Some(tracker) = &self.tracker {
+            tracker.observe(id, outcome);
         }
     }
 

@@ -36,6 +36,8 @@ pub struct OpenLoop {
     /// Clamped to 1..=[`MAX_OUTSTANDING`].
     pub max_outstanding: usize,
     pub honor_retry_after: bool,
+    /// Retries per event at most (`u32::MAX`: until the run ends).
+    pub max_retries: u32,
 }
 
 impl OpenLoop {
@@ -56,9 +58,9 @@ impl OpenLoop {
                     recorder.sent(offset);
                     let target = target.clone();
                     let recorder = recorder.clone();
-                    let honor = self.honor_retry_after;
+                    let (honor, max_retries) = (self.honor_retry_after, self.max_retries);
                     tokio::spawn(async move {
-                        deliver(&*target, &recorder, window, n, due, honor).await;
+                        deliver(&*target, &recorder, window, n, due, honor, max_retries).await;
                         drop(permit);
                     });
                 }
@@ -125,6 +127,7 @@ mod tests {
             duration: Duration::from_secs(secs),
             max_outstanding,
             honor_retry_after: honor,
+            max_retries: u32::MAX,
         };
         let window = Window::new(Instant::now(), open.duration);
         open.run(fake, recorder.clone(), window).await;
@@ -229,5 +232,27 @@ mod tests {
         .await;
         assert_eq!((rec.totals.retries, rec.totals.rejected_bus_full), (0, 30));
         assert_eq!(fake.calls.load(Ordering::SeqCst), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_is_given_up_after_max_retries() {
+        // Refused three times each; the client gives up after two retries.
+        let fake = Fake::new(Duration::ZERO, 3);
+        let recorder = Arc::new(Recorder::new(12));
+        let open = OpenLoop {
+            profile: Profile::constant(10.0).unwrap(),
+            duration: Duration::from_secs(10),
+            max_outstanding: 100,
+            honor_retry_after: true,
+            max_retries: 2,
+        };
+        let window = Window::new(Instant::now(), open.duration);
+        open.run(fake.clone(), recorder.clone(), window).await;
+        let t = recorder.finish().totals;
+        // Events of seconds 0-7 get both retries inside the run; those of
+        // second 8 one (the second would fall after the end), of 9 none.
+        assert_eq!((t.sent, t.retries), (100, 80 * 2 + 10));
+        assert_eq!((t.accepted, t.rejected_bus_full), (0, 100 + 170));
+        assert_eq!(fake.calls.load(Ordering::SeqCst), 270);
     }
 }
