@@ -266,7 +266,11 @@ async fn a_nats_restart_answers_503_meanwhile_and_loses_no_accepted_event() {
     }
     wait_for_all(&receiver, 200).await;
     let (seen, _) = received(&receiver).await;
-    assert!(!seen.contains("during"));
+    // No assertion on "during": a 503 means "not confirmed", not "not
+    // stored". When the publish left before the client saw the connection
+    // drop, async-nats resends it after the reconnect and the server may
+    // store it; the producer's retry then makes a duplicate (at-least-once),
+    // never a loss. Seen once under load (CI-like), so not asserted.
     for i in 0..100 {
         assert!(seen.contains(&format!("before-{i}")), "before-{i}");
         assert!(seen.contains(&format!("after-{i}")), "after-{i}");
