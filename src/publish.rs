@@ -24,12 +24,13 @@
 //! Not guaranteed: exactly once. An attempt that timed out may have been
 //! accepted, and its retry then sends the event a second time.
 
+use crate::sources::file::{read_line, Line, Partial};
 use crate::storm::target::{classify, http_url, Outcome};
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::AsyncBufRead;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -80,17 +81,20 @@ pub enum InputError {
 /// position for `--data`) and its body, or why it cannot be sent.
 pub type InputLine = (u64, Result<Bytes, String>);
 
-/// Reads events one line at a time, never holding more than one line.
+/// Reads events one line at a time, never holding more than one line (the
+/// file source's reader, [`crate::sources::file::read_line`]).
 pub struct LineInput<R> {
     reader: R,
+    partial: Partial,
     line: u64,
     max_line_bytes: usize,
 }
 
-impl<R: AsyncBufRead + Unpin> LineInput<R> {
+impl<R: AsyncBufRead + Unpin + Send> LineInput<R> {
     pub fn new(reader: R, max_line_bytes: usize) -> Self {
         LineInput {
             reader,
+            partial: Partial::default(),
             line: 0,
             max_line_bytes,
         }
@@ -101,51 +105,35 @@ impl<R: AsyncBufRead + Unpin> LineInput<R> {
     /// error, without being held in memory.
     pub async fn next(&mut self) -> Result<Option<InputLine>, InputError> {
         loop {
-            let mut line = Vec::new();
-            let mut too_long = false;
-            let mut ended = false;
-            loop {
-                let buffer = self.reader.fill_buf().await?;
-                if buffer.is_empty() {
-                    ended = true;
-                    break;
-                }
-                let (chunk, newline) = match buffer.iter().position(|&b| b == b'\n') {
-                    Some(at) => (&buffer[..at], true),
-                    None => (buffer, false),
-                };
-                if !too_long {
-                    if line.len() + chunk.len() > self.max_line_bytes {
-                        too_long = true;
-                        line = Vec::new();
-                    } else {
-                        line.extend_from_slice(chunk);
+            let read = read_line(&mut self.reader, &mut self.partial, self.max_line_bytes).await?;
+            let bytes = match read {
+                Line::Complete(bytes) => Some(bytes),
+                Line::TooLong => None,
+                // A last line without a newline is still a line.
+                Line::End => {
+                    let rest = std::mem::take(&mut self.partial);
+                    if !rest.skipping && rest.bytes.is_empty() {
+                        return Ok(None);
                     }
+                    let mut bytes = rest.bytes;
+                    if bytes.last() == Some(&b'\r') {
+                        bytes.pop();
+                    }
+                    (!rest.skipping).then_some(bytes)
                 }
-                let used = chunk.len() + usize::from(newline);
-                self.reader.consume(used);
-                if newline {
-                    break;
-                }
-            }
-            if ended && line.is_empty() && !too_long {
-                return Ok(None);
-            }
+            };
             self.line += 1;
-            if too_long {
+            let Some(bytes) = bytes else {
                 let limit = self.max_line_bytes;
                 return Ok(Some((
                     self.line,
                     Err(format!("line longer than {limit} bytes; not sent")),
                 )));
-            }
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
+            };
+            if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Ok(Some((self.line, Ok(Bytes::from(line)))));
+            return Ok(Some((self.line, Ok(Bytes::from(bytes)))));
         }
     }
 }
@@ -158,7 +146,7 @@ pub enum Input<R> {
     Lines(LineInput<R>),
 }
 
-impl<R: AsyncBufRead + Unpin> Input<R> {
+impl<R: AsyncBufRead + Unpin + Send> Input<R> {
     /// Events given as arguments.
     pub fn data(events: Vec<String>) -> Self {
         Input::Data(events.into_iter(), 0)
@@ -204,7 +192,7 @@ pub struct Summary {
 /// Sends every event of `input` to `poster`; `report` sees each event's
 /// end as it happens (in completion order). An input that fails midway
 /// stops the reading; the events already read are still sent to their end.
-pub async fn publish<P: Poster, R: AsyncBufRead + Unpin>(
+pub async fn publish<P: Poster, R: AsyncBufRead + Unpin + Send>(
     poster: Arc<P>,
     mut input: Input<R>,
     options: PublishOptions,

@@ -50,7 +50,7 @@ pub struct FileSource {
 
 /// One read from the input.
 #[derive(Debug, PartialEq, Eq)]
-enum Line {
+pub(crate) enum Line {
     /// A whole line, without its line ending.
     Complete(Vec<u8>),
     /// A line longer than the limit; its bytes were skipped.
@@ -235,17 +235,17 @@ impl FileSource {
 
 /// A line being read: its bytes so far, or that it is being skipped.
 #[derive(Debug, Default)]
-struct Partial {
-    bytes: Vec<u8>,
+pub(crate) struct Partial {
+    pub(crate) bytes: Vec<u8>,
     /// Past the length limit: the rest up to the newline is discarded.
-    skipping: bool,
+    pub(crate) skipping: bool,
 }
 
 /// Reads up to the next `\n`, keeping what it has in `partial` across
 /// calls, so a line written in pieces by a follower arrives whole. A line
 /// longer than `max` bytes is skipped through its newline without being
-/// held in memory.
-async fn read_line(
+/// held in memory. Also used by `spillway publish` ([`crate::publish`]).
+pub(crate) async fn read_line(
     reader: &mut (dyn AsyncBufRead + Send + Unpin),
     partial: &mut Partial,
     max: usize,
