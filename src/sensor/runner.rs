@@ -506,6 +506,45 @@ impl RunnerInner {
             })
     }
 
+    /// Gives `slot` back with what the invocation said about the downstream
+    /// (a latency sample for adaptive concurrency on success; on pushback a
+    /// drop sample, and the slow start starts over), records the
+    /// invocation's duration, and returns the downstream's `Retry-After`, if
+    /// it sent one.
+    fn release_slot(
+        &self,
+        slot: Slot,
+        result: &Result<(), TriggerError>,
+        rtt: Duration,
+    ) -> Option<Duration> {
+        self.metrics
+            .trigger_duration(&self.sensor, &self.trigger_name, rtt);
+        match result {
+            Ok(()) => {
+                slot.complete(Outcome::Success { rtt });
+                None
+            }
+            Err(TriggerError::Retryable {
+                pushback: Some(reason),
+                retry_after,
+                ..
+            }) => {
+                slot.complete(Outcome::Dropped {
+                    reason: *reason,
+                    retry_after: *retry_after,
+                });
+                if let Some(drain) = &self.slow_start {
+                    drain.reset();
+                }
+                *retry_after
+            }
+            Err(_) => {
+                drop(slot);
+                None
+            }
+        }
+    }
+
     /// Whether the worker count (if autoscaled) lets `token`'s invocation
     /// start; a refused token is dropped, which frees its place at once.
     fn workers_admit(&self, token: &Token) -> bool {
@@ -806,33 +845,7 @@ impl RunnerInner {
             let result = self
                 .keep_alive_during(&[seq], self.trigger.invoke(&dependency, &event))
                 .await;
-            let rtt = started.elapsed();
-            self.metrics
-                .trigger_duration(&self.sensor, &self.trigger_name, rtt);
-            let pause = match &result {
-                Ok(()) => {
-                    slot.complete(Outcome::Success { rtt });
-                    break result;
-                }
-                Err(TriggerError::Retryable {
-                    pushback: Some(reason),
-                    retry_after,
-                    ..
-                }) => {
-                    slot.complete(Outcome::Dropped {
-                        reason: *reason,
-                        retry_after: *retry_after,
-                    });
-                    if let Some(drain) = &self.slow_start {
-                        drain.reset();
-                    }
-                    *retry_after
-                }
-                Err(_) => {
-                    drop(slot);
-                    None
-                }
-            };
+            let pause = self.release_slot(slot, &result, started.elapsed());
             let Some(pause) = pause.filter(|p| !p.is_zero()) else {
                 break result;
             };

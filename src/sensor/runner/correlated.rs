@@ -56,7 +56,7 @@ use crate::telemetry::{LogThrottle, TriggerOutcome};
 use crate::triggers::TriggerError;
 use chrono::{DateTime, Utc};
 use spillway_bus::Received;
-use spillway_flowctl::{AcquireError, Outcome};
+use spillway_flowctl::AcquireError;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -473,31 +473,7 @@ impl RunnerInner {
             let result = self
                 .keep_alive_during(&seqs, self.trigger.invoke_matched(&matched))
                 .await;
-            let rtt = started.elapsed();
-            let pause = match &result {
-                Ok(()) => {
-                    slot.complete(Outcome::Success { rtt });
-                    break result;
-                }
-                Err(TriggerError::Retryable {
-                    pushback: Some(reason),
-                    retry_after,
-                    ..
-                }) => {
-                    slot.complete(Outcome::Dropped {
-                        reason: *reason,
-                        retry_after: *retry_after,
-                    });
-                    if let Some(drain) = &self.slow_start {
-                        drain.reset();
-                    }
-                    *retry_after
-                }
-                Err(_) => {
-                    drop(slot);
-                    None
-                }
-            };
+            let pause = self.release_slot(slot, &result, started.elapsed());
             let Some(_pause) = pause.filter(|p| !p.is_zero()) else {
                 break result;
             };
