@@ -1659,3 +1659,48 @@ spec:
         )],
     );
 }
+
+/// The same refusal for a `k8s` trigger whose resource is a Workflow.
+#[test]
+fn k8s_workflow_template_dests_are_refused() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: s
+spec:
+  dependencies:
+    - name: e
+      eventSourceName: source
+      eventName: event
+  triggers:
+    - template:
+        name: process
+        k8s:
+          operation: create
+          source:
+            resource:
+              apiVersion: argoproj.io/v1alpha1
+              kind: Workflow
+              spec:
+                templates:
+                  - name: work
+                    script: {command: [sh], source: "true"}
+          parameters:
+            - src: {dependencyName: e, dataKey: body.x}
+              dest: spec.templates.0.script.source
+---
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: source
+spec:
+  webhook:
+    event:
+      port: "12000"
+      endpoint: /event
+"#,
+        &[error(25, 21, &["points into the workflow's templates"])],
+    );
+}

@@ -544,35 +544,13 @@ fn check_trigger(
     }
     if let Some(workflow) = &template.argo_workflow {
         parameters.extend(workflow.value.parameters.iter().flatten());
-        // The program a workflow runs is built once, at start-up, from its
-        // template: a per-event value written into `spec.templates` would be
-        // silently ignored.
-        let into_templates = workflow
-            .value
-            .parameters
-            .iter()
-            .flatten()
-            .map(|p| (&p.dest, "spec.templates"))
-            .chain(
-                trigger
-                    .parameters
-                    .iter()
-                    .flatten()
-                    .map(|p| (&p.dest, "argoWorkflow.source.resource.spec.templates")),
-            )
-            .filter(|(dest, prefix)| dest.value.starts_with(prefix));
-        for (dest, _) in into_templates {
-            report.error(
-                file,
-                dest.pos,
-                format!(
-                    "parameter dest {:?} points into the workflow's templates, which are fixed at start-up; \
-                     pass the value as a workflow argument (`spec.arguments.parameters.N.value`) and use \
-                     `{{{{workflow.parameters.NAME}}}}` in the template",
-                    dest.value
-                ),
-            );
-        }
+        refuse_dests_into_templates(
+            file,
+            workflow.value.parameters.iter().flatten(),
+            trigger.parameters.iter().flatten(),
+            "argoWorkflow.source.resource.",
+            report,
+        );
         if let Some(op) = &workflow.value.operation {
             if op.value != "submit" {
                 report.error(
@@ -608,6 +586,15 @@ fn check_trigger(
     }
     if let Some(k8s) = &template.k8s {
         parameters.extend(k8s.value.parameters.iter().flatten());
+        if k8s.value.resource_kind() == "Workflow" {
+            refuse_dests_into_templates(
+                file,
+                k8s.value.parameters.iter().flatten(),
+                trigger.parameters.iter().flatten(),
+                "k8s.source.resource.",
+                report,
+            );
+        }
         let source = &k8s.value.source;
         match &source.resource {
             // A `file` or `configmap` that did not load was reported by the loader.
@@ -682,6 +669,37 @@ fn check_dependency_name(
             format!(
                 "dependencyName {:?} is not a dependency of this sensor{hint}",
                 dep.value
+            ),
+        );
+    }
+}
+
+/// The program a workflow runs is built once, at start-up, from its
+/// template: a per-event value written into `spec.templates` would be
+/// silently ignored, so such a `dest` is an error. `own` are the trigger
+/// kind's parameters (dests relative to the resource), `trigger_level` the
+/// trigger's (dests under `resource_prefix`).
+fn refuse_dests_into_templates<'a>(
+    file: &Path,
+    own: impl Iterator<Item = &'a TriggerParameter>,
+    trigger_level: impl Iterator<Item = &'a TriggerParameter>,
+    resource_prefix: &str,
+    report: &mut Report<'_>,
+) {
+    let under_prefix = format!("{resource_prefix}spec.templates");
+    let dests = own
+        .map(|p| (&p.dest, "spec.templates"))
+        .chain(trigger_level.map(|p| (&p.dest, under_prefix.as_str())))
+        .filter(|(dest, prefix)| dest.value.starts_with(prefix));
+    for (dest, _) in dests {
+        report.error(
+            file,
+            dest.pos,
+            format!(
+                "parameter dest {:?} points into the workflow's templates, which are fixed at start-up; \
+                 pass the value as a workflow argument (`spec.arguments.parameters.N.value`) and use \
+                 `{{{{workflow.parameters.NAME}}}}` in the template",
+                dest.value
             ),
         );
     }

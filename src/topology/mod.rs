@@ -1040,6 +1040,21 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
             }
         }
     }
+    if config.bus.url.is_some() {
+        for sensor in config
+            .sensors
+            .iter()
+            .filter(|s| s.doc.spec.dependencies.len() > 1)
+        {
+            // Each instance pairs only the events it fetched (docs/conditions.md).
+            tracing::warn!(
+                "sensor {:?} waits for several dependencies on a shared JetStream bus: run one \
+                 instance of it, or events whose partners another instance fetched expire after \
+                 flowControl.correlation.maxWait",
+                sensor.doc.metadata.name().to_string()
+            );
+        }
+    }
     for source in &config.event_sources {
         if source.doc.spec.pubsub.is_some() {
             tracing::warn!(

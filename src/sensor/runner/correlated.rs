@@ -247,18 +247,28 @@ impl TriggerRunner {
                     }
                 }
             };
+            // The batch's events not yet sorted in are held too: they must
+            // be kept alive while earlier ones wait for a slot.
+            let mut unsorted: VecDeque<u64> = messages.iter().map(|m| m.seq).collect();
             for message in messages {
-                let Some((ready, matching)) = inner.prepare_matching(message).await else {
+                unsorted.pop_front();
+                let Some((ready, candidates)) = inner.prepare_matching(message).await else {
                     continue;
                 };
+                let matching: Vec<&String> = candidates.iter().map(|(d, _)| d).collect();
                 // Several dependencies may share a subject (same event
                 // source, different filters): the event joins the first one
                 // it matches that has nothing waiting, else the first.
                 let index = queues
                     .queues
                     .iter()
-                    .position(|(d, q)| q.is_empty() && matching.contains(d))
-                    .or_else(|| queues.queues.iter().position(|(d, _)| matching.contains(d)));
+                    .position(|(d, q)| q.is_empty() && matching.contains(&d))
+                    .or_else(|| {
+                        queues
+                            .queues
+                            .iter()
+                            .position(|(d, _)| matching.contains(&d))
+                    });
                 let Some(index) = index else {
                     // Only dependencies the condition does not name: nothing waits for it.
                     let seq = ready.message.seq;
@@ -274,6 +284,10 @@ impl TriggerRunner {
                 let (dependency, queue) = &mut queues.queues[index];
                 let mut ready = ready;
                 ready.dependency = dependency.clone();
+                // The event as this dependency's own transform left it.
+                if let Some((_, event)) = candidates.into_iter().find(|(d, _)| d == dependency) {
+                    ready.event = event;
+                }
                 if queue.len() >= correlation.max_events.max(1) {
                     if let Some(oldest) = queue.pop_front() {
                         inner
@@ -289,6 +303,7 @@ impl TriggerRunner {
                     let group = queues.take_heads();
                     let mut held = queues.seqs();
                     held.extend(group.iter().map(|r| r.message.seq));
+                    held.extend(unsorted.iter().copied());
                     let Some(slot) = inner.acquire_slot(&shutdown, &held).await else {
                         break 'run;
                     };
@@ -329,7 +344,7 @@ impl RunnerInner {
     /// Decodes one event and finds every dependency whose subject and
     /// filters it matches. Events that match none (or are invalid, or
     /// replayed to another trigger) are settled here and `None` is returned.
-    async fn prepare_matching(&self, message: Received) -> Option<(Ready, Vec<String>)> {
+    async fn prepare_matching(&self, message: Received) -> Option<(Ready, Vec<(String, Event)>)> {
         let delivered = Instant::now();
         let seq = message.seq;
         if message
@@ -353,8 +368,7 @@ impl RunnerInner {
         // filters to its own copy; the event waits as the first matching
         // dependency transformed it. A dependency whose filters keep the
         // event out counts it (spillway_sensor_events_filtered_total).
-        let mut matching: Vec<String> = Vec::new();
-        let mut transformed: Option<Event> = None;
+        let mut candidates: Vec<(String, Event)> = Vec::new();
         for dependency in self
             .dependencies
             .iter()
@@ -366,12 +380,10 @@ impl RunnerInner {
                 Some(filter) => self.passes(filter, &mut candidate, seq),
             };
             if passes {
-                matching.push(dependency.name.clone());
-                transformed.get_or_insert(candidate);
+                candidates.push((dependency.name.clone(), candidate));
             }
         }
-        let event = transformed.unwrap_or(event);
-        let Some(first) = matching.first().cloned() else {
+        let Some((first, first_event)) = candidates.first().cloned() else {
             // Not ours, or filtered out by every dependency of its subject.
             self.settle(self.consumer.ack(seq).await, seq);
             return None;
@@ -380,11 +392,11 @@ impl RunnerInner {
             Ready {
                 dependency: first,
                 message,
-                event,
+                event: first_event,
                 delivered,
                 ticket: None,
             },
-            matching,
+            candidates,
         ))
     }
 

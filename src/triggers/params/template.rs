@@ -73,6 +73,7 @@ impl GoTemplate {
     /// line when it has several).
     pub fn parse(text: &str) -> Result<Self, String> {
         check_actions_closed(text).map_err(|e| format!("invalid Go template: {e}"))?;
+        check_no_nested_templates(text)?;
         // gtmpl lexes on a thread of its own; a lexer stuck at the end of
         // the input (see `check_actions_closed`) must not hang the loader.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -146,6 +147,27 @@ impl<'de> Deserialize<'de> for GoTemplate {
 /// Longest a template may take to parse (they are one-liners; this only
 /// bounds a parser that does not stop).
 const PARSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `define`, `template` and `block` are refused: gtmpl lets a template call
+/// itself up to 100 000 levels deep, which overflows a worker's stack (an
+/// abort, not an error) on the first event. Parameters need none of them.
+fn check_no_nested_templates(text: &str) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        rest = &rest[open + 2..];
+        let action = rest.trim_start_matches('-').trim_start();
+        for keyword in ["define", "template", "block"] {
+            let follows = action.strip_prefix(keyword);
+            if follows.is_some_and(|f| f.starts_with(|c: char| c.is_whitespace() || c == '}')) {
+                return Err(format!(
+                    "invalid Go template: `{keyword}` is not supported (nested templates could \
+                     recurse without bound); write the text inline"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Every `{{` action is closed by `}}` (strings, raw strings, characters
 /// and comments inside an action are skipped). gtmpl 0.7's lexer loops
@@ -505,5 +527,18 @@ mod tests {
         let t: GoTemplate = serde_json::from_value(json!("{{ .Input.a }}")).expect("decodes");
         assert_eq!(t.text(), "{{ .Input.a }}");
         assert!(serde_json::from_value::<GoTemplate>(json!("{{ nope }}")).is_err());
+    }
+
+    #[test]
+    fn nested_templates_are_refused() {
+        for text in [
+            r#"{{define "t"}}{{template "t" .}}{{end}}{{template "t" .}}"#,
+            r#"{{- block "b" .}}x{{end}}"#,
+            r#"{{ template "x" }}"#,
+        ] {
+            let err = GoTemplate::parse(text).expect_err("nested template");
+            assert!(err.contains("is not supported"), "{text}: {err}");
+        }
+        GoTemplate::parse(r#"{{ .Input.templateName }} {{ "define" }}"#).expect("not a keyword");
     }
 }
