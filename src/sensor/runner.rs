@@ -757,23 +757,7 @@ impl RunnerInner {
     async fn prepare(&self, message: Received) -> Option<Ready> {
         let delivered = Instant::now();
         let seq = message.seq;
-        if message
-            .header(crate::backlog::REPLAY_TO_HEADER)
-            .is_some_and(|to| to != self.replay_key)
-        {
-            // Replayed for another trigger: this one already handled it.
-            self.settle(self.consumer.ack(seq).await, seq);
-            return None;
-        }
-        let mut event = match Event::from_received(&message) {
-            Ok(event) => event,
-            Err(err) => {
-                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, seq, "not a valid event, terminated: {err}");
-                self.count(TriggerOutcome::Failure);
-                self.settle(self.consumer.term(seq).await, seq);
-                return None;
-            }
-        };
+        let mut event = self.decode(&message).await?;
         let Some(dependency) = self
             .dependencies
             .iter()
@@ -796,6 +780,30 @@ impl RunnerInner {
             delivered,
             ticket: None,
         })
+    }
+
+    /// The event `message` carries, if this trigger should look at it: a
+    /// replay addressed to another trigger is acked, and a message that is
+    /// not a valid event is terminated and counted as a failure.
+    async fn decode(&self, message: &Received) -> Option<Event> {
+        let seq = message.seq;
+        if message
+            .header(crate::backlog::REPLAY_TO_HEADER)
+            .is_some_and(|to| to != self.replay_key)
+        {
+            // Replayed for another trigger: this one already handled it.
+            self.settle(self.consumer.ack(seq).await, seq);
+            return None;
+        }
+        match Event::from_received(message) {
+            Ok(event) => Some(event),
+            Err(err) => {
+                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, seq, "not a valid event, terminated: {err}");
+                self.count(TriggerOutcome::Failure);
+                self.settle(self.consumer.term(seq).await, seq);
+                None
+            }
+        }
     }
 
     /// Runs the trigger for one event (holding `slot`) and settles it.

@@ -347,23 +347,7 @@ impl RunnerInner {
     async fn prepare_matching(&self, message: Received) -> Option<(Ready, Vec<(String, Event)>)> {
         let delivered = Instant::now();
         let seq = message.seq;
-        if message
-            .header(crate::backlog::REPLAY_TO_HEADER)
-            .is_some_and(|to| to != self.replay_key)
-        {
-            // Replayed for another trigger: this one already handled it.
-            self.settle(self.consumer.ack(seq).await, seq);
-            return None;
-        }
-        let event = match Event::from_received(&message) {
-            Ok(event) => event,
-            Err(err) => {
-                tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, seq, "not a valid event, terminated: {err}");
-                self.count(TriggerOutcome::Failure);
-                self.settle(self.consumer.term(seq).await, seq);
-                return None;
-            }
-        };
+        let event = self.decode(&message).await?;
         // Each dependency of the subject applies its own transform and
         // filters to its own copy; the event waits as the first matching
         // dependency transformed it. A dependency whose filters keep the
