@@ -118,23 +118,9 @@ impl DataFilters {
 
     /// Whether `data` passes; `Err` when a filter cannot be evaluated on it.
     pub fn evaluate(&self, data: &Value) -> Result<bool, FilterError> {
-        let mut first_error = None;
-        for filter in &self.filters {
-            match (filter.evaluate(data), self.operator) {
-                (Ok(true), LogicalOperator::Or) => return Ok(true),
-                (Ok(false), LogicalOperator::And) => return Ok(false),
-                (Err(err), LogicalOperator::And) => return Err(err),
-                (Err(err), LogicalOperator::Or) => {
-                    first_error.get_or_insert(err);
-                }
-                (Ok(_), _) => {}
-            }
-        }
-        match (self.operator, first_error) {
-            (LogicalOperator::And, _) => Ok(true),
-            (LogicalOperator::Or, Some(err)) => Err(err),
-            (LogicalOperator::Or, None) => Ok(false),
-        }
+        // No filters: `and` of nothing passes, `or` of nothing does not.
+        super::combine(self.operator, self.filters.iter().map(|f| f.evaluate(data)))
+            .unwrap_or(Ok(self.operator == LogicalOperator::And))
     }
 }
 

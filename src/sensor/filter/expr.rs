@@ -77,29 +77,12 @@ impl ExprFilters {
 
     /// Whether `data` passes the expressions.
     pub fn evaluate(&self, data: &Value) -> Result<bool, FilterError> {
-        let mut first_error = None;
-        for expr in &self.exprs {
-            let result = match expr.evaluate(data) {
-                // No fields: skipped, as in Argo.
-                Ok(None) => continue,
-                Ok(Some(pass)) => Ok(pass),
-                Err(err) => Err(err),
-            };
-            match (result, self.operator) {
-                (Ok(true), LogicalOperator::Or) => return Ok(true),
-                (Ok(false), LogicalOperator::And) => return Ok(false),
-                (Err(err), LogicalOperator::And) => return Err(err),
-                (Err(err), LogicalOperator::Or) => {
-                    first_error.get_or_insert(err);
-                }
-                (Ok(_), _) => {}
-            }
-        }
-        match (self.operator, first_error) {
-            (LogicalOperator::And, _) => Ok(true),
-            (LogicalOperator::Or, Some(err)) => Err(err),
-            (LogicalOperator::Or, None) => Ok(false),
-        }
+        // An expression without fields is skipped, as in Argo.
+        let verdicts = self
+            .exprs
+            .iter()
+            .filter_map(|e| e.evaluate(data).transpose());
+        super::combine(self.operator, verdicts).unwrap_or(Ok(self.operator == LogicalOperator::And))
     }
 }
 

@@ -185,30 +185,40 @@ impl DependencyFilter {
                     .map(|s| data.map_or(Ok(true), |v| s.evaluate_bool(v)))
             },
         ];
-        let mut first_error = None;
-        let mut any = false;
-        for kind in kinds {
-            let Some(verdict) = kind() else {
-                continue;
-            };
-            any = true;
-            match (verdict, self.operator) {
-                (Ok(true), LogicalOperator::Or) => return Ok(true),
-                (Ok(false), LogicalOperator::And) => return Ok(false),
-                (Err(err), LogicalOperator::And) => return Err(err),
-                (Err(err), LogicalOperator::Or) => {
-                    first_error.get_or_insert(err);
-                }
-                (Ok(_), _) => {}
+        // No kind at all (only a transform): nothing to fail.
+        combine(self.operator, kinds.into_iter().filter_map(|kind| kind())).unwrap_or(Ok(true))
+    }
+}
+
+/// Combines verdicts under `operator`, evaluating them in order and only as
+/// far as needed: `and` stops at the first `false` or error; `or` stops at
+/// the first `true`, and an error decides under `or` only when nothing
+/// passed. `None` when there was no verdict at all. Used by the kinds of a
+/// dependency and by the filters inside `data` and `exprs`.
+fn combine(
+    operator: LogicalOperator,
+    verdicts: impl IntoIterator<Item = Result<bool, FilterError>>,
+) -> Option<Result<bool, FilterError>> {
+    let mut first_error = None;
+    let mut any = false;
+    for verdict in verdicts {
+        any = true;
+        match (verdict, operator) {
+            (Ok(true), LogicalOperator::Or) => return Some(Ok(true)),
+            (Ok(false), LogicalOperator::And) => return Some(Ok(false)),
+            (Err(err), LogicalOperator::And) => return Some(Err(err)),
+            (Err(err), LogicalOperator::Or) => {
+                first_error.get_or_insert(err);
             }
-        }
-        match (self.operator, first_error) {
-            (LogicalOperator::And, _) => Ok(true),
-            (LogicalOperator::Or, Some(err)) => Err(err),
-            // Only a transform: nothing to fail.
-            (LogicalOperator::Or, None) => Ok(!any),
+            (Ok(_), _) => {}
         }
     }
+    let verdict = match (operator, first_error) {
+        (LogicalOperator::And, _) => Ok(true),
+        (LogicalOperator::Or, Some(err)) => Err(err),
+        (LogicalOperator::Or, None) => Ok(false),
+    };
+    any.then_some(verdict)
 }
 
 #[cfg(test)]
