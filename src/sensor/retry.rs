@@ -6,6 +6,7 @@
 //! at [`MAX_DELAY`]. A downstream `Retry-After` longer than that wins.
 
 use crate::config::sensor::Backoff;
+use crate::triggers::TriggerError;
 use std::time::Duration;
 
 /// No single retry wait is longer than this.
@@ -59,6 +60,15 @@ impl RetryPolicy {
             return None;
         }
         Some(self.redelivery_delay(attempt, retry_after))
+    }
+
+    /// The wait before retrying after attempt `attempt` failed with `err`:
+    /// `None` for a permanent failure or when the attempts are used up.
+    pub fn delay_for(&self, attempt: u32, err: &TriggerError) -> Option<Duration> {
+        match err {
+            TriggerError::Retryable { retry_after, .. } => self.delay_after(attempt, *retry_after),
+            TriggerError::Permanent { .. } => None,
+        }
     }
 
     /// The wait after failed attempt `attempt` with no regard to `steps`:

@@ -874,22 +874,14 @@ impl RunnerInner {
                 crate::failpoint::crash_point(crate::failpoint::CrashPoint::AfterTriggerSuccess);
                 self.settle(self.consumer.ack(seq).await, seq);
             }
-            Err(err) => {
-                let retry_delay = match &err {
-                    TriggerError::Retryable { retry_after, .. } => {
-                        self.retry.delay_after(attempt, *retry_after)
-                    }
-                    TriggerError::Permanent { .. } => None,
-                };
-                match retry_delay {
-                    Some(delay) => {
-                        self.count(TriggerOutcome::Retry);
-                        tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempt, ?delay, "trigger failed, will retry: {err}");
-                        self.settle(self.consumer.nak(seq, delay).await, seq);
-                    }
-                    None => self.give_up(seq, attempt, &dependency, &event, &err).await,
+            Err(err) => match self.retry.delay_for(attempt, &err) {
+                Some(delay) => {
+                    self.count(TriggerOutcome::Retry);
+                    tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, attempt, ?delay, "trigger failed, will retry: {err}");
+                    self.settle(self.consumer.nak(seq, delay).await, seq);
                 }
-            }
+                None => self.give_up(seq, attempt, &dependency, &event, &err).await,
+            },
         }
         self.metrics
             .sensor_processing(&self.sensor, delivered.elapsed());

@@ -53,7 +53,6 @@ use crate::event::Event;
 use crate::sensor::condition::Condition;
 use crate::sources::calendar::Schedule;
 use crate::telemetry::{LogThrottle, TriggerOutcome};
-use crate::triggers::TriggerError;
 use chrono::{DateTime, Utc};
 use spillway_bus::Received;
 use spillway_flowctl::AcquireError;
@@ -487,35 +486,27 @@ impl RunnerInner {
                     self.settle(self.consumer.ack(seq).await, seq);
                 }
             }
-            Err(err) => {
-                let retry_delay = match &err {
-                    TriggerError::Retryable { retry_after, .. } => {
-                        self.retry.delay_after(attempt, *retry_after)
-                    }
-                    TriggerError::Permanent { .. } => None,
-                };
-                match retry_delay {
-                    Some(delay) => {
-                        self.count(TriggerOutcome::Retry);
-                        tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, attempt, ?delay, events = seqs.len(), "trigger failed, will retry: {err}");
-                        for &seq in &seqs {
-                            self.settle(self.consumer.nak(seq, delay).await, seq);
-                        }
-                    }
-                    None => {
-                        for ready in &group {
-                            self.give_up(
-                                ready.message.seq,
-                                attempt,
-                                &ready.dependency,
-                                &ready.event,
-                                &err,
-                            )
-                            .await;
-                        }
+            Err(err) => match self.retry.delay_for(attempt, &err) {
+                Some(delay) => {
+                    self.count(TriggerOutcome::Retry);
+                    tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, attempt, ?delay, events = seqs.len(), "trigger failed, will retry: {err}");
+                    for &seq in &seqs {
+                        self.settle(self.consumer.nak(seq, delay).await, seq);
                     }
                 }
-            }
+                None => {
+                    for ready in &group {
+                        self.give_up(
+                            ready.message.seq,
+                            attempt,
+                            &ready.dependency,
+                            &ready.event,
+                            &err,
+                        )
+                        .await;
+                    }
+                }
+            },
         }
         if let Some(delivered) = first_delivered {
             self.metrics
