@@ -36,6 +36,19 @@ pub enum TriggerError {
     Permanent { message: String },
 }
 
+/// An error and its sources on one line (`outer: cause: root cause`), as
+/// trigger failure messages show them.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// A trigger implemented outside this crate: by a program embedding
 /// spillway, or by a test that needs to see exactly when it was called.
 #[async_trait]

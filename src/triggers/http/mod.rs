@@ -117,7 +117,7 @@ impl HttpTrigger {
             .send()
             .await
             .map_err(|err| TriggerError::Retryable {
-                message: format!("{} {}: {}", self.method, self.url, describe(&err)),
+                message: format!("{} {}: {}", self.method, self.url, super::error_chain(&err)),
                 retry_after: None,
                 pushback: err.is_timeout().then_some(DropReason::Timeout),
             })?;
@@ -148,18 +148,6 @@ impl HttpTrigger {
             _ => Err(TriggerError::Permanent { message }),
         }
     }
-}
-
-/// The error chain of a reqwest error, one line.
-fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.
