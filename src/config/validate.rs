@@ -723,11 +723,7 @@ fn check_workflow_resource(
         return;
     }
     let spec = resource.value.get("spec");
-    let reference = spec
-        .and_then(|s| s.get("workflowTemplateRef"))
-        .and_then(|r| r.get("name"))
-        .and_then(|n| n.as_str());
-    match reference {
+    match crate::triggers::workflow::named_template(&resource.value) {
         Some(name) => {
             let names = || templates.iter().map(|t| t.doc.metadata.name());
             if !names().any(|n| n == name) && !broken("WorkflowTemplate", name) {

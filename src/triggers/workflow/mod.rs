@@ -59,12 +59,12 @@ const RESOURCE_PREFIXES: [&str; 2] = ["argoWorkflow.source.resource.", "k8s.sour
 
 /// The WorkflowTemplate a trigger's Workflow resource names, if any.
 pub fn template_ref(trigger: &ArgoWorkflowTrigger) -> Option<&str> {
-    trigger
-        .source
-        .as_ref()?
-        .resource
-        .as_ref()?
-        .value
+    named_template(&trigger.source.as_ref()?.resource.as_ref()?.value)
+}
+
+/// `spec.workflowTemplateRef.name` of a Workflow resource.
+pub fn named_template(resource: &Value) -> Option<&str> {
+    resource
         .get("spec")?
         .get("workflowTemplateRef")?
         .get("name")?
@@ -81,15 +81,7 @@ pub fn template_ref_of(template: &TriggerTemplate) -> Option<&str> {
     if k8s.value.resource_kind() != "Workflow" {
         return None;
     }
-    k8s.value
-        .source
-        .resource
-        .as_ref()?
-        .value
-        .get("spec")?
-        .get("workflowTemplateRef")?
-        .get("name")?
-        .as_str()
+    named_template(&k8s.value.source.resource.as_ref()?.value)
 }
 
 /// A `k8s` trigger that creates a `Workflow`, seen as the `argoWorkflow`
