@@ -14,29 +14,8 @@ cd "$(dirname "$0")/.."
 
 SECONDS_TO_RUN=${1:-10}
 CONCURRENCY=${2:-64}
-BIN=${SPILLWAY_BIN:-target/release/spillway}
-[ -x "$BIN" ] || cargo build --release --quiet
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "timed out waiting for port $1" >&2
-  return 1
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 storm() { # URL NAME
   "$BIN" storm --url "$1" --mode closed --concurrency "$CONCURRENCY" \
@@ -57,42 +36,10 @@ BARE=$(free_port)
 PIDS+=($!)
 WEBHOOK=$(free_port)
 ADMIN=$(free_port)
-cat >"$WORK/pipeline.yaml" <<EOF
-apiVersion: argoproj.io/v1alpha1
-kind: EventBus
-metadata:
-  name: default
-spec:
-  jetstream:
+log_pipeline default "  jetstream:
     settings: |
       max_msgs: 10000000
-      max_bytes: 4GiB
----
-apiVersion: argoproj.io/v1alpha1
-kind: EventSource
-metadata:
-  name: shop
-spec:
-  webhook:
-    orders:
-      port: "$WEBHOOK"
-      endpoint: /orders
-      method: POST
----
-apiVersion: argoproj.io/v1alpha1
-kind: Sensor
-metadata:
-  name: orders
-spec:
-  dependencies:
-    - name: order
-      eventSourceName: shop
-      eventName: orders
-  triggers:
-    - template:
-        name: record
-        log: {}
-EOF
+      max_bytes: 4GiB" "$WEBHOOK" >"$WORK/pipeline.yaml"
 RUST_LOG=warn "$BIN" run -f "$WORK/pipeline.yaml" --admin "127.0.0.1:$ADMIN" \
   --data-dir "$WORK/data" >"$WORK/spillway.log" 2>&1 &
 PIDS+=($!)

@@ -20,29 +20,8 @@ cd "$(dirname "$0")/.."
 SECONDS_TO_RUN=${1:-20}
 CONCURRENCY=${2:-64}
 NATS=${NATS_SERVER:-/usr/sbin/nats-server}
-BIN=${SPILLWAY_BIN:-target/release/spillway}
-[ -x "$BIN" ] || cargo build --release --quiet
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_http() {
-  for _ in $(seq 1 200); do
-    curl -fs "$1" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "timed out waiting for $1" >&2
-  return 1
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 # Sum of one metric series over the given admin ports.
 metric_sum() {
@@ -55,47 +34,6 @@ metric_sum() {
   echo "$total"
 }
 
-pipeline() { # NATS_URL WEBHOOK_PORT STREAM
-  cat <<EOF
-apiVersion: argoproj.io/v1alpha1
-kind: EventBus
-metadata:
-  name: $3
-spec:
-  jetstream:
-    url: $1
-    settings: |
-      max_msgs: 1000000
-      max_bytes: 1GiB
----
-apiVersion: argoproj.io/v1alpha1
-kind: EventSource
-metadata:
-  name: shop
-spec:
-  webhook:
-    orders:
-      port: "$2"
-      endpoint: /orders
-      method: POST
----
-apiVersion: argoproj.io/v1alpha1
-kind: Sensor
-metadata:
-  name: orders
-spec:
-  dependencies:
-    - name: order
-      eventSourceName: shop
-      eventName: orders
-  triggers:
-    - template:
-        name: record
-        log: {}
-      flowControl:
-        maxInFlight: 64
-EOF
-}
 
 NATS_PORT=$(free_port)
 "$NATS" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
@@ -119,7 +57,11 @@ for INSTANCES in 1 2; do
   for i in $(seq 1 "$INSTANCES"); do
     WEBHOOK=$(free_port)
     ADMIN=$(free_port)
-    pipeline "nats://127.0.0.1:$NATS_PORT" "$WEBHOOK" "$STREAM" >"$WORK/p-$INSTANCES-$i.yaml"
+    log_pipeline "$STREAM" "  jetstream:
+    url: nats://127.0.0.1:$NATS_PORT
+    settings: |
+      max_msgs: 1000000
+      max_bytes: 1GiB" "$WEBHOOK" 64 >"$WORK/p-$INSTANCES-$i.yaml"
     RUST_LOG=warn "$BIN" run -f "$WORK/p-$INSTANCES-$i.yaml" --admin "127.0.0.1:$ADMIN" \
       --data-dir "$WORK/data-$INSTANCES-$i" >"$WORK/spillway-$INSTANCES-$i.log" 2>&1 &
     INSTANCE_PIDS+=($!)
