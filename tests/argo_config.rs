@@ -1,9 +1,13 @@
 //! Config errors and warnings of Argo `k8s` triggers, trigger parameters
-//! and resources kept outside the Sensor (`source.file`,
+//! and resources kept outside the Sensor (`source.file`, `source.url`,
 //! `source.configmap`): each at its exact `FILE:LINE:COL`.
 
-use spillway::config::{self, Diagnostic, Severity};
+use spillway::config::fetch::FetchLimits;
+use spillway::config::{self, Diagnostic, LoadOptions, Severity};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A webhook source and a one-dependency sensor whose `triggers:` list is
 /// `triggers` (indented by 4). Line 11 is the first line of `triggers`.
@@ -26,11 +30,17 @@ spec:
     )
 }
 
+type Loaded = (PathBuf, Result<config::Config, Vec<Diagnostic>>);
+
 /// Writes `text` as `name` in `dir` and loads it.
-fn load(dir: &Path, name: &str, text: &str) -> (PathBuf, Result<config::Config, Vec<Diagnostic>>) {
+fn load(dir: &Path, name: &str, text: &str) -> Loaded {
+    load_with(dir, name, text, LoadOptions::default())
+}
+
+fn load_with(dir: &Path, name: &str, text: &str, options: LoadOptions) -> Loaded {
     let file = dir.join(name);
     std::fs::write(&file, text).expect("write config");
-    let result = config::load(std::slice::from_ref(&file));
+    let result = config::load_with(std::slice::from_ref(&file), options);
     (file, result)
 }
 
@@ -42,7 +52,12 @@ fn render(diagnostics: &[Diagnostic]) -> Vec<String> {
 /// Loading `triggers` must fail with exactly one error per `want` entry
 /// `(file, line, col, substrings)`, in order.
 fn expect_errors(dir: &Path, text: &str, want: &[(Option<&Path>, u32, u32, &[&str])]) {
-    let (file, result) = load(dir, "sensor.yaml", text);
+    assert_errors(load(dir, "sensor.yaml", text), want);
+}
+
+/// The loaded config must have failed with exactly one error per `want`
+/// entry, as for [`expect_errors`].
+fn assert_errors((file, result): Loaded, want: &[(Option<&Path>, u32, u32, &[&str])]) {
     let diagnostics = match result {
         Ok(_) => panic!("expected errors, the config loaded"),
         Err(diagnostics) => diagnostics,
@@ -117,39 +132,26 @@ fn k8s_resource_kinds_and_operations() {
                 None,
                 31,
                 11,
-                &["k8s trigger needs `source.resource`, `source.file` or `source.configmap`"],
+                &["k8s trigger needs `source.resource`, `source.file`, `source.url` or `source.configmap`"],
             ),
         ],
     );
 }
 
 #[test]
-fn git_and_url_sources_say_why_they_are_refused() {
+fn git_sources_say_why_they_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (source, line_col, text) in [
-        (
-            r#"git: {url: "https://example.invalid/repo.git", filePath: wf.yaml}"#,
-            (18, 13),
-            &["git", "`file`"][..],
+    expect_errors(
+        dir.path(),
+        &sensor(
+            "    - template:\n        name: remote\n        k8s:\n          source:\n            git: {url: \"https://example.invalid/repo.git\", filePath: wf.yaml}\n",
         ),
-        (
-            r#"url: {path: "https://example.invalid/wf.yaml", verifyCert: true}"#,
-            (18, 13),
-            &["fetched at start-up", "use `file`"][..],
-        ),
-    ] {
-        expect_errors(
-            dir.path(),
-            &sensor(&format!(
-                "    - template:\n        name: remote\n        k8s:\n          source:\n            {source}\n"
-            )),
-            &[
-                // The source it has is not one spillway reads, so it has none.
-                (None, 17, 11, &["k8s trigger needs `source.resource`"]),
-                (None, line_col.0, line_col.1, text),
-            ],
-        );
-    }
+        &[
+            // The source it has is not one spillway reads, so it has none.
+            (None, 17, 11, &["k8s trigger needs `source.resource`"]),
+            (None, 18, 13, &["git", "`file`"]),
+        ],
+    );
 }
 
 #[test]
@@ -364,4 +366,296 @@ fn a_dlq_trigger_may_keep_its_resource_in_a_file() {
         .value;
     let k8s = &dlq.template.k8s.as_ref().expect("k8s").value;
     assert_eq!(k8s.resource_kind(), "ConfigMap");
+}
+
+/// A Workflow carrying its own templates, as served by [`ResourceServer`].
+const SERVED_WORKFLOW: &str = "apiVersion: argoproj.io/v1alpha1
+kind: Workflow
+metadata: {generateName: served-}
+spec:
+  templates:
+    - name: main
+      container: {command: [echo, served]}
+";
+
+/// An HTTP server on an ephemeral port serving trigger resources:
+/// `/wf.yaml` ([`SERVED_WORKFLOW`], counted), `/misspelt.yaml` (a Workflow
+/// with `contianer` on line 6), `/not-yaml` (an unclosed flow sequence),
+/// `/big` (one byte over the cap, with `Content-Length`), `/big-chunked`
+/// (the same without it), `/slow` (never answers); anything else is 404.
+struct ResourceServer {
+    base: String,
+    workflow_requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResourceServer {
+    async fn start() -> ResourceServer {
+        use axum::routing::get;
+        let workflow_requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&workflow_requests);
+        let over_cap = config::MAX_RESOURCE_FILE as usize + 1;
+        let app = axum::Router::new()
+            .route(
+                "/wf.yaml",
+                get(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async { SERVED_WORKFLOW }
+                }),
+            )
+            .route(
+                "/misspelt.yaml",
+                get(|| async {
+                    "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nspec:\n  templates:\n    - name: main\n      contianer: {command: [ls]}\n"
+                }),
+            )
+            .route(
+                "/not-yaml",
+                get(|| async { "kind: Workflow\nspec: [unclosed\n" }),
+            )
+            .route("/big", get(move || async move { "#".repeat(over_cap) }))
+            .route(
+                "/big-chunked",
+                get(move || async move {
+                    // Streamed in 64 KiB chunks: no Content-Length to refuse early.
+                    let chunks = (0..over_cap.div_ceil(65536)).map(move |i| {
+                        let len = (over_cap - i * 65536).min(65536);
+                        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(vec![b'#'; len]))
+                    });
+                    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+                }),
+            )
+            .route("/slow", get(|| std::future::pending::<&'static str>()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ResourceServer {
+            base,
+            workflow_requests,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for ResourceServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A sensor whose one trigger is a `k8s` trigger with `source.url: {url}`
+/// (flow mapping text) on line 18, column 13.
+fn url_trigger(url: &str) -> String {
+    sensor(&format!(
+        "    - template:\n        name: from-url\n        k8s:\n          source:\n            url: {url}\n"
+    ))
+}
+
+/// Loads `text` on a blocking thread: the fetch must not wait on the
+/// runtime that serves the resource (a SIGHUP reload loads the same way).
+async fn load_blocking(dir: &Path, text: String, options: LoadOptions) -> Loaded {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || load_with(&dir, "sensor.yaml", &text, options))
+        .await
+        .expect("load task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_source_is_fetched_once_at_load_and_its_templates_lifted() {
+    let server = ResourceServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = url_trigger(&format!("{{path: \"{}\"}}", server.url("/wf.yaml")));
+    let (_, result) = load_blocking(dir.path(), text, LoadOptions::default()).await;
+    let config = result.unwrap_or_else(|d| panic!("loads: {:#?}", render(&d)));
+    assert!(
+        config.warnings.is_empty(),
+        "{:#?}",
+        render(&config.warnings)
+    );
+    let k8s = &config.sensors[0].doc.spec.triggers[0]
+        .template
+        .k8s
+        .as_ref()
+        .expect("k8s")
+        .value;
+    let resource = &k8s.source.resource.as_ref().expect("resource").value;
+    assert_eq!(resource["kind"], "Workflow");
+    // The served templates became the WorkflowTemplate `<sensor>/<trigger>`.
+    assert_eq!(
+        resource["spec"]["workflowTemplateRef"]["name"],
+        "orders/from-url"
+    );
+    let lifted = config
+        .workflow_templates
+        .iter()
+        .find(|t| t.doc.metadata.name() == "orders/from-url")
+        .expect("lifted template");
+    assert_eq!(lifted.file, PathBuf::from(server.url("/wf.yaml")));
+    assert_eq!(server.workflow_requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_source_failures_are_errors_at_the_path() {
+    let server = ResourceServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let over = config::MAX_RESOURCE_FILE + 1;
+    let announced = format!("announced {over} bytes");
+    let cases: [(String, &[&str]); 7] = [
+        (
+            server.url("/missing"),
+            &["/missing", "answered 404 Not Found"],
+        ),
+        (server.url("/big"), &["/big", &announced]),
+        (
+            server.url("/big-chunked"),
+            &["longer than a resource may be"],
+        ),
+        (
+            format!("http://127.0.0.1:{closed_port}/wf.yaml"),
+            &["cannot connect"],
+        ),
+        ("not a url".to_string(), &["not a URL"]),
+        (
+            "ftp://example.invalid/wf.yaml".to_string(),
+            &["scheme `ftp`"],
+        ),
+        (
+            format!("http://ops:hunter2@127.0.0.1:{closed_port}/wf.yaml"),
+            &["ops:***@", "cannot connect"],
+        ),
+    ];
+    for (url, text) in cases {
+        let loaded = load_blocking(
+            dir.path(),
+            url_trigger(&format!("{{path: \"{url}\"}}")),
+            LoadOptions::default(),
+        )
+        .await;
+        let mut want = vec!["source.url"];
+        want.extend_from_slice(text);
+        if let Err(diagnostics) = &loaded.1 {
+            assert!(
+                render(diagnostics).iter().all(|d| !d.contains("hunter2")),
+                "{:#?}",
+                render(diagnostics)
+            );
+        }
+        assert_errors(loaded, &[(None, 18, 25, &want)]);
+    }
+}
+
+/// A server that accepts and never answers costs the load exactly the
+/// fetch timeout (200 ms here), then is an error at the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_that_never_answers_times_out() {
+    let server = ResourceServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LoadOptions {
+        fetch: FetchLimits {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_millis(200),
+        },
+    };
+    let text = url_trigger(&format!("{{path: \"{}\"}}", server.url("/slow")));
+    assert_errors(
+        load_blocking(dir.path(), text, options).await,
+        &[(
+            None,
+            18,
+            25,
+            &[
+                "source.url",
+                "/slow",
+                "no complete answer in time",
+                "200ms in all",
+            ],
+        )],
+    );
+}
+
+/// Errors inside the fetched document are reported at `URL:LINE:COL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_inside_a_fetched_document_are_at_url_line_col() {
+    let server = ResourceServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let misspelt = PathBuf::from(server.url("/misspelt.yaml"));
+    assert_errors(
+        load_blocking(
+            dir.path(),
+            url_trigger(&format!("{{path: \"{}\"}}", misspelt.display())),
+            LoadOptions::default(),
+        )
+        .await,
+        &[
+            (Some(&misspelt), 5, 13, &["needs `container` or `script`"]),
+            (
+                Some(&misspelt),
+                6,
+                7,
+                &["contianer", "did you mean `container`"],
+            ),
+        ],
+    );
+    let not_yaml = PathBuf::from(server.url("/not-yaml"));
+    assert_errors(
+        load_blocking(
+            dir.path(),
+            url_trigger(&format!("{{path: \"{}\"}}", not_yaml.display())),
+            LoadOptions::default(),
+        )
+        .await,
+        &[(Some(&not_yaml), 2, 7, &["invalid YAML", "unclosed bracket"])],
+    );
+}
+
+/// `verifyCert: false` is honoured, with a warning at the flag; `https`
+/// is attempted (here against a plain-HTTP server, so the TLS handshake
+/// fails and says so at the path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_cert_false_warns_and_https_is_spoken() {
+    let server = ResourceServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = format!(
+        "{{path: \"{}\", verifyCert: false}}",
+        server.url("/wf.yaml")
+    );
+    // `false` is where the flag's value starts on line 18.
+    let flag_col = 13 + "url: ".len() + source.find("false").expect("flag");
+    let text = url_trigger(&source);
+    let (_, result) = load_blocking(dir.path(), text, LoadOptions::default()).await;
+    let config = result.unwrap_or_else(|d| panic!("loads: {:#?}", render(&d)));
+    let warnings: Vec<(u32, u32)> = config
+        .warnings
+        .iter()
+        .map(|w| (w.pos.line, w.pos.col))
+        .collect();
+    assert_eq!(
+        warnings,
+        [(18, flag_col as u32)],
+        "{:#?}",
+        render(&config.warnings)
+    );
+    assert!(config.warnings[0].message.contains("not checked"));
+    let https = server.url("/wf.yaml").replacen("http://", "https://", 1);
+    assert_errors(
+        load_blocking(
+            dir.path(),
+            url_trigger(&format!("{{path: \"{https}\"}}")),
+            LoadOptions::default(),
+        )
+        .await,
+        &[(None, 18, 25, &["source.url", "https://", "cannot connect"])],
+    );
 }

@@ -1,26 +1,42 @@
-//! Trigger resources that live outside the Sensor: Argo's
-//! `source.file` and `source.configmap` (an `ArtifactLocation`).
+//! Trigger resources that live outside the Sensor: Argo's `source.file`,
+//! `source.url` and `source.configmap` (an `ArtifactLocation`).
 //!
-//! Both are read once, while the config loads (so at start-up, never per
+//! All are read **once, while the config loads** (so at start-up, never per
 //! event), and become the trigger's inline `source.resource`; from there
 //! validation and the runtime see one form only. A Workflow read this way
 //! that carries its own `spec.templates` is lifted into a WorkflowTemplate
 //! named `<sensor>/<trigger>` like an inline one.
 //!
+//! Argo reads the artifact again on every trigger invocation
+//! (`sensors/listener.go` calls `FetchResource` per run). spillway does
+//! not: a config's meaning must not change under a running sensor, and
+//! `spillway validate` must check exactly what `spillway run` will run.
+//! The price of a `url` is that start-up needs the network: an unreachable
+//! server fails the start (and a SIGHUP reload) with the reason, and a
+//! changed document is only picked up by a restart.
+//!
 //! Errors name the file (and line:column inside it) that is wrong:
 //! - `file`: the path is absolute or relative to the directory of the file
 //!   that names it; a missing, unreadable or non-YAML file is an error at
 //!   `file.path`, a bad document an error inside that file;
+//! - `url: {path, verifyCert}`: fetched with [`super::fetch`] (connect and
+//!   total timeouts, [`MAX_RESOURCE_FILE`] cap, 2xx only). A bad URL, an
+//!   unreachable or slow server, a non-2xx status or a too-large answer is
+//!   an error at `url.path`; a bad document is reported at `URL:LINE:COL`.
+//!   `verifyCert` absent means *verify* (Argo's zero value skips the check:
+//!   a safer default here); an explicit `verifyCert: false` is honoured with
+//!   a warning;
 //! - `configmap`: `{name, key}` of a ConfigMap document loaded with the
 //!   config; its value is the resource as YAML. Errors inside the value are
 //!   reported in the ConfigMap's file at the line they are on.
 //!
-//! Not done: `source.url` (a remote fetch at start-up would make a config
-//! valid or not depending on the network; download it and use `file`) and
-//! `source.git`; both are config errors that say so (see `k8s_only`).
+//! Not done: `source.git` (a repository checkout at start-up; check the
+//! file out and use `file`), `s3` and `inline`; they are config errors that
+//! say so (see `k8s_only`).
 
 use super::decode::{decode, Spanned};
 use super::diagnostic::{Diagnostic, Diagnostics, Severity};
+use super::fetch::{self, FetchLimits};
 use super::load::{embedded_origin, first_char_at, lift_workflow_spec, shift_tree, Loaded};
 use super::sensor::{ArtifactLocation, TriggerTemplate};
 use super::yaml::{parse_documents, Node, Pos, Value};
@@ -37,14 +53,15 @@ struct Outside {
     node: Node,
 }
 
-/// Turns every trigger's (and `dlqTrigger`'s) `source.file` /
-/// `source.configmap` into `source.resource`, reporting what cannot be read.
-pub(super) fn resolve_sources(loaded: &mut Loaded, out: &mut Vec<Diagnostic>) {
+/// Turns every trigger's (and `dlqTrigger`'s) `source.file` / `source.url`
+/// / `source.configmap` into `source.resource`, reporting what cannot be
+/// read. URLs are fetched within `limits`.
+pub(super) fn resolve_sources(loaded: &mut Loaded, limits: FetchLimits, out: &mut Vec<Diagnostic>) {
     for index in 0..loaded.config.sensors.len() {
         let triggers = loaded.config.sensors[index].doc.spec.triggers.len();
         for t in 0..triggers {
-            resolve_one(loaded, index, t, false, out);
-            resolve_one(loaded, index, t, true, out);
+            resolve_one(loaded, index, t, false, limits, out);
+            resolve_one(loaded, index, t, true, limits, out);
         }
     }
 }
@@ -72,7 +89,14 @@ fn source_mut(template: &mut TriggerTemplate) -> Option<&mut ArtifactLocation> {
     }
 }
 
-fn resolve_one(loaded: &mut Loaded, index: usize, t: usize, dlq: bool, out: &mut Vec<Diagnostic>) {
+fn resolve_one(
+    loaded: &mut Loaded,
+    index: usize,
+    t: usize,
+    dlq: bool,
+    limits: FetchLimits,
+    out: &mut Vec<Diagnostic>,
+) {
     let sensor_file = loaded.config.sensors[index].file.clone();
     let sensor_name = loaded.config.sensors[index].doc.metadata.name().to_string();
     let Some(template) = template_mut(loaded, index, t, dlq) else {
@@ -83,7 +107,7 @@ fn resolve_one(loaded: &mut Loaded, index: usize, t: usize, dlq: bool, out: &mut
         return;
     };
     let source = source.clone();
-    let Some((outside, at)) = read_source(&source, &sensor_file, loaded, out) else {
+    let Some((outside, at)) = read_source(&source, &sensor_file, loaded, limits, out) else {
         return;
     };
     let diags = Diagnostics::default();
@@ -110,7 +134,7 @@ fn resolve_one(loaded: &mut Loaded, index: usize, t: usize, dlq: bool, out: &mut
     }
     diags.drain_into(&outside.file, out);
     if let Some(source) = template_mut(loaded, index, t, dlq).and_then(source_mut) {
-        // Positions of the resource point at `file:`/`configmap:` in the
+        // Positions of the resource point at `file:`/`url:`/`configmap:` in the
         // Sensor, where validation reports about it.
         source.resource = Some(Spanned::new(value, at));
     }
@@ -122,6 +146,7 @@ fn read_source(
     source: &ArtifactLocation,
     sensor_file: &Path,
     loaded: &Loaded,
+    limits: FetchLimits,
     out: &mut Vec<Diagnostic>,
 ) -> Option<(Outside, Pos)> {
     let error = |out: &mut Vec<Diagnostic>, file: &Path, pos: Pos, message: String| {
@@ -132,6 +157,40 @@ fn read_source(
             message,
         });
     };
+    if let Some(spec) = &source.url {
+        let written = &spec.value.path;
+        let shown = fetch::shown(&written.value);
+        let verify_cert = match &spec.value.verify_cert {
+            Some(verify) if !verify.value => {
+                out.push(Diagnostic {
+                    severity: Severity::Warning,
+                    file: sensor_file.to_path_buf(),
+                    pos: verify.pos,
+                    message: format!(
+                        "verifyCert: false: the certificate of {shown} is not checked, so anyone on the way can change the resource"
+                    ),
+                });
+                false
+            }
+            _ => true,
+        };
+        let text = match fetch::fetch(&written.value, verify_cert, limits) {
+            Ok(text) => text,
+            Err(why) => {
+                error(
+                    out,
+                    sensor_file,
+                    written.pos,
+                    format!("source.url {shown}: {why}"),
+                );
+                return None;
+            }
+        };
+        // Positions inside the document are reported as `URL:LINE:COL`.
+        let origin = PathBuf::from(shown);
+        let node = one_document(&text, &origin, out)?;
+        return Some((Outside { file: origin, node }, spec.pos));
+    }
     if let Some(spec) = &source.file {
         let written = &spec.value.path;
         let path = sensor_file

@@ -179,12 +179,6 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
     ),
     (
         "ArtifactLocation",
-        "url",
-        "a URL would be fetched at start-up, making the config valid or not depending on the network; \
-         download it and use `file` (or an inline `resource`)",
-    ),
-    (
-        "ArtifactLocation",
         "git",
         "git sources need network access to a repository; check the file out and use `file` (or an inline `resource`)",
     ),

@@ -9,6 +9,7 @@ use super::alerts::AlertRules;
 use super::decode::decode;
 use super::diagnostic::{Diagnostic, Diagnostics, Severity};
 use super::eventbus::{Discard, EventBus, SettingsLimits, StreamConfigLimits};
+use super::fetch::FetchLimits;
 use super::suggest::did_you_mean;
 use super::yaml::{parse_documents, Node, Pos, Value};
 use super::{validate, BusConfig, Config, Located};
@@ -54,9 +55,24 @@ pub(super) struct Loaded {
     pub template_ref_positions: HashMap<(PathBuf, Pos), Pos>,
 }
 
+/// How loading reaches beyond the files it is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Timeouts of the `source.url` fetches.
+    pub fetch: FetchLimits,
+}
+
 /// Loads and checks `files`. Returns the config and its warnings, or every
 /// diagnostic (errors and warnings) when there is at least one error.
 pub fn load<P: AsRef<Path>>(files: &[P]) -> Result<Config, Vec<Diagnostic>> {
+    load_with(files, LoadOptions::default())
+}
+
+/// [`load`] with explicit [`LoadOptions`].
+pub fn load_with<P: AsRef<Path>>(
+    files: &[P],
+    options: LoadOptions,
+) -> Result<Config, Vec<Diagnostic>> {
     let mut loaded = Loaded::default();
     let mut diagnostics = Vec::new();
     for file in files {
@@ -71,7 +87,7 @@ pub fn load<P: AsRef<Path>>(files: &[P]) -> Result<Config, Vec<Diagnostic>> {
             }),
         }
     }
-    super::artifact::resolve_sources(&mut loaded, &mut diagnostics);
+    super::artifact::resolve_sources(&mut loaded, options.fetch, &mut diagnostics);
     validate::check(&mut loaded, &mut diagnostics);
     diagnostics.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
     if diagnostics.iter().any(|d| d.severity == Severity::Error) {

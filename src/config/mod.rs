@@ -11,7 +11,10 @@
 //!   Argo fields are warnings ([`k8s_only`]);
 //! - cross references are checked: sensor dependencies name existing event
 //!   sources and events, semaphores name existing ConfigMap keys holding a
-//!   positive integer, workflow triggers name loaded WorkflowTemplates.
+//!   positive integer, workflow triggers name loaded WorkflowTemplates;
+//! - trigger resources kept outside the Sensor (`source.file`, `source.url`,
+//!   `source.configmap`) are read here, once, bounded in time and size
+//!   ([`fetch`]), so what loads is exactly what runs.
 //!
 //! It never panics on bad input.
 
@@ -22,6 +25,7 @@ pub mod decode;
 pub mod diagnostic;
 pub mod eventbus;
 pub mod eventsource;
+pub mod fetch;
 pub mod flow_control;
 pub mod k8s_only;
 mod load;
@@ -32,9 +36,10 @@ pub mod values;
 pub mod workflow;
 pub mod yaml;
 
+pub use artifact::MAX_RESOURCE_FILE;
 pub use decode::Spanned;
 pub use diagnostic::{Diagnostic, Severity};
-pub use load::load;
+pub use load::{load, load_with, LoadOptions};
 
 use std::path::PathBuf;
 

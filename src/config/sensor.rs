@@ -507,9 +507,10 @@ impl K8sTrigger {
 }
 
 /// Where a trigger's resource comes from: inline `resource`, a `file` read
-/// at load, or a `configmap` key of a ConfigMap document loaded with the
-/// config. The loader turns `file` and `configmap` into `resource` (see
-/// `config::artifact`), so everything after loading reads `resource` only.
+/// at load, a `url` fetched at load, or a `configmap` key of a ConfigMap
+/// document loaded with the config. The loader turns `file`, `url` and
+/// `configmap` into `resource` (see `config::artifact`), so everything after
+/// loading reads `resource` only.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactLocation {
@@ -519,6 +520,27 @@ pub struct ArtifactLocation {
     pub file: Option<Spanned<FileArtifact>>,
     /// Argo `ConfigMapKeySelector`: a ConfigMap key whose value is the resource.
     pub configmap: Option<Spanned<ConfigMapKeySelector>>,
+    /// Argo `URLArtifact`: an http(s) URL serving the resource.
+    pub url: Option<Spanned<UrlArtifact>>,
+}
+
+impl ArtifactLocation {
+    /// Whether the resource is read from outside the Sensor (`file`, `url`
+    /// or `configmap`): when that fails the loader has reported it.
+    pub fn is_loaded_elsewhere(&self) -> bool {
+        self.file.is_some() || self.url.is_some() || self.configmap.is_some()
+    }
+}
+
+/// Argo `URLArtifact`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlArtifact {
+    /// The `http://` or `https://` URL.
+    pub path: Spanned<String>,
+    /// Check the server's certificate. Absent means `true` here (Argo's
+    /// zero value skips the check; see `config::artifact`).
+    pub verify_cert: Option<Spanned<bool>>,
 }
 
 /// Argo `FileArtifact`.

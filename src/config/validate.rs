@@ -572,9 +572,9 @@ fn check_trigger(
             .value
             .source
             .as_ref()
-            .is_some_and(|s| s.file.is_some() || s.configmap.is_some());
+            .is_some_and(|s| s.is_loaded_elsewhere());
         match resource {
-            // A `file` or `configmap` that did not load was reported by the loader.
+            // A `file`, `url` or `configmap` that did not load was reported by the loader.
             None if loaded_elsewhere => {}
             None => report.error(
                 file,
@@ -597,12 +597,12 @@ fn check_trigger(
         }
         let source = &k8s.value.source;
         match &source.resource {
-            // A `file` or `configmap` that did not load was reported by the loader.
-            None if source.file.is_some() || source.configmap.is_some() => {}
+            // A `file`, `url` or `configmap` that did not load was reported by the loader.
+            None if source.is_loaded_elsewhere() => {}
             None => report.error(
                 file,
                 k8s.pos,
-                "k8s trigger needs `source.resource`, `source.file` or `source.configmap`",
+                "k8s trigger needs `source.resource`, `source.file`, `source.url` or `source.configmap`",
             ),
             Some(resource) => {
                 let kind = resource
