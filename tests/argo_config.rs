@@ -425,7 +425,7 @@ impl ResourceServer {
                     axum::body::Body::from_stream(futures_util::stream::iter(chunks))
                 }),
             )
-            .route("/slow", get(|| std::future::pending::<&'static str>()));
+            .route("/slow", get(std::future::pending::<&'static str>));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
