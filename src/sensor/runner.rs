@@ -821,9 +821,7 @@ impl RunnerInner {
             .duration_since(message.published_at)
             .unwrap_or(Duration::ZERO);
         self.metrics.event_age(&self.sensor, age);
-        // A redelivery after the retries were used up goes straight to the
-        // DLQ: the trigger already had its `steps` attempts.
-        if self.at_least_once && attempt > self.retry.steps && self.dlq.is_some() {
+        if self.retries_used_up(attempt) {
             drop(slot);
             self.dead_letter(seq, &dependency, &event, "retries used up")
                 .await;
@@ -987,6 +985,15 @@ impl RunnerInner {
                 tracing::warn!(sensor = %self.sensor, trigger = %self.trigger_name, id = %event.context.id, "trigger and DLQ trigger failed; event was acked before the trigger (atLeastOnce: false) and is dropped: {err}");
             }
         }
+    }
+
+    /// Whether an event delivered `delivery_count` times goes straight to
+    /// the DLQ trigger without running the trigger again: it already had
+    /// its `steps` attempts (its DLQ hand-off failed, or the process stopped
+    /// before settling it). Without a DLQ trigger such an event runs again
+    /// and `onReject` decides after the attempt.
+    fn retries_used_up(&self, delivery_count: u32) -> bool {
+        self.at_least_once && self.dlq.is_some() && delivery_count > self.retry.steps
     }
 
     /// Hands an event whose trigger gave up to the DLQ trigger: acked when

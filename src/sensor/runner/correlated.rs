@@ -33,12 +33,23 @@
 //! A run takes a concurrency slot and passes the rate limits and slow start
 //! like any invocation; its events are acked only after the outcome:
 //! - success: all of them are acked, counted once as `success`;
-//! - retryable failure with steps left: all of them are put back on the bus
-//!   with the backoff delay (`nak`), counted once as `retry`; they come back
-//!   as separate events and are correlated again. The attempt of a run is
-//!   the highest delivery count among its events;
-//! - otherwise each event is settled as a single event would be (`onReject`,
-//!   `dlqTrigger` — one DLQ call per event —, or terminated).
+//! - failure: **each event is judged by its own delivery count** (its own
+//!   attempt), never by its partners'. An event with steps left is put back
+//!   on the bus with its own backoff delay (`nak`); it comes back as a
+//!   separate event and is correlated again (maybe with other partners).
+//!   An event without steps left, or any event after a permanent failure,
+//!   is settled as a single event would be (`onReject`, `dlqTrigger` — one
+//!   DLQ call per event —, or terminated). A run counts `retry` once when
+//!   at least one of its events goes back for another attempt; the events
+//!   given up are counted one by one, as single events are.
+//!
+//! So an event redelivered many times never drags fresh partners to the
+//! DLQ with it (they keep their own steps), and a fresh partner never buys
+//! a spent event more attempts (it is given up after its own `steps`).
+//! With a `dlqTrigger`, an event fetched with its steps already used up (its
+//! DLQ hand-off failed, or the process stopped mid-run) goes to the DLQ
+//! trigger when it is fetched, holding a concurrency slot for the call: it
+//! does not wait in a queue and takes no partner's run.
 //!
 //! With `atLeastOnce: false` the events are acked when the run starts and
 //! retried in memory, as for a single event.
@@ -53,6 +64,7 @@ use crate::event::Event;
 use crate::sensor::condition::Condition;
 use crate::sources::calendar::Schedule;
 use crate::telemetry::{LogThrottle, TriggerOutcome};
+use crate::triggers::TriggerError;
 use chrono::{DateTime, Utc};
 use spillway_bus::Received;
 use spillway_flowctl::AcquireError;
@@ -280,13 +292,31 @@ impl TriggerRunner {
                     // the waiting copy holds it; no duplicate run.
                     continue;
                 }
-                let (dependency, queue) = &mut queues.queues[index];
                 let mut ready = ready;
-                ready.dependency = dependency.clone();
+                ready.dependency = queues.queues[index].0.clone();
                 // The event as this dependency's own transform left it.
-                if let Some((_, event)) = candidates.into_iter().find(|(d, _)| d == dependency) {
+                if let Some((_, event)) =
+                    candidates.into_iter().find(|(d, _)| *d == ready.dependency)
+                {
                     ready.event = event;
                 }
+                if inner.retries_used_up(ready.message.delivery_count) {
+                    let mut held = queues.seqs();
+                    held.push(seq);
+                    held.extend(unsorted.iter().copied());
+                    let Some(slot) = inner.acquire_slot(&shutdown, &held).await else {
+                        break 'run;
+                    };
+                    let inner = Arc::clone(&inner);
+                    tasks.spawn(async move {
+                        let _slot = slot;
+                        inner
+                            .dead_letter(seq, &ready.dependency, &ready.event, "retries used up")
+                            .await;
+                    });
+                    continue;
+                }
+                let (dependency, queue) = &mut queues.queues[index];
                 if queue.len() >= correlation.max_events.max(1) {
                     if let Some(oldest) = queue.pop_front() {
                         inner
@@ -403,30 +433,12 @@ impl RunnerInner {
         shutdown: CancellationToken,
     ) {
         let seqs: Vec<u64> = group.iter().map(|r| r.message.seq).collect();
-        let attempt = group
-            .iter()
-            .map(|r| r.message.delivery_count)
-            .max()
-            .unwrap_or(1);
         let first_delivered = group.iter().map(|r| r.delivered).min();
         for ready in &group {
             let age = SystemTime::now()
                 .duration_since(ready.message.published_at)
                 .unwrap_or(Duration::ZERO);
             self.metrics.event_age(&self.sensor, age);
-        }
-        if self.at_least_once && attempt > self.retry.steps && self.dlq.is_some() {
-            drop(slot);
-            for ready in &group {
-                self.dead_letter(
-                    ready.message.seq,
-                    &ready.dependency,
-                    &ready.event,
-                    "retries used up",
-                )
-                .await;
-            }
-            return;
         }
         // Held until the trigger is done: the workflow's semaphore slot.
         let _running = match self.trigger.workflow_gate() {
@@ -486,31 +498,49 @@ impl RunnerInner {
                     self.settle(self.consumer.ack(seq).await, seq);
                 }
             }
-            Err(err) => match self.retry.delay_for(attempt, &err) {
-                Some(delay) => {
-                    self.count(TriggerOutcome::Retry);
-                    tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, attempt, ?delay, events = seqs.len(), "trigger failed, will retry: {err}");
-                    for &seq in &seqs {
-                        self.settle(self.consumer.nak(seq, delay).await, seq);
-                    }
-                }
-                None => {
-                    for ready in &group {
-                        self.give_up(
-                            ready.message.seq,
-                            attempt,
-                            &ready.dependency,
-                            &ready.event,
-                            &err,
-                        )
-                        .await;
-                    }
-                }
-            },
+            Err(err) => self.settle_failed_group(&group, &err).await,
         }
         if let Some(delivered) = first_delivered {
             self.metrics
                 .sensor_processing(&self.sensor, delivered.elapsed());
         }
+    }
+
+    /// Settles every event of a failed run by its own attempt (its delivery
+    /// count): back to the bus with its backoff while it has steps left,
+    /// else given up as a single event would be (see the module docs).
+    async fn settle_failed_group(&self, group: &[Ready], err: &TriggerError) {
+        let mut given_up = Vec::new();
+        let mut retried = 0;
+        for ready in group {
+            let (seq, attempt) = (ready.message.seq, ready.message.delivery_count);
+            match self.retry.delay_for(attempt, err) {
+                Some(delay) => {
+                    tracing::debug!(sensor = %self.sensor, trigger = %self.trigger_name, id = %ready.event.context.id, attempt, ?delay, "trigger failed, event will be retried: {err}");
+                    self.settle(self.consumer.nak(seq, delay).await, seq);
+                    retried += 1;
+                }
+                None => given_up.push(ready),
+            }
+        }
+        if retried > 0 {
+            self.count(TriggerOutcome::Retry);
+        }
+        // The events given up wait for each other's DLQ calls: keep them alive.
+        let held: Vec<u64> = given_up.iter().map(|r| r.message.seq).collect();
+        self.keep_alive_during(&held, async {
+            for ready in given_up {
+                let attempt = ready.message.delivery_count;
+                self.give_up(
+                    ready.message.seq,
+                    attempt,
+                    &ready.dependency,
+                    &ready.event,
+                    err,
+                )
+                .await;
+            }
+        })
+        .await;
     }
 }

@@ -13,6 +13,8 @@ struct Runs {
     runs: Mutex<Vec<Vec<(String, u64)>>>,
     /// Fail (retryably) this many runs first.
     fail_first: AtomicUsize,
+    /// Fail (retryably) every run that has this `(dependency, n)`.
+    poison: Option<(&'static str, u64)>,
 }
 
 impl Runs {
@@ -28,7 +30,7 @@ impl CustomTrigger for Runs {
     }
 
     async fn invoke_matched(&self, matched: &Matched<'_>) -> Result<(), TriggerError> {
-        let run = matched
+        let run: Vec<(String, u64)> = matched
             .iter()
             .map(|(d, e)| {
                 (
@@ -37,11 +39,15 @@ impl CustomTrigger for Runs {
                 )
             })
             .collect();
+        let poisoned = self
+            .poison
+            .is_some_and(|(d, n)| run.iter().any(|(rd, rn)| rd == d && *rn == n));
         self.runs.lock().push(run);
-        let failing = self
-            .fail_first
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok();
+        let failing = poisoned
+            || self
+                .fail_first
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
         if failing {
             return Err(TriggerError::Retryable {
                 message: "down".into(),
@@ -95,6 +101,16 @@ impl Correlated {
         limits: TriggerLimits,
         runs: Arc<Runs>,
     ) -> Correlated {
+        Self::start_with_dlq(correlation, limits, runs, None).await
+    }
+
+    /// With `dlq` as the `dlqTrigger`.
+    async fn start_with_dlq(
+        correlation: Correlation,
+        limits: TriggerLimits,
+        runs: Arc<Runs>,
+        dlq: Option<Arc<Runs>>,
+    ) -> Correlated {
         let bus = MemoryBus::new(Limits::default());
         let metrics = Arc::new(Metrics::new());
         let dependencies: Vec<DependencyMatcher> = correlation
@@ -116,7 +132,7 @@ impl Correlated {
             "joined",
             dependencies,
             Trigger::Custom(Arc::clone(&runs) as Arc<dyn CustomTrigger>),
-            None,
+            dlq.map(|dlq| Trigger::Custom(dlq as Arc<dyn CustomTrigger>)),
             Arc::clone(&consumer),
             limits,
             Arc::clone(&metrics),
@@ -413,5 +429,150 @@ async fn at_least_once_false_acks_the_pair_first_and_retries_in_memory() {
     assert_eq!(joined.runs.runs(), [pair.clone(), pair]);
     assert_eq!(invocations(&joined.metrics, "joined", "success"), 1);
     assert_eq!(joined.consumer.stats().redelivered, 0);
+    joined.stop().await;
+}
+
+/// Retries every second, `steps` attempts per event.
+fn retrying(steps: u32, on_reject: RejectPolicy) -> TriggerLimits {
+    TriggerLimits {
+        retry: RetryPolicy {
+            steps,
+            duration: Duration::from_secs(1),
+            ..RetryPolicy::default()
+        },
+        on_reject,
+        ..limits(4)
+    }
+}
+
+/// `a0` makes every run fail; `b0`, `b1`, `b2` wait with it. Each retry
+/// of `a0` pairs it with the next fresh `b` (FIFO; a `b` back from its
+/// own retry queues behind the others), so its third run has a `b2` that
+/// never ran before:
+///   run 1 (a0#1, b0#1), run 2 (a0#2, b1#1), run 3 (a0#3, b2#1).
+/// After run 3 `a0` has used its 3 steps and is given up (`given_up`
+/// says how: DLQ trigger or `onReject: drop`); `b2` is judged by its own
+/// first attempt and retried, so all three `b`s later pair with fresh
+/// `a`s and succeed. Judged by the run's highest count, `b2` would have
+/// been given up with `a0` after a single attempt.
+async fn spent_and_fresh_events_are_judged_apart(dlq: bool) {
+    let runs = Arc::new(Runs {
+        poison: Some(("a", 0)),
+        ..Runs::default()
+    });
+    let dead_letters = Arc::new(Runs::default());
+    let on_reject = if dlq {
+        RejectPolicy::Error
+    } else {
+        RejectPolicy::Drop
+    };
+    let joined = Correlated::start_with_dlq(
+        correlation("a && b", &["a", "b"]),
+        retrying(3, on_reject),
+        runs,
+        dlq.then(|| Arc::clone(&dead_letters)),
+    )
+    .await;
+    publish(&joined.bus, "a", 0).await;
+    for n in 0..3 {
+        publish(&joined.bus, "b", n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        joined.runs.runs(),
+        [
+            run(&[("a", 0), ("b", 0)]),
+            run(&[("a", 0), ("b", 1)]),
+            run(&[("a", 0), ("b", 2)]),
+        ]
+    );
+    // Runs 1–3 each sent at least one event back: one `retry` each.
+    assert_eq!(invocations(&joined.metrics, "joined", "retry"), 3);
+    if dlq {
+        assert_eq!(dead_letters.runs(), [run(&[("a", 0)])]);
+        assert_eq!(invocations(&joined.metrics, "joined", "dlq"), 1);
+    } else {
+        assert_eq!(invocations(&joined.metrics, "joined", "dropped"), 1);
+    }
+    // The three `b`s wait, none of them given up.
+    assert_eq!(joined.unacked(), 3);
+    for n in 1..4 {
+        publish(&joined.bus, "a", n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        joined.runs.runs()[3..],
+        [
+            run(&[("a", 1), ("b", 0)]),
+            run(&[("a", 2), ("b", 1)]),
+            run(&[("a", 3), ("b", 2)]),
+        ]
+    );
+    assert_eq!(invocations(&joined.metrics, "joined", "success"), 3);
+    assert_eq!(dead_letters.runs().len(), usize::from(dlq));
+    assert_eq!(joined.unacked(), 0);
+    joined.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_event_goes_to_the_dlq_alone_and_its_fresh_partner_is_retried() {
+    spent_and_fresh_events_are_judged_apart(true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_event_is_dropped_after_its_own_steps_though_its_partner_is_fresh() {
+    spent_and_fresh_events_are_judged_apart(false).await;
+}
+
+/// With 2 steps, `a0` fails in run 1 (with `b0`) and run 2 (with `b1`),
+/// and its DLQ hand-off fails once, so it comes back a third time with its
+/// steps used up. Then it goes to the DLQ trigger as soon as it is
+/// fetched: it does not run again and does not take `b2`, which waits for
+/// a fresh `a` (judged by the run's highest count, `b2` would have gone
+/// to the DLQ with it without ever running).
+#[tokio::test(start_paused = true)]
+async fn an_event_back_after_its_steps_goes_to_the_dlq_without_taking_a_partner() {
+    let runs = Arc::new(Runs {
+        poison: Some(("a", 0)),
+        ..Runs::default()
+    });
+    let dead_letters = Arc::new(Runs {
+        fail_first: AtomicUsize::new(1),
+        ..Runs::default()
+    });
+    let joined = Correlated::start_with_dlq(
+        correlation("a && b", &["a", "b"]),
+        retrying(2, RejectPolicy::Error),
+        runs,
+        Some(Arc::clone(&dead_letters)),
+    )
+    .await;
+    publish(&joined.bus, "a", 0).await;
+    for n in 0..3 {
+        publish(&joined.bus, "b", n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        joined.runs.runs(),
+        [run(&[("a", 0), ("b", 0)]), run(&[("a", 0), ("b", 1)])]
+    );
+    // The failed hand-off, then the one that took it.
+    assert_eq!(dead_letters.runs(), [run(&[("a", 0)]), run(&[("a", 0)])]);
+    assert_eq!(invocations(&joined.metrics, "joined", "dlq"), 1);
+    assert_eq!(joined.unacked(), 3);
+    for n in 1..4 {
+        publish(&joined.bus, "a", n).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        joined.runs.runs()[2..],
+        [
+            run(&[("a", 1), ("b", 2)]),
+            run(&[("a", 2), ("b", 0)]),
+            run(&[("a", 3), ("b", 1)]),
+        ]
+    );
+    assert_eq!(invocations(&joined.metrics, "joined", "success"), 3);
+    assert_eq!(joined.unacked(), 0);
     joined.stop().await;
 }
