@@ -390,12 +390,84 @@ struct ResourceServer {
 }
 
 impl ResourceServer {
+    /// Serves over plain HTTP.
     async fn start() -> ResourceServer {
-        use axum::routing::get;
         let workflow_requests = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&workflow_requests);
-        let over_cap = config::MAX_RESOURCE_FILE as usize + 1;
-        let app = axum::Router::new()
+        let app = resource_routes(Arc::clone(&workflow_requests));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ResourceServer {
+            base,
+            workflow_requests,
+            task,
+        }
+    }
+
+    /// Serves over HTTPS with the self-signed certificate of
+    /// `tests/fixtures/self-signed-127.0.0.1.*.pem` (for 127.0.0.1, valid
+    /// for 100 years; no client trusts it).
+    async fn start_tls() -> ResourceServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        spillway::install_tls_provider();
+        let certs = CertificateDer::pem_slice_iter(include_bytes!(
+            "fixtures/self-signed-127.0.0.1.crt.pem"
+        ))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("test certificate");
+        let key =
+            PrivateKeyDer::from_pem_slice(include_bytes!("fixtures/self-signed-127.0.0.1.key.pem"))
+                .expect("test key");
+        let tls = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let workflow_requests = Arc::new(AtomicUsize::new(0));
+        let app = resource_routes(Arc::clone(&workflow_requests));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("https://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here.
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        ResourceServer {
+            base,
+            workflow_requests,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// The routes of [`ResourceServer`]; `/wf.yaml` requests are counted in
+/// `workflow_requests`.
+fn resource_routes(workflow_requests: Arc<AtomicUsize>) -> axum::Router {
+    use axum::routing::get;
+    let counter = workflow_requests;
+    let over_cap = config::MAX_RESOURCE_FILE as usize + 1;
+    axum::Router::new()
             .route(
                 "/wf.yaml",
                 get(move || {
@@ -425,24 +497,7 @@ impl ResourceServer {
                     axum::body::Body::from_stream(futures_util::stream::iter(chunks))
                 }),
             )
-            .route("/slow", get(std::future::pending::<&'static str>));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        ResourceServer {
-            base,
-            workflow_requests,
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
+            .route("/slow", get(std::future::pending::<&'static str>))
 }
 
 impl Drop for ResourceServer {
@@ -620,21 +675,33 @@ async fn errors_inside_a_fetched_document_are_at_url_line_col() {
     );
 }
 
-/// `verifyCert: false` is honoured, with a warning at the flag; `https`
-/// is attempted (here against a plain-HTTP server, so the TLS handshake
-/// fails and says so at the path).
+/// Over HTTPS with a certificate nobody trusts: refused by default
+/// (`verifyCert` absent means verify) with the reason at the path;
+/// `verifyCert: false` accepts it, with a warning at the flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_cert_false_warns_and_https_is_spoken() {
-    let server = ResourceServer::start().await;
+async fn https_verifies_the_certificate_unless_verify_cert_is_false() {
+    let server = ResourceServer::start_tls().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = format!(
-        "{{path: \"{}\", verifyCert: false}}",
-        server.url("/wf.yaml")
+    let url = server.url("/wf.yaml");
+    assert_errors(
+        load_blocking(
+            dir.path(),
+            url_trigger(&format!("{{path: \"{url}\"}}")),
+            LoadOptions::default(),
+        )
+        .await,
+        &[(
+            None,
+            18,
+            25,
+            &["source.url", "https://", "cannot connect", "UnknownIssuer"],
+        )],
     );
+    assert_eq!(server.workflow_requests.load(Ordering::SeqCst), 0);
+    let source = format!("{{path: \"{url}\", verifyCert: false}}");
     // `false` is where the flag's value starts on line 18.
     let flag_col = 13 + "url: ".len() + source.find("false").expect("flag");
-    let text = url_trigger(&source);
-    let (_, result) = load_blocking(dir.path(), text, LoadOptions::default()).await;
+    let (_, result) = load_blocking(dir.path(), url_trigger(&source), LoadOptions::default()).await;
     let config = result.unwrap_or_else(|d| panic!("loads: {:#?}", render(&d)));
     let warnings: Vec<(u32, u32)> = config
         .warnings
@@ -648,14 +715,12 @@ async fn verify_cert_false_warns_and_https_is_spoken() {
         render(&config.warnings)
     );
     assert!(config.warnings[0].message.contains("not checked"));
-    let https = server.url("/wf.yaml").replacen("http://", "https://", 1);
-    assert_errors(
-        load_blocking(
-            dir.path(),
-            url_trigger(&format!("{{path: \"{https}\"}}")),
-            LoadOptions::default(),
-        )
-        .await,
-        &[(None, 18, 25, &["source.url", "https://", "cannot connect"])],
-    );
+    assert_eq!(server.workflow_requests.load(Ordering::SeqCst), 1);
+    let k8s = &config.sensors[0].doc.spec.triggers[0]
+        .template
+        .k8s
+        .as_ref()
+        .expect("k8s")
+        .value;
+    assert_eq!(k8s.resource_kind(), "Workflow");
 }
