@@ -527,7 +527,12 @@ async fn load_blocking(dir: &Path, text: String, options: LoadOptions) -> Loaded
 async fn a_url_source_is_fetched_once_at_load_and_its_templates_lifted() {
     let server = ResourceServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = url_trigger(&format!("{{path: \"{}\"}}", server.url("/wf.yaml")));
+    // The same URL for a `k8s` and an `argoWorkflow` trigger.
+    let mut text = url_trigger(&format!("{{path: \"{}\"}}", server.url("/wf.yaml")));
+    text.push_str(&format!(
+        "    - template:\n        name: via-argo\n        argoWorkflow:\n          operation: submit\n          source: {{url: {{path: \"{}\"}}}}\n",
+        server.url("/wf.yaml")
+    ));
     let (_, result) = load_blocking(dir.path(), text, LoadOptions::default()).await;
     let config = result.unwrap_or_else(|d| panic!("loads: {:#?}", render(&d)));
     assert!(
@@ -554,7 +559,24 @@ async fn a_url_source_is_fetched_once_at_load_and_its_templates_lifted() {
         .find(|t| t.doc.metadata.name() == "orders/from-url")
         .expect("lifted template");
     assert_eq!(lifted.file, PathBuf::from(server.url("/wf.yaml")));
-    assert_eq!(server.workflow_requests.load(Ordering::SeqCst), 1);
+    let argo = &config.sensors[0].doc.spec.triggers[1]
+        .template
+        .argo_workflow
+        .as_ref()
+        .expect("argoWorkflow")
+        .value;
+    let resource = &argo
+        .source
+        .as_ref()
+        .and_then(|s| s.resource.as_ref())
+        .expect("resource")
+        .value;
+    assert_eq!(
+        resource["spec"]["workflowTemplateRef"]["name"],
+        "orders/via-argo"
+    );
+    // Once per trigger naming it, at load; running reads the resource.
+    assert_eq!(server.workflow_requests.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
