@@ -398,6 +398,9 @@ pub struct HttpTrigger {
     pub method: Option<Spanned<String>>,
     /// Builds the JSON request body from the event.
     pub payload: Option<Vec<TriggerParameter>>,
+    /// Argo: parameters applied to this spec before each request (`dest`
+    /// `url`, `method` or `headers.NAME`).
+    pub parameters: Option<Vec<TriggerParameter>>,
     pub headers: Option<BTreeMap<String, String>>,
     /// Request timeout in seconds (Argo default 60).
     pub timeout: Option<Spanned<u64>>,
