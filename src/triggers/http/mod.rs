@@ -53,12 +53,13 @@ pub enum HttpTriggerError {
 }
 
 /// Whether `dest` (relative to the http trigger's spec) names a part of
-/// the request that parameters may set: `url`, `method` or `headers.NAME`.
+/// the request that parameters may set: `url`, `method` or `headers.NAME`
+/// (a header name without `.`, which would split the dotted path).
 pub fn is_settable(dest: &str) -> bool {
     matches!(dest, "url" | "method")
-        || dest
-            .strip_prefix("headers.")
-            .is_some_and(|name| HeaderName::from_bytes(name.as_bytes()).is_ok())
+        || dest.strip_prefix("headers.").is_some_and(|name| {
+            !name.contains('.') && HeaderName::from_bytes(name.as_bytes()).is_ok()
+        })
 }
 
 /// The parts of a request that parameters can change.
@@ -282,8 +283,32 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_retry_after;
+    use super::{is_settable, parse_retry_after};
     use std::time::Duration;
+
+    #[test]
+    fn settable_dests_are_the_request_parts() {
+        for dest in [
+            "url",
+            "method",
+            "headers.X-Event-Id",
+            "headers.authorization",
+        ] {
+            assert!(is_settable(dest), "{dest}");
+        }
+        for dest in [
+            "",
+            "timeout",
+            "payload.0.dest",
+            "headers",
+            "headers.",
+            "headers.a.b",
+            "headers.bad name",
+            "urls",
+        ] {
+            assert!(!is_settable(dest), "{dest}");
+        }
+    }
 
     #[test]
     fn retry_after_forms() {
