@@ -84,8 +84,7 @@ impl Found {
         match self {
             Found::Text(text) => Value::String(text),
             Found::Key(value) if use_raw_data => value,
-            Found::Key(Value::Null) => Value::String("null".to_string()),
-            Found::Key(value) => Value::String(gjson_string(&value)),
+            Found::Key(value) => Value::String(value_text(&value)),
         }
     }
 
