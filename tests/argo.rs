@@ -174,3 +174,70 @@ async fn workflows_from_a_file_and_a_configmap_run() {
     got.sort();
     assert_eq!(got, ["bye ada", "hello ada"]);
 }
+
+/// `examples/argo/webhook-http.yaml` against real receivers: payload values
+/// are text unless `useRawData`, `http.parameters` set a header from the
+/// event, the trigger-level `http.url` parameter routes by a template (its
+/// default when the template renders nothing), and `dest: ""` forwards the
+/// webhook body as the whole request body.
+#[tokio::test]
+async fn http_triggers_apply_parameters_like_argo() {
+    let [normal, high, forwarded] = [
+        common::Receiver::start(true).await,
+        common::Receiver::start(true).await,
+        common::Receiver::start(true).await,
+    ];
+    let port = free_port();
+    let config = example("webhook-http.yaml")
+        .replace("12001", &port.to_string())
+        .replace("http://127.0.0.1:12002/hook", &normal.url)
+        .replace("http://127.0.0.1:12004/hook", &high.url)
+        .replace("http://127.0.0.1:12003/hook", &forwarded.url);
+    let spillway = Spillway::start(&config).await;
+    let orders = [
+        serde_json::json!({"id": "o-1", "total": 42, "priority": "high", "lines": [{"sku": "a"}]}),
+        serde_json::json!({"id": "o-2", "total": 7.5, "lines": []}),
+    ];
+    for order in &orders {
+        post(port, "/orders", order.clone()).await;
+    }
+    wait_until("both triggers ran for both orders", LIMIT, || async {
+        high.count().await == 1 && normal.count().await == 1 && forwarded.count().await == 2
+    })
+    .await;
+    assert_eq!(
+        high.bodies().await,
+        [
+            serde_json::json!({"order": {"id": "o-1", "total": "42", "amount": 42}, "lines": r#"[{"sku":"a"}]"#})
+        ]
+    );
+    assert_eq!(
+        normal.bodies().await,
+        [serde_json::json!({"order": {"id": "o-2", "total": "7.5", "amount": 7.5}, "lines": "[]"})]
+    );
+    let mut bodies = forwarded.bodies().await;
+    bodies.sort_by_key(|b| b["id"].as_str().map(str::to_string));
+    assert_eq!(bodies, orders);
+    // The header is the event's id: a UUID, one per event.
+    let mut ids = Vec::new();
+    for receiver in [&high, &normal] {
+        let headers = receiver.headers().await;
+        let id = headers[0]
+            .get("x-event-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "X-Event-Id {id:?}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    let metrics = spillway.metrics().await;
+    assert_eq!(
+        invocations(&metrics, "orders-http", "notify", "success"),
+        2.0
+    );
+    assert_eq!(
+        invocations(&metrics, "orders-http", "forward", "success"),
+        2.0
+    );
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A webhook source and a one-dependency sensor whose `triggers:` list is
-/// `triggers` (indented by 4). Line 11 is the first line of `triggers`.
+/// `triggers` (indented by 4). Line 14 is the first line of `triggers`.
 fn sensor(triggers: &str) -> String {
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
@@ -745,4 +745,103 @@ async fn https_verifies_the_certificate_unless_verify_cert_is_false() {
         .expect("k8s")
         .value;
     assert_eq!(k8s.resource_kind(), "Workflow");
+}
+
+/// http triggers read parameters into `url`, `method` and `headers.NAME`
+/// (`http.` before them for trigger-level ones); any other `dest` would be
+/// ignored, so it is an error at its position. A payload parameter may
+/// have an empty `dest` (its value is the whole body, as in Argo).
+#[test]
+fn http_parameter_dests_are_checked_at_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    expect_errors(
+        dir.path(),
+        &sensor(
+            r#"    - template:
+        name: call
+        http:
+          url: http://127.0.0.1:1/hook
+          parameters:
+            - {src: {dependencyName: order, dataKey: body.url}, dest: url}
+            - {src: {dependencyName: order, value: PUT}, dest: method}
+            - {src: {dependencyName: order, contextKey: id}, dest: headers.X-Event-Id}
+            - {src: {dependencyName: order, value: "9"}, dest: timeout}
+            - {src: {dependencyName: order, value: x}, dest: "headers.bad header"}
+          payload:
+            - {src: {dependencyName: order, dataKey: body, useRawData: true}, dest: ""}
+      parameters:
+        - {src: {dependencyName: order, dataKey: body.path}, dest: http.url, operation: append}
+        - {src: {dependencyName: order, value: x}, dest: url}
+        - {src: {dependencyName: order, value: x}, dest: http.payload.0.dest}
+"#,
+        ),
+        &[
+            (
+                None,
+                22,
+                64,
+                &["dest \"timeout\"", "`url`, `method` or `headers.NAME`"],
+            ),
+            (None, 23, 62, &["dest \"headers.bad header\""]),
+            (
+                None,
+                28,
+                58,
+                &["dest \"url\"", "`http.url`", "`http.headers.NAME`"],
+            ),
+            (None, 29, 58, &["dest \"http.payload.0.dest\""]),
+        ],
+    );
+    // The same parameters with settable dests load.
+    let (_, loaded) = load(
+        dir.path(),
+        "ok.yaml",
+        &sensor(
+            r#"    - template:
+        name: call
+        http:
+          url: http://127.0.0.1:1/hook
+          parameters:
+            - {src: {dependencyName: order, contextKey: id}, dest: headers.X-Event-Id}
+      parameters:
+        - {src: {dependencyName: order, dataKey: body.path}, dest: http.url, operation: append}
+"#,
+        ),
+    );
+    if let Err(diagnostics) = loaded {
+        panic!("expected to load:\n{:#?}", render(&diagnostics));
+    }
+}
+
+/// A workflow trigger reads trigger-level parameters into its resource
+/// only; a `dest` elsewhere is refused at load, not when the sensor starts.
+#[test]
+fn workflow_trigger_level_dests_must_point_into_the_resource() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    expect_errors(
+        dir.path(),
+        &sensor(
+            r#"    - template:
+        name: run
+        argoWorkflow:
+          source:
+            resource:
+              apiVersion: argoproj.io/v1alpha1
+              kind: Workflow
+              spec: {templates: [{name: main, container: {command: ["true"]}}]}
+      parameters:
+        - {src: {dependencyName: order, dataKey: body.id}, dest: argoWorkflow.source.resource.metadata.name}
+        - {src: {dependencyName: order, dataKey: body.id}, dest: spec.arguments.parameters.0.value}
+"#,
+        ),
+        &[(
+            None,
+            24,
+            66,
+            &[
+                "dest \"spec.arguments.parameters.0.value\"",
+                "`argoWorkflow.source.resource.`",
+            ],
+        )],
+    );
 }

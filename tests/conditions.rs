@@ -48,7 +48,7 @@ spec:
           payload:
             - src: {{dependencyName: order-placed, dataKey: body.id}}
               dest: order
-            - src: {{dependencyName: payment-received, dataKey: body.amount}}
+            - src: {{dependencyName: payment-received, dataKey: body.amount, useRawData: true}}
               dest: amount
       flowControl:
         correlation:

@@ -1660,6 +1660,65 @@ spec:
     );
 }
 
+/// A postgres trigger whose `conditions` can run it without the event a
+/// parameter reads would write NULL there: a warning per such dependency,
+/// at its first parameter without a default. `&&` (or no `conditions`)
+/// requires every event, and a default `value` fills the gap: no warning.
+#[test]
+fn postgres_parameters_of_dependencies_conditions_do_not_require_warn() {
+    let sensor = |conditions: &str| {
+        format!(
+            r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders: {{port: "12000", endpoint: /orders}}
+    payments: {{port: "12000", endpoint: /payments}}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - {{name: order, eventSourceName: shop, eventName: orders}}
+    - {{name: payment, eventSourceName: shop, eventName: payments}}
+  triggers:
+    - template:
+        name: store
+{conditions}        postgres:
+          url: postgres://postgres@127.0.0.1:5432/test
+          statement: INSERT INTO paid (id, amount, note) VALUES ($1, $2, $3)
+          parameters:
+            - src: {{dependencyName: order, dataKey: body.id}}
+            - src: {{dependencyName: payment, dataKey: body.amount}}
+            - src: {{dependencyName: payment, dataKey: body.note, value: none}}
+"#
+        )
+    };
+    expect_ok(
+        &sensor("        conditions: \"order || payment\"\n"),
+        &[
+            warning(
+                26,
+                20,
+                &[
+                    "conditions \"order || payment\"",
+                    "without an event of \"order\"",
+                    "$1",
+                    "NULL",
+                ],
+            ),
+            warning(27, 20, &["without an event of \"payment\"", "$2"]),
+        ],
+    );
+    expect_ok(&sensor("        conditions: \"order && payment\"\n"), &[]);
+    expect_ok(&sensor(""), &[]);
+}
+
 /// The same refusal for a `k8s` trigger whose resource is a Workflow.
 #[test]
 fn k8s_workflow_template_dests_are_refused() {

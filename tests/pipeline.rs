@@ -10,7 +10,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A pipeline with one webhook (`shop/orders`) and one http trigger that
-/// maps `body.id` → `orderId` and `body.total` → `total`.
+/// maps `body.id` → `orderId` and `body.total` → `total` (a number: `useRawData`).
 fn pipeline(port: u16, downstream: &str, max_msgs: u32, max_payload: u32) -> String {
     format!(
         r#"
@@ -59,6 +59,7 @@ spec:
             - src:
                 dependencyName: order
                 dataKey: body.total
+                useRawData: true
               dest: total
 "#
     )

@@ -440,3 +440,103 @@ async fn no_more_connections_than_the_pool_size() {
         2
     );
 }
+
+/// A parameter that finds nothing in its event (a missing key, no default)
+/// fails the event permanently, naming the parameter: no row with a
+/// silent NULL, and no retries that could only fail the same way.
+#[tokio::test]
+async fn a_missing_key_without_default_is_a_permanent_failure() {
+    let tables = Tables::create().await;
+    let trigger = direct_trigger(&tables, 1);
+    let data = r#"{"body":{"id":"o-1","total":3,"paid":true}}"#;
+    let event = Event::new("shop", "webhook", "orders", bytes::Bytes::from(data));
+    match trigger.invoke("order", &event).await {
+        Err(TriggerError::Permanent { message }) => assert!(
+            message.contains("parameter $3") && message.contains("body.qty"),
+            "{message}"
+        ),
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+    // Refused before a connection was opened: no row, and not even the
+    // ledger table yet.
+    assert_eq!(tables.count("SELECT count(*) FROM {orders}").await, 0);
+}
+
+fn source_of(dependency: &str, key: &str, default: Option<&str>) -> PostgresParameter {
+    let mut parameter = source(key);
+    parameter.src.value.dependency_name.value = dependency.to_string();
+    parameter.src.value.value = default.map(str::to_string);
+    parameter
+}
+
+/// A trigger fed by two dependencies runs its statement once per run, each
+/// `$n` from its own dependency's event (not once per event with the other
+/// dependency's values NULL); the run is idempotent on its events' ids. A
+/// run without one dependency's event (`conditions: a || b`) gives that
+/// dependency's parameters their default, else NULL.
+#[tokio::test]
+async fn a_run_of_two_dependencies_writes_one_row_with_both_values() {
+    let tables = Tables::create().await;
+    let config = PostgresConfig {
+        url: None,
+        url_secret: None,
+        statement: Spanned::new(
+            format!(
+                "INSERT INTO {} (order_id, total, qty) VALUES ($1, $2, $3)",
+                tables.orders
+            ),
+            Default::default(),
+        ),
+        parameters: Some(vec![
+            source_of("order", "body.id", None),
+            source_of("payment", "body.amount", Some("0")),
+            source_of("payment", "body.qty", None),
+        ]),
+        pool_size: None,
+        timeout: None,
+        ledger_table: Some(Spanned::new(tables.ledger.clone(), Default::default())),
+    };
+    let trigger = spillway::triggers::Trigger::Postgres(
+        PostgresTrigger::new("orders", "store", &config, &pg_url()).expect("trigger"),
+    );
+    let event =
+        |data: &str| Event::new("shop", "webhook", "x", bytes::Bytes::from(data.to_string()));
+    let order = event(r#"{"body":{"id":"o-1"}}"#);
+    let payment = event(r#"{"body":{"amount":12.5,"qty":2}}"#);
+    let both: &[(&str, &Event)] = &[("order", &order), ("payment", &payment)];
+    assert_eq!(trigger.invoke_matched(both).await, Ok(()));
+    assert_eq!(
+        trigger.invoke_matched(both).await,
+        Ok(()),
+        "redelivered run"
+    );
+    let only_order = event(r#"{"body":{"id":"o-2"}}"#);
+    assert_eq!(
+        trigger.invoke_matched(&[("order", &only_order)]).await,
+        Ok(())
+    );
+    assert_eq!(tables.count("SELECT count(*) FROM {orders}").await, 2);
+    assert_eq!(
+        tables
+            .count(
+                "SELECT count(*) FROM {orders} WHERE order_id = 'o-1' AND total = 12.5 AND qty = 2"
+            )
+            .await,
+        1
+    );
+    assert_eq!(
+        tables
+            .count("SELECT count(*) FROM {orders} WHERE order_id = 'o-2' AND total = 0 AND qty IS NULL")
+            .await,
+        1
+    );
+    let run_id = format!("{}+{}", order.context.id, payment.context.id);
+    assert_eq!(
+        tables
+            .count(&format!(
+                "SELECT count(*) FROM {{ledger}} WHERE event_id = '{run_id}'"
+            ))
+            .await,
+        1
+    );
+}

@@ -21,6 +21,7 @@ pub fn problems(trigger: &Trigger, dependencies: &[&str]) -> (Vec<Problem>, Vec<
     if let Some(conditions) = &template.conditions {
         match Condition::parse(&conditions.value) {
             Ok(condition) => {
+                warnings.extend(postgres_without_events(trigger, &condition));
                 for name in condition.names() {
                     if !dependencies.contains(&name) {
                         let hint = did_you_mean(name, dependencies.iter().copied())
@@ -69,6 +70,38 @@ pub fn problems(trigger: &Trigger, dependencies: &[&str]) -> (Vec<Problem>, Vec<
         }
     }
     (errors, warnings)
+}
+
+/// A postgres trigger whose `conditions` let it run without the event a
+/// parameter reads (`a || b`, a parameter of `b` with no default `value`)
+/// writes NULL for that parameter: one warning per such dependency, at its
+/// first parameter. Without `conditions` every dependency is required.
+fn postgres_without_events(trigger: &Trigger, condition: &Condition) -> Vec<Problem> {
+    let Some(postgres) = &trigger.template.postgres else {
+        return Vec::new();
+    };
+    let mut warned: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for (n, parameter) in postgres.value.parameters.iter().flatten().enumerate() {
+        let src = &parameter.src;
+        let dependency = src.value.dependency_name.value.as_str();
+        if src.value.value.is_some()
+            || warned.contains(&dependency)
+            || condition.requires(dependency)
+        {
+            continue;
+        }
+        warned.push(dependency);
+        out.push((
+            src.pos,
+            format!(
+                "conditions {:?} can run this postgres trigger without an event of {dependency:?}:                  parameter ${} (and any other of {dependency:?} without a default) would be NULL;                  require {dependency:?} in conditions (`&&`) or give the parameter a default `value`",
+                trigger.template.conditions.as_ref().map_or("", |c| c.value.as_str()),
+                n + 1
+            ),
+        ));
+    }
+    out
 }
 
 /// The schedule of one `conditionsReset.byTime`, parsed by the calendar

@@ -159,11 +159,6 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
     ),
     (
         "HttpTrigger",
-        "parameters",
-        "http trigger parameters are not supported yet; use `payload`",
-    ),
-    (
-        "HttpTrigger",
         "secureHeaders",
         "secureHeaders read Kubernetes secrets; use `headers`",
     ),

@@ -398,6 +398,9 @@ pub struct HttpTrigger {
     pub method: Option<Spanned<String>>,
     /// Builds the JSON request body from the event.
     pub payload: Option<Vec<TriggerParameter>>,
+    /// Argo: parameters applied to this spec before each request (`dest`
+    /// `url`, `method` or `headers.NAME`).
+    pub parameters: Option<Vec<TriggerParameter>>,
     pub headers: Option<BTreeMap<String, String>>,
     /// Request timeout in seconds (Argo default 60).
     pub timeout: Option<Spanned<u64>>,
@@ -613,9 +616,9 @@ pub struct TriggerParameterSource {
     pub data_template: Option<Spanned<crate::triggers::params::template::GoTemplate>>,
     /// Go template over the event context (`.Input`); parsed at load.
     pub context_template: Option<Spanned<crate::triggers::params::template::GoTemplate>>,
-    /// Argo: insert JSON values as JSON rather than as strings. spillway
-    /// always keeps the JSON type of a `dataKey`/`contextKey` value, so
-    /// this changes nothing (see docs/parameters.md).
+    /// Argo: a `dataKey`/`contextKey` value that is not a string (a
+    /// number, boolean, null, object or array) is inserted as that JSON
+    /// value rather than as its text (see docs/parameters.md).
     pub use_raw_data: Option<bool>,
 }
 

@@ -495,8 +495,27 @@ fn check_trigger(
         }
     }
     let mut parameters: Vec<&TriggerParameter> = trigger.parameters.iter().flatten().collect();
+    // A payload parameter may have an empty `dest`: its value is the whole body.
+    let mut payload: Vec<&TriggerParameter> = Vec::new();
+    check_trigger_level_dests(file, trigger, report);
     if let Some(http) = &template.http {
-        parameters.extend(http.value.payload.iter().flatten());
+        payload.extend(http.value.payload.iter().flatten());
+        parameters.extend(http.value.parameters.iter().flatten());
+        for parameter in http.value.parameters.iter().flatten() {
+            let dest = parameter.dest.value.trim();
+            // An empty dest is reported once, with the other parameters'.
+            if !dest.is_empty() && !crate::triggers::http::is_settable(dest) {
+                report.error(
+                    file,
+                    parameter.dest.pos,
+                    format!(
+                        "parameter dest {:?}: http parameters set `url`, `method` or `headers.NAME` \
+                         (the parts of the request built per event)",
+                        parameter.dest.value
+                    ),
+                );
+            }
+        }
         match reqwest::Url::parse(&http.value.url.value) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => {}
             _ => report.error(
@@ -646,8 +665,69 @@ fn check_trigger(
             report.error(file, parameter.dest.pos, "parameter dest must not be empty");
         }
     }
+    for parameter in payload {
+        check_dependency_name(file, &parameter.src.value, dependencies, report);
+    }
     for source in sources {
         check_dependency_name(file, source, dependencies, report);
+    }
+}
+
+/// Trigger-level `parameters` (Argo `Trigger.parameters`) have a `dest` in
+/// the whole trigger template. An http trigger reads `http.url`,
+/// `http.method` and `http.headers.NAME`, a workflow trigger its resource;
+/// any other `dest` would be silently ignored, so it is an error. Kinds that
+/// read no trigger-level parameters (log, store-for-later) get a warning
+/// (postgres warns on its own).
+fn check_trigger_level_dests(file: &Path, trigger: &Trigger, report: &mut Report<'_>) {
+    let template = &trigger.template;
+    let runs_workflow = template.argo_workflow.is_some()
+        || template
+            .k8s
+            .as_ref()
+            .is_some_and(|k| k.value.resource_kind() == "Workflow");
+    for parameter in trigger.parameters.iter().flatten() {
+        let dest = &parameter.dest;
+        if dest.value.trim().is_empty() {
+            // Reported with the other parameters' empty dests.
+            continue;
+        }
+        if template.http.is_some() {
+            let inner = dest
+                .value
+                .strip_prefix(crate::triggers::http::TRIGGER_LEVEL_PREFIX);
+            if !inner.is_some_and(crate::triggers::http::is_settable) {
+                report.error(
+                    file,
+                    dest.pos,
+                    format!(
+                        "parameter dest {:?}: trigger parameters of an http trigger set `http.url`, \
+                         `http.method` or `http.headers.NAME`",
+                        dest.value
+                    ),
+                );
+            }
+        } else if runs_workflow {
+            let prefixes = crate::triggers::workflow::RESOURCE_PREFIXES;
+            if !prefixes.iter().any(|p| dest.value.starts_with(p)) {
+                report.error(
+                    file,
+                    dest.pos,
+                    format!(
+                        "parameter dest {:?}: trigger parameters of a workflow trigger must point into \
+                         `{}` (or `{}`)",
+                        dest.value, prefixes[0], prefixes[1]
+                    ),
+                );
+            }
+        } else if template.log.is_some() || template.k8s.is_some() {
+            report.warning(
+                file,
+                parameter.src.pos,
+                "trigger parameters do not apply to this trigger kind (only http and workflow triggers read them); ignored",
+            );
+            return;
+        }
     }
 }
 

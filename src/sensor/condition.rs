@@ -88,6 +88,12 @@ impl Condition {
         }
     }
 
+    /// Whether the condition can only be true when `name` has an event
+    /// (conditions have no negation, so: false with every other name true).
+    pub fn requires(&self, name: &str) -> bool {
+        !self.eval(&|n| n != name)
+    }
+
     /// Argo's meaning of a trigger without `conditions`: every dependency.
     pub fn all_of<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Condition> {
         names
@@ -292,6 +298,23 @@ mod tests {
         let text = format!("{}a{}", "(".repeat(1000), ")".repeat(1000));
         let err = Condition::parse(&text).expect_err("too deep");
         assert!(err.message.contains("nested"), "{err}");
+    }
+
+    #[test]
+    fn requires_means_no_run_without_that_dependency() {
+        let cases = [
+            ("a && b", "b", true),
+            ("a || b", "b", false),
+            ("a && (b || c)", "a", true),
+            ("a && (b || c)", "b", false),
+            ("(a || b) && (a || c)", "a", false),
+            ("(a && b) || (a && c)", "a", true),
+            ("a", "z", false),
+        ];
+        for (text, name, want) in cases {
+            let condition = Condition::parse(text).expect("parses");
+            assert_eq!(condition.requires(name), want, "{text} requires {name}");
+        }
     }
 
     #[test]

@@ -938,8 +938,14 @@ fn build_trigger(
             .as_ref()
             .and_then(|p| p.value.status.as_ref())
             .map(|s| s.allow.iter().map(|code| code.value).collect());
-        let http = HttpTrigger::new(http_client.clone(), &http.value, allowed)
-            .map_err(|e| RunError::Config(format!("sensor {sensor}, trigger {name}: {e}")))?;
+        let trigger_parameters = trigger.parameters.as_deref().unwrap_or_default();
+        let http = HttpTrigger::new(
+            http_client.clone(),
+            &http.value,
+            trigger_parameters,
+            allowed,
+        )
+        .map_err(|e| RunError::Config(format!("sensor {sensor}, trigger {name}: {e}")))?;
         return Ok(Some(Trigger::Http(http)));
     }
     // A k8s trigger creating a Workflow runs exactly like an argoWorkflow submit.

@@ -92,8 +92,7 @@ impl Trigger {
     }
 
     /// Runs the trigger once for `matched` (see [`Matched`]). Kinds that
-    /// handle one event at a time (log, store-for-later, postgres) take each
-    /// in turn.
+    /// handle one event at a time (log, store-for-later) take each in turn.
     pub async fn invoke_matched(&self, matched: &Matched<'_>) -> Result<(), TriggerError> {
         match self {
             Trigger::Log(t) => {
@@ -110,13 +109,7 @@ impl Trigger {
                 }
                 Ok(())
             }
-            // Idempotent per event id: each event is its own transaction.
-            Trigger::Postgres(t) => {
-                for (dependency, event) in matched {
-                    t.invoke(dependency, event).await?;
-                }
-                Ok(())
-            }
+            Trigger::Postgres(t) => t.invoke_matched(matched).await,
             Trigger::Custom(t) => t.invoke_matched(matched).await,
         }
     }

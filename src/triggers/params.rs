@@ -1,9 +1,10 @@
 //! Argo trigger parameters: take a value from an event and place it in a
-//! JSON document (a Workflow resource, an http payload).
+//! JSON document (a Workflow resource, an http trigger's spec, an http
+//! payload).
 //!
 //! A parameter's value, as in Argo's `ResolveParamValue` (params.go):
 //! 1. no `dataKey`/`contextKey`/`dataTemplate`/`contextTemplate`: `value`,
-//!    else the whole event `{"context": …, "data": …}`;
+//!    else the whole event `{"context": …, "data": …}` as JSON text;
 //! 2. a template (`dataTemplate` over the data, `contextTemplate` over the
 //!    context, `.Input` = that JSON) that renders to a non-empty string;
 //! 3. else the key (`dataKey` / `contextKey`, dotted gjson-style path);
@@ -15,17 +16,20 @@
 //!
 //! Where `data*` and `context*` are both set, the data wins, as in Argo.
 //!
-//! Differences from Argo, on purpose (docs/parameters.md):
-//! - a key's value keeps its JSON type (numbers stay numbers, objects stay
-//!   objects); Argo inserts every value as a string (objects as their JSON
-//!   text) unless `useRawData: true`, which a receiver expecting a number
-//!   trips over;
-//! - the whole event is `{"context", "data"}` with data as JSON; Argo
-//!   marshals its Go struct, where data is base64.
+//! Types, exactly as Argo places them ([`Found::placed`]): every value is a
+//! string (a key's number `42` becomes `"42"`, an object its JSON text),
+//! except a key's non-string value under `useRawData: true`, which keeps
+//! its JSON type. Templates, `value`, the whole event and append/prepend
+//! results are strings either way.
 //!
-//! `operation: append|prepend` joins the current text at `dest` with the
-//! new value as strings (Argo's behaviour); when `dest` holds nothing yet
-//! the new value is set as is.
+//! `operation: append|prepend` joins the text already at `dest` with the
+//! new value's text (Argo's behaviour); when `dest` holds nothing yet the
+//! new value is set as is.
+//!
+//! Differences from Argo, on purpose (docs/parameters.md): the whole event
+//! has its data as JSON (Argo marshals a Go struct, where data is base64);
+//! an object's text is compact with sorted keys (Argo copies the event's
+//! own bytes).
 
 pub mod template;
 
@@ -44,34 +48,95 @@ pub struct ParamError {
 }
 
 /// The value `parameter` takes from `event`, whose data is `data` (the
-/// event's data as JSON, parsed once per event by the caller).
+/// event's data as JSON, parsed once per event by the caller), typed as
+/// Argo places it: a string, unless `useRawData: true` and the value is a
+/// key's non-string JSON value.
 pub fn resolve(
     parameter: &TriggerParameter,
     event: &Event,
     data: &Value,
 ) -> Result<Value, ParamError> {
     let src = &parameter.src.value;
-    resolve_source(src, event, data).map_err(|reason| ParamError {
-        dependency: src.dependency_name.value.clone(),
-        dest: parameter.dest.value.clone(),
-        reason,
-    })
+    resolve_source(src, event, data)
+        .map(|found| found.placed(src.use_raw_data.unwrap_or(false)))
+        .map_err(|reason| ParamError {
+            dependency: src.dependency_name.value.clone(),
+            dest: parameter.dest.value.clone(),
+            reason,
+        })
 }
 
-/// The value `src` takes from `event` (steps 1–5 above), or why it has none;
+/// What a parameter source found in an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// From a template, `value`, or the whole event: always a string.
+    Text(String),
+    /// The JSON value at a `dataKey` / `contextKey`.
+    Key(Value),
+}
+
+impl Found {
+    /// The value Argo puts at `dest`: with `use_raw_data`, a key's JSON
+    /// value as is; otherwise (and for text) a string, as gjson prints it:
+    /// numbers as written (`42`, `1.5`), booleans as `true`/`false`, null
+    /// as `null`, objects and arrays as compact JSON text.
+    pub fn placed(self, use_raw_data: bool) -> Value {
+        match self {
+            Found::Text(text) => Value::String(text),
+            Found::Key(value) if use_raw_data => value,
+            Found::Key(value) => Value::String(value_text(&value)),
+        }
+    }
+
+    /// The value with its JSON type (a key's value as is, text as a
+    /// string): for users that convert types themselves (the postgres
+    /// trigger's text-format parameters).
+    pub fn typed(self) -> Value {
+        match self {
+            Found::Text(text) => Value::String(text),
+            Found::Key(value) => value,
+        }
+    }
+}
+
+/// gjson's `Result.String()`: strings unquoted, integers as written, other
+/// numbers in Go's shortest non-exponent form (`1e3` is `1000`), null as
+/// the empty string, objects and arrays as JSON text.
+fn gjson_string(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Number(n) if n.is_f64() => {
+            n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A resolved value as the text Argo holds it in (`ResolveParamValue`'s
+/// string): [`gjson_string`], except that null is `null`.
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_string(),
+        other => gjson_string(other),
+    }
+}
+
+/// What `src` finds in `event` (steps 1–5 above), or why it finds nothing;
 /// for users of a bare `src` without a `dest` (the postgres trigger's
 /// statement parameters).
 pub fn resolve_source(
     src: &TriggerParameterSource,
     event: &Event,
     data: &Value,
-) -> Result<Value, String> {
-    let default = || src.value.as_ref().map(|v| Value::String(v.clone()));
+) -> Result<Found, String> {
+    let default = || src.value.as_ref().map(|v| Found::Text(v.clone()));
     let uses_data = src.data_key.is_some() || src.data_template.is_some();
     let uses_context = src.context_key.is_some() || src.context_template.is_some();
     if !uses_data && !uses_context {
-        return Ok(default()
-            .unwrap_or_else(|| serde_json::json!({ "context": event.context, "data": data })));
+        return Ok(default().unwrap_or_else(|| {
+            Found::Text(serde_json::json!({ "context": event.context, "data": data }).to_string())
+        }));
     }
     let context;
     let (input, key, template) = if uses_data {
@@ -83,13 +148,13 @@ pub fn resolve_source(
     let mut why = Vec::new();
     if let Some(template) = template {
         match template.value.render(input) {
-            Ok(text) => return Ok(Value::String(text)),
+            Ok(text) => return Ok(Found::Text(text)),
             Err(err) => why.push(err.to_string()),
         }
     }
     if let Some(key) = key {
         match json_path::get(input, &key.value) {
-            Some(found) => return Ok(found.clone()),
+            Some(found) => return Ok(Found::Key(found.clone())),
             None => why.push(format!(
                 "{} {:?} is not in the event {}",
                 if uses_data { "dataKey" } else { "contextKey" },
@@ -114,6 +179,7 @@ pub fn apply<'e>(
             Some(event) => resolve(parameter, event, &event.data_json())?,
             None => match &src.value {
                 Some(default) => Value::String(default.clone()),
+                // Argo skips it too (its `resolveParamValue` returns nil).
                 None => continue,
             },
         };
@@ -122,39 +188,26 @@ pub fn apply<'e>(
     Ok(())
 }
 
-/// Puts `value` at the parameter's `dest`, honouring its `operation`.
+/// Puts `value` at the parameter's `dest`, honouring its `operation`:
+/// `append`/`prepend` join the text already at `dest` (even `null`, which
+/// reads as "") with the value's text into a string, as Argo does.
 fn place(parameter: &TriggerParameter, value: Value, target: &mut Value) {
     let dest = &parameter.dest.value;
     let operation = parameter
         .operation
         .as_ref()
         .map_or(ParameterOperation::Overwrite, |o| o.value);
-    let current = json_path::get(target, dest).filter(|c| !c.is_null());
+    let current = json_path::get(target, dest);
     let value = match (operation, current) {
         (ParameterOperation::Overwrite, _) | (_, None) => value,
-        (ParameterOperation::Append, Some(current)) => Value::String(format!(
-            "{}{}",
-            json_path::to_plain_string(current),
-            json_path::to_plain_string(&value)
-        )),
-        (ParameterOperation::Prepend, Some(current)) => Value::String(format!(
-            "{}{}",
-            json_path::to_plain_string(&value),
-            json_path::to_plain_string(current)
-        )),
+        (ParameterOperation::Append, Some(current)) => {
+            Value::String(format!("{}{}", gjson_string(current), value_text(&value)))
+        }
+        (ParameterOperation::Prepend, Some(current)) => {
+            Value::String(format!("{}{}", value_text(&value), gjson_string(current)))
+        }
     };
     json_path::set(target, dest, value);
-}
-
-/// Builds a JSON object from `parameters` for the event that satisfied
-/// `dependency` (parameters of other dependencies use their `value`, or
-/// are skipped).
-pub fn build_payload(
-    parameters: &[TriggerParameter],
-    dependency: &str,
-    event: &Event,
-) -> Result<Value, ParamError> {
-    build_payload_matched(parameters, &[(dependency, event)])
 }
 
 /// Builds a JSON object from `parameters` for the events of one trigger
@@ -169,6 +222,63 @@ pub fn build_payload_matched(
     let mut out = Value::Object(serde_json::Map::new());
     apply_matched(parameters, matched, &mut out)?;
     Ok(out)
+}
+
+/// The body Argo's `ConstructPayload` builds from an http trigger's
+/// `payload` parameters for one trigger run: the JSON object of
+/// [`build_payload_matched`], except that the first parameter with an
+/// empty `dest` that has a value makes its value's text the whole body
+/// (Argo's way to forward a key's JSON, or a template's text, as is).
+pub fn payload_body(
+    parameters: &[TriggerParameter],
+    matched: &super::Matched,
+) -> Result<String, ParamError> {
+    let event_of = |name: &str| {
+        matched
+            .iter()
+            .find(|(dependency, _)| *dependency == name)
+            .map(|(_, event)| *event)
+    };
+    let mut placed = Vec::with_capacity(parameters.len());
+    for parameter in parameters {
+        if !parameter.dest.value.is_empty() {
+            placed.push(parameter.clone());
+            continue;
+        }
+        let src = &parameter.src.value;
+        let whole = match event_of(&src.dependency_name.value) {
+            Some(event) => Some(resolve(parameter, event, &event.data_json())?),
+            None => src.value.clone().map(Value::String),
+        };
+        if let Some(whole) = whole {
+            return Ok(value_text(&whole));
+        }
+    }
+    Ok(build_payload_matched(&placed, matched)?.to_string())
+}
+
+/// `parameters` whose `dest` starts with one of `prefixes`, with that
+/// prefix removed: trigger-level parameters (Argo `Trigger.parameters`,
+/// whose `dest` is a path in the whole trigger template, e.g. `http.url`)
+/// made relative to the part of the template a trigger kind reads. `Err`
+/// is the first `dest` outside every prefix.
+pub fn rebase(
+    parameters: &[TriggerParameter],
+    prefixes: &[&str],
+) -> Result<Vec<TriggerParameter>, String> {
+    parameters
+        .iter()
+        .map(|parameter| {
+            let dest = &parameter.dest.value;
+            let inner = prefixes.iter().find_map(|prefix| dest.strip_prefix(prefix));
+            let Some(inner) = inner else {
+                return Err(dest.clone());
+            };
+            let mut parameter = parameter.clone();
+            parameter.dest.value = inner.to_string();
+            Ok(parameter)
+        })
+        .collect()
 }
 
 /// Applies `parameters` to `target` for the events of one trigger run (see

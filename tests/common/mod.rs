@@ -269,6 +269,8 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub struct Receiver {
     pub url: String,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The headers of each recorded body, in the same order.
+    headers: Arc<Mutex<Vec<axum::http::HeaderMap>>>,
     gate: Arc<Semaphore>,
     /// Requests received, counted on arrival (before the gate).
     arrivals: Arc<std::sync::atomic::AtomicUsize>,
@@ -284,6 +286,7 @@ impl Receiver {
         let receiver = Receiver {
             url: format!("http://{addr}/hook"),
             bodies: Arc::new(Mutex::new(Vec::new())),
+            headers: Arc::new(Mutex::new(Vec::new())),
             gate: Arc::new(Semaphore::new(if open {
                 Semaphore::MAX_PERMITS
             } else {
@@ -315,6 +318,11 @@ impl Receiver {
         self.bodies.lock().await.clone()
     }
 
+    /// The headers of each request [`Receiver::bodies`] holds, in order.
+    pub async fn headers(&self) -> Vec<axum::http::HeaderMap> {
+        self.headers.lock().await.clone()
+    }
+
     pub async fn count(&self) -> usize {
         self.bodies.lock().await.len()
     }
@@ -325,7 +333,11 @@ impl Receiver {
     }
 }
 
-async fn receive(State(receiver): State<Receiver>, body: axum::body::Bytes) -> StatusCode {
+async fn receive(
+    State(receiver): State<Receiver>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
     receiver
         .arrivals
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -337,7 +349,10 @@ async fn receive(State(receiver): State<Receiver>, body: axum::body::Bytes) -> S
         drop(permit);
     }
     let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    receiver.bodies.lock().await.push(value);
+    // Both locks at once, so the n-th body and the n-th headers match.
+    let mut bodies = receiver.bodies.lock().await;
+    receiver.headers.lock().await.push(headers);
+    bodies.push(value);
     StatusCode::OK
 }
 

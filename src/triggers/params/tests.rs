@@ -25,15 +25,31 @@ fn event(data: Value) -> Event {
 fn resolves_like_argo() {
     let data = json!({
         "header": {"X-Id": ["h-1"]},
-        "body": {"name": "ada", "total": 12, "items": [{"sku": "a"}], "blank": ""}
+        "body": {"name": "ada", "total": 12, "price": 1.5, "big": 1e3, "paid": true, "none": null,
+                 "items": [{"sku": "a"}], "blank": ""}
     });
     let cases: &[(&str, Result<Value, &str>)] = &[
         ("{src: {dependencyName: d, dataKey: body.name}, dest: x}", Ok(json!("ada"))),
-        // Keys keep their JSON type (Argo stringifies unless useRawData).
-        ("{src: {dependencyName: d, dataKey: body.total}, dest: x}", Ok(json!(12))),
-        ("{src: {dependencyName: d, dataKey: body.items}, dest: x}", Ok(json!([{"sku": "a"}]))),
+        // Argo stringifies every key value (gjson's text) …
+        ("{src: {dependencyName: d, dataKey: body.total}, dest: x}", Ok(json!("12"))),
+        ("{src: {dependencyName: d, dataKey: body.price}, dest: x}", Ok(json!("1.5"))),
+        ("{src: {dependencyName: d, dataKey: body.big}, dest: x}", Ok(json!("1000"))),
+        ("{src: {dependencyName: d, dataKey: body.paid}, dest: x}", Ok(json!("true"))),
+        ("{src: {dependencyName: d, dataKey: body.none}, dest: x}", Ok(json!("null"))),
+        ("{src: {dependencyName: d, dataKey: body.items}, dest: x}", Ok(json!(r#"[{"sku":"a"}]"#))),
         ("{src: {dependencyName: d, dataKey: body.items.0.sku}, dest: x}", Ok(json!("a"))),
         ("{src: {dependencyName: d, dataKey: body.blank}, dest: x}", Ok(json!(""))),
+        // … unless useRawData: then a non-string keeps its JSON type.
+        ("{src: {dependencyName: d, dataKey: body.total, useRawData: true}, dest: x}", Ok(json!(12))),
+        ("{src: {dependencyName: d, dataKey: body.price, useRawData: true}, dest: x}", Ok(json!(1.5))),
+        ("{src: {dependencyName: d, dataKey: body.paid, useRawData: true}, dest: x}", Ok(json!(true))),
+        ("{src: {dependencyName: d, dataKey: body.none, useRawData: true}, dest: x}", Ok(json!(null))),
+        ("{src: {dependencyName: d, dataKey: body.items, useRawData: true}, dest: x}", Ok(json!([{"sku": "a"}]))),
+        ("{src: {dependencyName: d, dataKey: body.name, useRawData: true}, dest: x}", Ok(json!("ada"))),
+        ("{src: {dependencyName: d, dataKey: body.items, useRawData: false}, dest: x}", Ok(json!(r#"[{"sku":"a"}]"#))),
+        // Templates and defaults are text even with useRawData.
+        ("{src: {dependencyName: d, dataTemplate: '{{ .Input.body.total }}', useRawData: true}, dest: x}", Ok(json!("12"))),
+        ("{src: {dependencyName: d, dataKey: body.nope, value: '7', useRawData: true}, dest: x}", Ok(json!("7"))),
         ("{src: {dependencyName: d, contextKey: source}, dest: x}", Ok(json!("shop"))),
         ("{src: {dependencyName: d, contextKey: type}, dest: x}", Ok(json!("webhook"))),
         ("{src: {dependencyName: d, contextKey: subject}, dest: x}", Ok(json!("orders"))),
@@ -72,18 +88,21 @@ fn resolves_like_argo() {
 }
 
 #[test]
-fn no_key_and_no_value_is_the_whole_event() {
+fn no_key_and_no_value_is_the_whole_event_as_text() {
     let data = json!({"body": {"a": 1}});
     let event = event(data.clone());
-    let got = resolve(
-        &parameter("{src: {dependencyName: d}, dest: x}"),
-        &event,
-        &data,
-    )
-    .expect("resolves");
-    assert_eq!(got["data"], data);
-    assert_eq!(got["context"]["id"], json!(event.context.id));
-    assert_eq!(got["context"]["source"], json!("shop"));
+    for yaml in [
+        "{src: {dependencyName: d}, dest: x}",
+        // Argo inserts the whole event as text even with useRawData.
+        "{src: {dependencyName: d, useRawData: true}, dest: x}",
+    ] {
+        let got = resolve(&parameter(yaml), &event, &data).expect("resolves");
+        let text = got.as_str().expect("a string");
+        let whole: Value = serde_json::from_str(text).expect("JSON text");
+        assert_eq!(whole["data"], data);
+        assert_eq!(whole["context"]["id"], json!(event.context.id));
+        assert_eq!(whole["context"]["source"], json!("shop"));
+    }
 }
 
 #[test]
@@ -126,15 +145,24 @@ fn operations_overwrite_append_prepend() {
         apply(&[p], |_| Some(&event), &mut target).expect("applies");
         assert_eq!(target, want, "{operation}");
     }
-    // Appending to nothing sets the value as is; numbers join as text.
-    let p =
-        parameter("{src: {dependencyName: d, dataKey: body.n}, dest: spec.v, operation: append}");
-    let mut empty = json!({});
-    apply(std::slice::from_ref(&p), |_| Some(&event), &mut empty).expect("applies");
-    assert_eq!(empty, json!({"spec": {"v": 7}}));
-    let mut numbered = json!({"spec": {"v": 10}});
-    apply(&[p], |_| Some(&event), &mut numbered).expect("applies");
-    assert_eq!(numbered, json!({"spec": {"v": "107"}}));
+    // Appending to nothing sets the value as is (raw with useRawData);
+    // onto anything, even null, the texts join.
+    let p = parameter(
+        "{src: {dependencyName: d, dataKey: body.n, useRawData: true}, dest: spec.v, operation: append}",
+    );
+    let cases = [
+        (json!({}), json!({"spec": {"v": 7}})),
+        (json!({"spec": {"v": 10}}), json!({"spec": {"v": "107"}})),
+        (json!({"spec": {"v": null}}), json!({"spec": {"v": "7"}})),
+        (
+            json!({"spec": {"v": {"a": 1}}}),
+            json!({"spec": {"v": r#"{"a":1}7"#}}),
+        ),
+    ];
+    for (mut target, want) in cases {
+        apply(std::slice::from_ref(&p), |_| Some(&event), &mut target).expect("applies");
+        assert_eq!(target, want);
+    }
 }
 
 #[test]
@@ -169,13 +197,13 @@ fn a_failing_parameter_fails_the_payload() {
     let parameters = [parameter(
         "{src: {dependencyName: d, dataKey: body.id}, dest: id}",
     )];
-    let err = build_payload(&parameters, "d", &event).expect_err("missing key");
+    let err = build_payload_matched(&parameters, &[("d", &event)]).expect_err("missing key");
     assert_eq!(err.dest, "id");
     let parameters = [parameter(
-        "{src: {dependencyName: d, dataKey: body, value: x}, dest: all}",
+        "{src: {dependencyName: d, dataKey: body, value: x, useRawData: true}, dest: all}",
     )];
     assert_eq!(
-        build_payload(&parameters, "d", &event),
+        build_payload_matched(&parameters, &[("d", &event)]),
         Ok(json!({"all": {}}))
     );
 }
@@ -197,4 +225,59 @@ fn bad_templates_and_operations_are_decode_errors() {
     let err = crate::config::decode::decode::<TriggerParameter>(&docs[0], &Diagnostics::default())
         .expect_err("unknown operation");
     assert!(err.message.contains("append"), "{}", err.message);
+}
+
+#[test]
+fn payload_body_is_argos_construct_payload() {
+    let order = event(json!({"body": {"id": "o-1", "total": 12, "lines": [1, 2]}}));
+    let payment = event(json!({"body": {"amount": 12.5}}));
+    let matched: &[(&str, &Event)] = &[("order", &order), ("payment", &payment)];
+    // Each parameter reads its own dependency's event; values are text.
+    let parameters = [
+        parameter("{src: {dependencyName: order, dataKey: body.id}, dest: order}"),
+        parameter("{src: {dependencyName: payment, dataKey: body.amount}, dest: amount}"),
+        parameter(
+            "{src: {dependencyName: payment, dataKey: body.amount, useRawData: true}, dest: raw}",
+        ),
+        parameter("{src: {dependencyName: absent, dataKey: x}, dest: skipped}"),
+        parameter("{src: {dependencyName: absent, dataKey: x, value: dflt}, dest: dflt}"),
+    ];
+    let body: Value =
+        serde_json::from_str(&payload_body(&parameters, matched).expect("builds")).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"order": "o-1", "amount": "12.5", "raw": 12.5, "dflt": "dflt"})
+    );
+    // An empty dest makes the first value found the whole body, as text.
+    let whole = [
+        parameter("{src: {dependencyName: absent, dataKey: x}, dest: ''}"),
+        parameter("{src: {dependencyName: order, dataKey: body.id}, dest: before}"),
+        parameter("{src: {dependencyName: order, dataKey: body.lines}, dest: ''}"),
+        parameter("{src: {dependencyName: order, dataKey: body.id}, dest: ''}"),
+    ];
+    assert_eq!(payload_body(&whole, matched).as_deref(), Ok("[1,2]"));
+    let text = [parameter(
+        "{src: {dependencyName: order, dataTemplate: 'id={{ .Input.body.id }}'}, dest: ''}",
+    )];
+    assert_eq!(payload_body(&text, matched).as_deref(), Ok("id=o-1"));
+    // Nothing at all: an empty object.
+    assert_eq!(payload_body(&[], matched).as_deref(), Ok("{}"));
+}
+
+#[test]
+fn rebase_strips_the_prefix_or_names_the_stray_dest() {
+    let parameters = [
+        parameter("{src: {dependencyName: d}, dest: http.url}"),
+        parameter("{src: {dependencyName: d}, dest: http.headers.X-Id}"),
+    ];
+    let rebased = rebase(&parameters, &["http."]).expect("all under http.");
+    let dests: Vec<&str> = rebased.iter().map(|p| p.dest.value.as_str()).collect();
+    assert_eq!(dests, ["url", "headers.X-Id"]);
+    let stray = [parameter(
+        "{src: {dependencyName: d}, dest: log.intervalSeconds}",
+    )];
+    assert_eq!(
+        rebase(&stray, &["http."]).map(|_| ()),
+        Err("log.intervalSeconds".to_string())
+    );
 }

@@ -23,11 +23,18 @@
 //!   `ledgerTable`) is created with `CREATE TABLE IF NOT EXISTS` on the
 //!   first connection: `(trigger text, event_id text, applied_at
 //!   timestamptz, PRIMARY KEY (trigger, event_id))`;
+//! - one transaction per trigger run: for a trigger fed by several
+//!   dependencies (`conditions`), the statement runs once with each `$n`
+//!   read from its own dependency's event, and the ledger's `event_id` is
+//!   the run's event ids joined with `+`;
 //! - parameters are sent in PostgreSQL's text format and converted by the
 //!   server to whatever type the statement needs (`int`, `numeric`,
-//!   `timestamptz`, `jsonb`, `uuid` …): a JSON string is sent as is,
-//!   numbers and booleans as their JSON text, objects and arrays as JSON
-//!   text, and null or a missing key (without a default `value`) as NULL;
+//!   `timestamptz`, `jsonb`, `uuid` …): a key's JSON value is read with its
+//!   type (as if `useRawData: true`), a string is sent as is, numbers and
+//!   booleans as their JSON text, objects and arrays as JSON text, JSON
+//!   null as NULL; a dependency with no event in the run gives the default
+//!   `value`, else NULL (`spillway validate` warns when `conditions` allow
+//!   that);
 //! - at most `poolSize` connections (default 4), see [`pool`]; `timeout`
 //!   (default 5s) bounds one invocation: waiting for a connection,
 //!   connecting, and the transaction.
@@ -36,9 +43,10 @@
 //! server's overload and shutdown states (SQLSTATE classes 08, 40, 53, 57,
 //! and 55P03) are retryable *pushback*, so adaptive concurrency shrinks and
 //! slow start restarts; data errors (22), constraint violations (23),
-//! syntax and undefined objects (42), and a placeholder count that does not
-//! match `parameters` are permanent (the event goes to the DLQ); anything
-//! else is retryable.
+//! syntax and undefined objects (42), a placeholder count that does not
+//! match `parameters`, and a parameter that finds nothing in its event (a
+//! missing key without a default `value`) are permanent (the event goes to
+//! the DLQ, with no retries); anything else is retryable.
 //!
 //! Not guaranteed: the ledger is never pruned by spillway. Its rows carry
 //! `applied_at`; deleting rows older than the longest redelivery window
@@ -135,8 +143,16 @@ impl PostgresTrigger {
     }
 
     pub async fn invoke(&self, dependency: &str, event: &Event) -> Result<(), TriggerError> {
-        let values = self.values(dependency, event);
-        match tokio::time::timeout(self.timeout, self.apply(&event.context.id, &values)).await {
+        self.invoke_matched(&[(dependency, event)]).await
+    }
+
+    /// One transaction for the events of one trigger run: the statement's
+    /// parameters read the event of their `dependencyName`, and the ledger
+    /// records the run under its events' ids ([`ledger_id`]).
+    pub async fn invoke_matched(&self, matched: &super::Matched<'_>) -> Result<(), TriggerError> {
+        let values = self.values(matched)?;
+        let id = ledger_id(matched);
+        match tokio::time::timeout(self.timeout, self.apply(&id, &values)).await {
             Ok(result) => result,
             Err(_) => Err(TriggerError::Retryable {
                 message: format!(
@@ -149,22 +165,39 @@ impl PostgresTrigger {
         }
     }
 
-    /// `$1`, `$2` … as text (`None` is NULL). A parameter of another
-    /// dependency is NULL too: positions must not shift.
-    fn values(&self, dependency: &str, event: &Event) -> Vec<Option<String>> {
-        let data = event.data_json();
+    /// `$1`, `$2` … as text (`None` is NULL), each read from the event of
+    /// its dependency with its JSON type (`useRawData` is implied: the
+    /// server converts the text to the column's type). A dependency with no
+    /// event in the run gives the default `value`, else NULL (validation
+    /// warns when `conditions` allow that). A parameter that finds nothing
+    /// in its event (a missing key without `value`) fails the event
+    /// permanently: the same event would fail the same way on every retry,
+    /// and a row with a silent NULL is worse than a DLQ entry.
+    fn values(&self, matched: &super::Matched<'_>) -> Result<Vec<Option<String>>, TriggerError> {
+        let data: Vec<serde_json::Value> = matched.iter().map(|(_, e)| e.data_json()).collect();
         self.parameters
             .iter()
-            .map(|src| {
-                if src.dependency_name.value != dependency {
-                    return None;
-                }
-                // A parameter without a value is NULL (see docs/postgres.md).
-                match params::resolve_source(src, event, &data).ok()? {
+            .enumerate()
+            .map(|(n, src)| {
+                let dependency = src.dependency_name.value.as_str();
+                let Some(at) = matched.iter().position(|(d, _)| *d == dependency) else {
+                    return Ok(src.value.clone());
+                };
+                let found =
+                    params::resolve_source(src, matched[at].1, &data[at]).map_err(|reason| {
+                        TriggerError::Permanent {
+                            message: format!(
+                                "postgres {}: parameter ${} (dependency {dependency:?}): {reason}",
+                                self.target,
+                                n + 1
+                            ),
+                        }
+                    })?;
+                Ok(match found.typed() {
                     serde_json::Value::Null => None,
                     serde_json::Value::String(s) => Some(s),
                     other => Some(other.to_string()),
-                }
+                })
             })
             .collect()
     }
@@ -312,6 +345,14 @@ impl PostgresTrigger {
             },
         }
     }
+}
+
+/// The ledger's `event_id` for a trigger run: the event's id, or for
+/// several events (a trigger with `conditions`) their ids joined with `+`
+/// in the run's dependency order.
+fn ledger_id(matched: &super::Matched<'_>) -> String {
+    let ids: Vec<&str> = matched.iter().map(|(_, e)| e.context.id.as_str()).collect();
+    ids.join("+")
 }
 
 /// What a SQLSTATE means for the event that caused it.

@@ -55,7 +55,7 @@ pub const OUTPUT_LIMIT: usize = 64 * 1024;
 const FAILURE_OUTPUT: usize = 1024;
 /// Trigger-level parameter destinations that point into the Workflow, for
 /// an `argoWorkflow` and a `k8s` trigger.
-const RESOURCE_PREFIXES: [&str; 2] = ["argoWorkflow.source.resource.", "k8s.source.resource."];
+pub const RESOURCE_PREFIXES: [&str; 2] = ["argoWorkflow.source.resource.", "k8s.source.resource."];
 
 /// The WorkflowTemplate a trigger's Workflow resource names, if any.
 pub fn template_ref(trigger: &ArgoWorkflowTrigger) -> Option<&str> {
@@ -179,19 +179,9 @@ impl WorkflowTrigger {
             };
         // Argo applies the trigger-level parameters to the template first,
         // then the resource's own, so the latter win on the same `dest`.
-        let mut parameters: Vec<TriggerParameter> = Vec::new();
-        for parameter in trigger.parameters.iter().flatten() {
-            let dest = &parameter.dest.value;
-            let inner = RESOURCE_PREFIXES
-                .iter()
-                .find_map(|prefix| dest.strip_prefix(prefix));
-            let Some(inner) = inner else {
-                return Err(WorkflowTriggerError::Dest(dest.clone()));
-            };
-            let mut parameter = parameter.clone();
-            parameter.dest.value = inner.to_string();
-            parameters.push(parameter);
-        }
+        let trigger_level = trigger.parameters.as_deref().unwrap_or_default();
+        let mut parameters = params::rebase(trigger_level, &RESOURCE_PREFIXES)
+            .map_err(WorkflowTriggerError::Dest)?;
         parameters.extend(config.parameters.iter().flatten().cloned());
         let template_deadline = [
             template.spec.active_deadline_seconds.as_ref(),
