@@ -589,7 +589,7 @@ async fn url_source_failures_are_errors_at_the_path() {
         .port();
     let over = config::MAX_RESOURCE_FILE + 1;
     let announced = format!("announced {over} bytes");
-    let cases: [(String, &[&str]); 7] = [
+    let cases: [(String, &[&str]); 9] = [
         (
             server.url("/missing"),
             &["/missing", "answered 404 Not Found"],
@@ -610,7 +610,17 @@ async fn url_source_failures_are_errors_at_the_path() {
         ),
         (
             format!("http://ops:hunter2@127.0.0.1:{closed_port}/wf.yaml"),
-            &["ops:***@", "cannot connect"],
+            &["http://***@127.0.0.1", "cannot connect"],
+        ),
+        // The port does not parse: the password is hidden all the same.
+        (
+            "http://ops:hunter2@127.0.0.1:99999/wf.yaml".to_string(),
+            &["http://***@127.0.0.1:99999/wf.yaml", "not a URL"],
+        ),
+        // A presigned URL's signature is a credential too.
+        (
+            format!("http://127.0.0.1:{closed_port}/wf.yaml?X-Amz-Signature=hunter2"),
+            &["/wf.yaml?***", "cannot connect"],
         ),
     ];
     for (url, text) in cases {

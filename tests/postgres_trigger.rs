@@ -530,7 +530,7 @@ async fn a_run_of_two_dependencies_writes_one_row_with_both_values() {
             .await,
         1
     );
-    let run_id = format!("{}+{}", order.context.id, payment.context.id);
+    let run_id = serde_json::json!([order.context.id, payment.context.id]).to_string();
     assert_eq!(
         tables
             .count(&format!(

@@ -95,7 +95,9 @@ fn postgres_without_events(trigger: &Trigger, condition: &Condition) -> Vec<Prob
         out.push((
             src.pos,
             format!(
-                "conditions {:?} can run this postgres trigger without an event of {dependency:?}:                  parameter ${} (and any other of {dependency:?} without a default) would be NULL;                  require {dependency:?} in conditions (`&&`) or give the parameter a default `value`",
+                "conditions {:?} can run this postgres trigger without an event of {dependency:?}: \
+                 parameter ${} (and any other of {dependency:?} without a default) would be NULL; \
+                 require {dependency:?} in conditions (`&&`) or give the parameter a default `value`",
                 trigger.template.conditions.as_ref().map_or("", |c| c.value.as_str()),
                 n + 1
             ),

@@ -82,6 +82,9 @@ pub enum FetchError {
     Start(std::io::Error),
 }
 
+/// Redirects followed before the fetch fails (reqwest's default too).
+const MAX_REDIRECTS: usize = 10;
+
 /// The text served at `url`, within `limits` (see the module docs).
 /// `verify_cert: false` accepts any certificate from an `https` server.
 pub fn fetch(url: &str, verify_cert: bool, limits: FetchLimits) -> Result<String, FetchError> {
@@ -97,7 +100,11 @@ pub fn fetch(url: &str, verify_cert: bool, limits: FetchLimits) -> Result<String
                     .enable_all()
                     .build()
                     .map_err(FetchError::Start)?;
-                runtime.block_on(get(parsed, verify_cert, limits))
+                let fetched = runtime.block_on(get(parsed, verify_cert, limits));
+                // A name lookup still running on a blocking thread after a
+                // timeout must not hold start-up: leave it behind.
+                runtime.shutdown_background();
+                fetched
             })
             .map_err(FetchError::Start)?;
         fetching
@@ -106,15 +113,25 @@ pub fn fetch(url: &str, verify_cert: bool, limits: FetchLimits) -> Result<String
     })
 }
 
-/// `url` as shown in messages: a password in it is replaced by `***`.
+/// `url` as shown in messages: the two places a URL carries credentials,
+/// the user-info (`user:password@`) and the query string (presigned URLs,
+/// `?token=`), are replaced by `***` — also in a URL that does not parse.
 pub fn shown(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
-            Ok(()) => parsed.to_string(),
-            Err(()) => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
+    let (before_query, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?***"),
+        None => (url, ""),
+    };
+    let (scheme, rest) = match before_query.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), before_query),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    format!("{scheme}{authority}{path}{query}")
 }
 
 async fn get(
@@ -141,6 +158,17 @@ async fn get(
         .connect_timeout(limits.connect_timeout)
         .timeout(limits.timeout)
         .danger_accept_invalid_certs(!verify_cert)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() == "http"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                attempt.error("refusing a redirect from https to plain http")
+            } else if attempt.previous().len() >= MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else {
+                attempt.follow()
+            }
+        }))
         .build()
         .map_err(failed)?;
     let mut response = client.get(url).send().await.map_err(failed)?;

@@ -502,9 +502,11 @@ fn check_trigger(
         payload.extend(http.value.payload.iter().flatten());
         parameters.extend(http.value.parameters.iter().flatten());
         for parameter in http.value.parameters.iter().flatten() {
-            let dest = parameter.dest.value.trim();
+            // Untrimmed: the run reads `dest` as written, so " url" would
+            // be valid here and set nothing there.
+            let dest = parameter.dest.value.as_str();
             // An empty dest is reported once, with the other parameters'.
-            if !dest.is_empty() && !crate::triggers::http::is_settable(dest) {
+            if !dest.trim().is_empty() && !crate::triggers::http::is_settable(dest) {
                 report.error(
                     file,
                     parameter.dest.pos,

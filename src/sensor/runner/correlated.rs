@@ -46,10 +46,14 @@
 //! So an event redelivered many times never drags fresh partners to the
 //! DLQ with it (they keep their own steps), and a fresh partner never buys
 //! a spent event more attempts (it is given up after its own `steps`).
-//! With a `dlqTrigger`, an event fetched with its steps already used up (its
-//! DLQ hand-off failed, or the process stopped mid-run) goes to the DLQ
-//! trigger when it is fetched, holding a concurrency slot for the call: it
-//! does not wait in a queue and takes no partner's run.
+//! A delivery count is not an attempt count for a waiting event: it is
+//! redelivered without running whenever its keep-alive is lost or the
+//! process restarts. So, unlike a single-event trigger, an event fetched
+//! with its count past `steps` is not sent to the DLQ trigger on sight: it
+//! waits for partners like any event (and expires after `maxWait` /
+//! `maxEvents` if none comes), and the first run of it that fails gives it
+//! up. The cost: an event whose DLQ hand-off failed runs once more before
+//! its next hand-off.
 //!
 //! With `atLeastOnce: false` the events are acked when the run starts and
 //! retried in memory, as for a single event.
@@ -300,22 +304,11 @@ impl TriggerRunner {
                 {
                     ready.event = event;
                 }
-                if inner.retries_used_up(ready.message.delivery_count) {
-                    let mut held = queues.seqs();
-                    held.push(seq);
-                    held.extend(unsorted.iter().copied());
-                    let Some(slot) = inner.acquire_slot(&shutdown, &held).await else {
-                        break 'run;
-                    };
-                    let inner = Arc::clone(&inner);
-                    tasks.spawn(async move {
-                        let _slot = slot;
-                        inner
-                            .dead_letter(seq, &ready.dependency, &ready.event, "retries used up")
-                            .await;
-                    });
-                    continue;
-                }
+                // No `retries_used_up` shortcut here (unlike a single-event
+                // trigger): a waiting event is redelivered without running
+                // (a restart, a lost keep-alive), so its delivery count
+                // overstates its attempts. It waits for partners like any
+                // event; a failed run judges it by its own count.
                 let (dependency, queue) = &mut queues.queues[index];
                 if queue.len() >= correlation.max_events.max(1) {
                     if let Some(oldest) = queue.pop_front() {

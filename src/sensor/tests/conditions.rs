@@ -526,12 +526,12 @@ async fn a_spent_event_is_dropped_after_its_own_steps_though_its_partner_is_fres
 
 /// With 2 steps, `a0` fails in run 1 (with `b0`) and run 2 (with `b1`),
 /// and its DLQ hand-off fails once, so it comes back a third time with its
-/// steps used up. Then it goes to the DLQ trigger as soon as it is
-/// fetched: it does not run again and does not take `b2`, which waits for
-/// a fresh `a` (judged by the run's highest count, `b2` would have gone
-/// to the DLQ with it without ever running).
+/// count past its steps. It is not given up on sight (a waiting event's
+/// count also grows when it is redelivered without running): it pairs with
+/// `b2`, and that failed run sends it to the DLQ at once, without a retry,
+/// while `b2` keeps its own steps.
 #[tokio::test(start_paused = true)]
-async fn an_event_back_after_its_steps_goes_to_the_dlq_without_taking_a_partner() {
+async fn an_event_back_after_its_steps_waits_for_a_partner_and_its_next_failure_goes_to_the_dlq() {
     let runs = Arc::new(Runs {
         poison: Some(("a", 0)),
         ..Runs::default()
@@ -554,9 +554,14 @@ async fn an_event_back_after_its_steps_goes_to_the_dlq_without_taking_a_partner(
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(
         joined.runs.runs(),
-        [run(&[("a", 0), ("b", 0)]), run(&[("a", 0), ("b", 1)])]
+        [
+            run(&[("a", 0), ("b", 0)]),
+            run(&[("a", 0), ("b", 1)]),
+            run(&[("a", 0), ("b", 2)]),
+        ]
     );
-    // The failed hand-off, then the one that took it.
+    // The failed hand-off, then the one that took it (after the third run,
+    // with no retry of `a0`).
     assert_eq!(dead_letters.runs(), [run(&[("a", 0)]), run(&[("a", 0)])]);
     assert_eq!(invocations(&joined.metrics, "joined", "dlq"), 1);
     assert_eq!(joined.unacked(), 3);
@@ -565,11 +570,11 @@ async fn an_event_back_after_its_steps_goes_to_the_dlq_without_taking_a_partner(
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
-        joined.runs.runs()[2..],
+        joined.runs.runs()[3..],
         [
-            run(&[("a", 1), ("b", 2)]),
-            run(&[("a", 2), ("b", 0)]),
-            run(&[("a", 3), ("b", 1)]),
+            run(&[("a", 1), ("b", 0)]),
+            run(&[("a", 2), ("b", 1)]),
+            run(&[("a", 3), ("b", 2)]),
         ]
     );
     assert_eq!(invocations(&joined.metrics, "joined", "success"), 3);

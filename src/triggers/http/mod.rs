@@ -154,11 +154,19 @@ impl HttpTrigger {
         let mut parameters = params::rebase(trigger_parameters, &[TRIGGER_LEVEL_PREFIX])
             .map_err(HttpTriggerError::Dest)?;
         parameters.extend(config.parameters.iter().flatten().cloned());
+        // Header names are case-insensitive: one spelling in the spec, so
+        // `dest: headers.Authorization` replaces a configured
+        // `authorization` instead of racing it in key order.
+        for parameter in &mut parameters {
+            if let Some(name) = parameter.dest.value.strip_prefix("headers.") {
+                parameter.dest.value = format!("headers.{}", name.to_ascii_lowercase());
+            }
+        }
         let spec = serde_json::json!({
             "url": config.url.value,
             "method": target.method.as_str(),
             "headers": headers
-                .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+                .map(|(n, v)| (n.to_ascii_lowercase(), Value::String(v.clone())))
                 .collect::<serde_json::Map<String, Value>>(),
         });
         Ok(HttpTrigger {

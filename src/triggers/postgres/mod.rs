@@ -26,7 +26,11 @@
 //! - one transaction per trigger run: for a trigger fed by several
 //!   dependencies (`conditions`), the statement runs once with each `$n`
 //!   read from its own dependency's event, and the ledger's `event_id` is
-//!   the run's event ids joined with `+`;
+//!   the run's event ids as a JSON array. The ledger then stops a second
+//!   write of the same *pair* only: when a run that committed is retried
+//!   anyway (its answer was lost to `timeout`), each event is retried with
+//!   its own backoff and may meet a different partner, and the new pair is
+//!   written (docs/postgres.md);
 //! - parameters are sent in PostgreSQL's text format and converted by the
 //!   server to whatever type the statement needs (`int`, `numeric`,
 //!   `timestamptz`, `jsonb`, `uuid` …): a key's JSON value is read with its
@@ -348,11 +352,15 @@ impl PostgresTrigger {
 }
 
 /// The ledger's `event_id` for a trigger run: the event's id, or for
-/// several events (a trigger with `conditions`) their ids joined with `+`
-/// in the run's dependency order.
+/// several events (a trigger with `conditions`) their ids in the run's
+/// dependency order as a JSON array (`["o-1","p-7"]`): unlike a separator,
+/// it cannot make one event's id equal to a pair's.
 fn ledger_id(matched: &super::Matched<'_>) -> String {
     let ids: Vec<&str> = matched.iter().map(|(_, e)| e.context.id.as_str()).collect();
-    ids.join("+")
+    match ids.as_slice() {
+        [one] => (*one).to_string(),
+        _ => serde_json::Value::from(ids).to_string(),
+    }
 }
 
 /// What a SQLSTATE means for the event that caused it.
