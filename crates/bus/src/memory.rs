@@ -53,7 +53,7 @@
 //!
 //! All timing uses [`tokio::time::Instant`], so tests can run on paused time.
 
-use crate::stream::{Shared, Slot};
+use crate::stream::{ConsumerId, Shared, Slot};
 #[cfg(test)]
 use crate::stream::{IDLE_RETRY_AFTER, MAX_RETRY_AFTER, MIN_RETRY_AFTER};
 #[cfg(test)]
@@ -157,6 +157,15 @@ impl Bus for MemoryBus {
         }))
     }
 
+    async fn delete_consumer(&self, name: &str) -> Result<bool, BusError> {
+        let mut st = self.shared.lock();
+        let Some((&id, _)) = st.find_consumer(name) else {
+            return Ok(false);
+        };
+        st.remove_consumer(id, Instant::now());
+        Ok(true)
+    }
+
     async fn wait_for_space(&self, timeout: Duration) {
         self.shared.wait_for_space(timeout).await
     }
@@ -180,8 +189,7 @@ impl Bus for MemoryBus {
 /// the same name share its state.
 struct MemoryConsumer {
     shared: Arc<Shared<Body>>,
-    /// Index into the stream's consumers.
-    id: usize,
+    id: ConsumerId,
     name: String,
     wake: Arc<Notify>,
 }
@@ -197,12 +205,14 @@ impl Consumer for MemoryConsumer {
             return Ok(Vec::new());
         }
         let id = self.id;
-        Ok(self
-            .shared
+        self.shared
             .fetch(id, &self.wake, max_wait, |st, now| {
                 st.take_batch(id, max, now, received)
             })
-            .await)
+            .await
+            .map_err(|_| BusError::ConsumerDeleted {
+                name: self.name.clone(),
+            })
     }
 
     async fn ack(&self, seq: u64) -> Result<(), BusError> {

@@ -20,8 +20,10 @@
 //!   this process. Several processes sharing the consumer may together have
 //!   up to `max_ack_pending` per part in flight.
 //! - Changing the set of subjects leaves the parts of removed subjects behind
-//!   (they keep holding their messages under interest retention): delete
-//!   them with `nats consumer rm` once no instance uses them.
+//!   (they keep holding their messages under interest retention) until the
+//!   bus consumer is deleted ([`Bus::delete_consumer`](crate::Bus::delete_consumer)
+//!   removes every JetStream consumer carrying its description), or by hand
+//!   with `nats consumer rm` once no instance uses them.
 //!
 //! # Acks need the delivery handle
 //!
@@ -65,7 +67,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -124,11 +126,18 @@ pub(crate) fn plan(inner: &Inner, config: &ConsumerConfig) -> Vec<Part> {
     }
 }
 
+/// The description every JetStream consumer of bus consumer `name` carries:
+/// how [`delete_consumer`](crate::Bus::delete_consumer) finds all its parts,
+/// including those of subjects it no longer has.
+pub(crate) fn description(name: &str) -> String {
+    format!("spillway consumer {name:?}")
+}
+
 /// The server-side configuration of `part`.
 pub(crate) fn part_config(config: &ConsumerConfig, part: &Part) -> pull::Config {
     pull::Config {
         durable_name: Some(part.durable.clone()),
-        description: Some(format!("spillway consumer {:?}", config.name)),
+        description: Some(description(&config.name)),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
@@ -235,6 +244,12 @@ pub(crate) struct ConsumerShared {
     next_part: AtomicUsize,
     /// Last figures read from the server.
     cached: Mutex<CachedStats>,
+    /// Set by [`Bus::delete_consumer`](crate::Bus::delete_consumer) in this
+    /// process: fetches fail at once instead of asking the server.
+    deleted: AtomicBool,
+    /// Notified when `deleted` is set: ends pull requests parked on the
+    /// server (nats-server 2.9 does not end them when the consumer goes).
+    deletion: Notify,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -258,6 +273,32 @@ impl ConsumerShared {
             redelivered: AtomicU64::new(0),
             next_part: AtomicUsize::new(0),
             cached: Mutex::new(CachedStats::default()),
+            deleted: AtomicBool::new(false),
+            deletion: Notify::new(),
+        }
+    }
+
+    /// Marks the consumer deleted and ends its waiting fetches.
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        self.deletion.notify_waiters();
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the consumer is deleted in this process.
+    async fn until_deleted(&self) {
+        let notified = self.deletion.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.deleted.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+
+    fn deleted_error(&self) -> BusError {
+        BusError::ConsumerDeleted {
+            name: self.config.name.clone(),
         }
     }
 
@@ -339,6 +380,7 @@ impl JetStreamConsumer {
                     tracing::debug!(consumer = %part.durable, "pull request not ended by the server in time");
                     break;
                 }
+                _ = self.shared.until_deleted() => return Err(self.shared.deleted_error()),
                 _ = self.inner.link.interrupted() => {
                     if self.inner.link.is_closed() || !out.is_empty() {
                         break;
@@ -354,10 +396,10 @@ impl JetStreamConsumer {
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 Some(StatusCode::NOT_FOUND) | Some(StatusCode::TIMEOUT) => break,
                 Some(StatusCode::NO_RESPONDERS) => {
-                    return Err(BusError::Unavailable(format!(
-                        "JetStream consumer {:?} does not exist (deleted?)",
-                        part.durable
-                    )));
+                    // Nobody serves the consumer's pull subject: it is gone
+                    // (deleted by another instance or by hand).
+                    tracing::debug!(consumer = %part.durable, "JetStream consumer does not exist");
+                    return Err(self.shared.deleted_error());
                 }
                 status => {
                     tracing::debug!(consumer = %part.durable, ?status, description = ?msg.description, "pull request ended");
@@ -538,6 +580,9 @@ impl Consumer for JetStreamConsumer {
         let deadline = crate::stream::later(Instant::now(), max_wait);
         let mut poll = POLL_MIN;
         loop {
+            if self.shared.deleted.load(Ordering::SeqCst) {
+                return Err(self.shared.deleted_error());
+            }
             if self.inner.link.is_closed() {
                 return Ok(Vec::new());
             }
