@@ -27,6 +27,10 @@
 //!   it is acked, terminated, or has been delivered `max_deliver` times.
 //!   Fetching is cancel-safe: a message counts as delivered only when
 //!   [`Consumer::fetch`] returns it.
+//! - **Deleting a consumer** ([`Bus::delete_consumer`]) releases every
+//!   message it held as if it had acked it; its handles' fetches then fail
+//!   with [`BusError::ConsumerDeleted`], and binding the name again creates
+//!   a new consumer.
 //! - **Bounded memory.** Held messages are bounded by [`Limits`]; released
 //!   messages are removed at once (wherever they are in the stream). Each
 //!   consumer keeps a cursor plus one entry per delivered, unacked message,

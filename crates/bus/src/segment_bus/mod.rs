@@ -5,8 +5,10 @@
 //! # Layout
 //!
 //! `DIR/log/` holds the segment files; `DIR/consumer-<name>.state` one file
-//! per durable consumer; `DIR/stream.state` the stream metadata (see
-//! the private `state` module). One process per directory (nothing locks it).
+//! per durable consumer; `DIR/stream.state` the stream metadata;
+//! `DIR/consumer-<name>.deleted` the tombstone of a consumer being deleted
+//! (see the private `state` module). One process per directory (nothing
+//! locks it).
 //!
 //! # How it works
 //!
@@ -32,6 +34,12 @@
 //! - **Retention**: after each state sync, segments whose every record is
 //!   below the oldest retained message are deleted (`delete_before`), but
 //!   only once the consumer state that released them is on disk.
+//! - **Deleting a consumer** ([`Bus::delete_consumer`]) writes its tombstone
+//!   first (synchronously, fsync'd), then takes it out of the stream, which
+//!   releases every message it held, then stores the metadata without it
+//!   and removes its state file and the tombstone. A crash anywhere after
+//!   the tombstone finishes the delete at the next open; the segments only
+//!   it held are deleted by the next state sync like any released ones.
 //! - **Open** recovers the log (CRC check of every record, torn tail
 //!   truncated, corrupt regions skipped, counted and logged by the log),
 //!   loads the consumer state, and re-indexes only the records some consumer
@@ -84,13 +92,19 @@
 //! - A consumer's configuration cannot change across restarts: binding an
 //!   existing durable name with another configuration is
 //!   [`BusError::ConsumerMismatch`] (as within one run).
-//! - Creating a consumer and closing the bus do blocking file I/O (a few
-//!   `fsync`s) on the calling thread; fetches `pread` on it.
+//! - Creating or deleting a consumer and closing the bus do blocking file
+//!   I/O (a few `fsync`s) on the calling thread; fetches `pread` on it.
+//!   Deleting also walks the held messages above the consumer's cursor
+//!   once, under the stream lock.
 //! - Counters in [`BusStats`] (published, rejected, discarded) restart at
 //!   zero with each process.
-//! - Durable consumers are never deleted (the trait has no delete): one
-//!   that is no longer bound after a restart still holds its messages
-//!   (retention by interest) until the stream fills up.
+//! - Durable consumers are deleted only when asked
+//!   ([`Bus::delete_consumer`]): one that is no longer bound after a restart
+//!   still holds its messages (retention by interest) until the stream
+//!   fills up. The spillway binary deletes, at start-up, every consumer no
+//!   trigger of its config binds. If removing a tombstone fails and the
+//!   name is bound again before a retry succeeds, a crash before that retry
+//!   deletes the new consumer at the next open (logged at each step).
 //! - A publish whose future is dropped after the message was queued is
 //!   still stored (the log's contract) and may take the stream one message
 //!   past `max_msgs`; its publisher never learns the seq.
@@ -344,6 +358,15 @@ impl SegmentBus {
     /// The bus directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Names of the durable consumers, oldest first.
+    pub fn consumer_names(&self) -> Vec<String> {
+        let st = self.inner.shared.lock();
+        st.consumers
+            .values()
+            .map(|c| c.config.name.clone())
+            .collect()
     }
 
     /// Counters of the underlying log (syncs, batches, segments, disk bytes).

@@ -32,6 +32,10 @@
 //!   terminated, or has been delivered `max_deliver` times. Fetching is
 //!   cancel-safe: a message counts as delivered only when the fetch returns
 //!   it (marking happens synchronously, right before returning).
+//! - **Deleted consumers let go.** [`Stream::remove_consumer`] releases
+//!   every message the consumer held; handles bound to it get
+//!   [`ConsumerDeleted`] and never act on a later consumer of the same name
+//!   (ids are not reused).
 //! - **Bounded memory.** Held messages are bounded by [`Limits`]; released
 //!   messages are removed at once (wherever they are in the stream). Each
 //!   consumer keeps a cursor plus one entry per delivered, unacked message,
