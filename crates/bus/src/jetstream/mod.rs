@@ -56,6 +56,7 @@
 
 pub mod consumer;
 pub mod error;
+mod pending;
 pub mod stats;
 pub mod stream;
 pub mod subject;
