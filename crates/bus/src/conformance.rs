@@ -773,7 +773,7 @@ pub(crate) async fn delete_consumer_releases_what_it_held(b: &dyn Backend) {
     assert!(bus.delete_consumer("gone").await.unwrap());
     assert_stats(b, &bus, |st| (st.messages, st.consumers), (0, 2)).await;
     assert!(!bus.delete_consumer("gone").await.unwrap());
-    let err = gone.fetch(10, NOW).await.err().expect("fetch after delete");
+    let err = gone.fetch(10, NOW).await.expect_err("fetch after delete");
     assert!(
         matches!(&err, BusError::ConsumerDeleted { name } if name == "gone"),
         "{err:?}"

@@ -55,6 +55,7 @@ impl PendingMap {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

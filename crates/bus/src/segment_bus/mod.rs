@@ -420,6 +420,10 @@ fn load_manifest(dir: &Path, report: &mut OpenReport) -> Result<Option<Manifest>
     Ok(None)
 }
 
+/// Consumers to restore: each one's persisted position, and whether it was
+/// reset (and must be written back).
+type Restored = Vec<(ConsumerSnapshot, bool)>;
+
 /// Every known consumer's persisted position (`true`: reset, must be
 /// written back), and the names of deleted consumers whose tombstone is
 /// still on disk. Consumers listed in the metadata without a readable state
@@ -431,7 +435,7 @@ fn load_consumers(
     dir: &Path,
     manifest: Option<&Manifest>,
     report: &mut OpenReport,
-) -> Result<(Vec<(ConsumerSnapshot, bool)>, BTreeSet<String>), StateFileError> {
+) -> Result<(Restored, BTreeSet<String>), StateFileError> {
     let mut found: BTreeMap<String, ConsumerSnapshot> = BTreeMap::new();
     let mut unreadable: Vec<(PathBuf, String)> = Vec::new();
     let paths = state::consumer_files(dir).map_err(|e| StateFileError::Io {
