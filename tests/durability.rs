@@ -179,6 +179,19 @@ async fn a_sensor_removed_from_the_config_does_not_pin_the_bus() {
     .await;
     first.kill();
 
+    // Without any sensor (the consumers are down on purpose) nothing is
+    // deleted: the events keep waiting for them.
+    let sources_only: Vec<&str> = kept
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("kind: Sensor"))
+        .collect();
+    let mut idle = Spillway::start_in(&sources_only.join("\n---\n"), data.path()).await;
+    assert_eq!(idle.status().await["bus"]["messages"], 3);
+    assert!(idle
+        .log_text()
+        .contains("keeping the bus's 2 durable consumer(s)"));
+    assert!(idle.terminate().await.success());
+
     let mut second = Spillway::start_in(&kept, data.path()).await;
     wait_until("the audit sensor's events released", WAIT, || async {
         second.status().await["bus"]["messages"] == 0

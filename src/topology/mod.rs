@@ -640,9 +640,22 @@ fn open_embedded_bus(
 /// filter, pinning the queue depth until the bus is full. Runs once every
 /// trigger's consumer is bound, so a renamed trigger's new consumer already
 /// holds what the old one still held. Not done on JetStream: other
-/// instances with another config may share the stream.
+/// instances with another config may share the stream. Not done either
+/// when the config has no trigger at all: that is a pipeline run without
+/// its sensors on purpose (the consumer is down, events wait in the bus),
+/// and deleting the last consumers would release everything they hold.
 async fn delete_orphan_consumers(bus: &SegmentBus, bound: &[&str]) -> Result<(), RunError> {
-    for name in bus.consumer_names() {
+    let names = bus.consumer_names();
+    if bound.is_empty() {
+        if !names.is_empty() {
+            tracing::info!(
+                "no sensor trigger in the config: keeping the bus's {} durable consumer(s) {names:?} and the events they hold",
+                names.len()
+            );
+        }
+        return Ok(());
+    }
+    for name in names {
         if bound.contains(&name.as_str()) {
             continue;
         }

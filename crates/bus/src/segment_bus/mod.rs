@@ -102,9 +102,10 @@
 //!   ([`Bus::delete_consumer`]): one that is no longer bound after a restart
 //!   still holds its messages (retention by interest) until the stream
 //!   fills up. The spillway binary deletes, at start-up, every consumer no
-//!   trigger of its config binds. If removing a tombstone fails and the
-//!   name is bound again before a retry succeeds, a crash before that retry
-//!   deletes the new consumer at the next open (logged at each step).
+//!   trigger of its config binds (none if it has no trigger at all).
+//! - If removing a tombstone fails and the name is bound again before a
+//!   retry succeeds, a crash before that retry deletes the new consumer at
+//!   the next open (logged at each step).
 //! - A publish whose future is dropped after the message was queued is
 //!   still stored (the log's contract) and may take the stream one message
 //!   past `max_msgs`; its publisher never learns the seq.
