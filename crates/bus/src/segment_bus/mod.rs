@@ -103,6 +103,12 @@
 //!   still holds its messages (retention by interest) until the stream
 //!   fills up. The spillway binary deletes, at start-up, every consumer no
 //!   trigger of its config binds (none if it has no trigger at all).
+//! - A consumer created while the stream holds messages starts at the
+//!   oldest of them; a message released before it existed but lying above
+//!   that start (wanted by nobody, or held only by a deleted consumer) is
+//!   passed over for good once the new consumer has caught up. A restart
+//!   before that delivers it to the new consumer once (at least once errs
+//!   towards an extra delivery).
 //! - If removing a tombstone fails and the name is bound again before a
 //!   retry succeeds, a crash before that retry deletes the new consumer at
 //!   the next open (logged at each step).

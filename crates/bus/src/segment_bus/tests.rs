@@ -755,3 +755,37 @@ async fn a_message_the_record_format_cannot_hold_is_too_large() {
     // The reservation was returned: the next publish fits.
     assert_eq!(bus.publish(numbered(0)).await.unwrap(), 1);
 }
+
+/// Found by the model test: `u` was held only by the deleted `all`, so the
+/// delete released it, but it lies above the cursor of the `all` bound
+/// again (which starts at the oldest held message). Once that consumer has
+/// nothing left to see, its cursor moves past every released seq, so a
+/// reopen does not bring `u` back.
+#[tokio::test]
+async fn a_message_released_by_a_delete_does_not_come_back_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open(dir.path());
+    let mut t_only = ConsumerConfig::new("t");
+    t_only.filter_subjects = vec!["t".into()];
+    let t = bus.consumer(t_only.clone()).await.unwrap();
+    bus.consumer(ConsumerConfig::new("all")).await.unwrap();
+    let held = bus.publish(msg("t", "1")).await.unwrap();
+    bus.publish(msg("u", "2")).await.unwrap();
+    assert!(bus.delete_consumer("all").await.unwrap());
+    assert_eq!(bus.stats().messages, 1);
+    let all = bus.consumer(ConsumerConfig::new("all")).await.unwrap();
+    for c in [&all, &t] {
+        assert_eq!(seq_list(&drain(c).await), [held]);
+        c.ack(held).await.unwrap();
+    }
+    assert_eq!(bus.stats().messages, 0);
+    bus.close().await;
+    drop((bus, all, t));
+
+    let (bus, report) = open(dir.path());
+    assert_eq!(report.held, 0);
+    for config in [ConsumerConfig::new("all"), t_only] {
+        let c = bus.consumer(config).await.unwrap();
+        assert!(drain(&c).await.is_empty());
+    }
+}

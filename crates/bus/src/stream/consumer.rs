@@ -104,6 +104,19 @@ impl ConsumerState {
         None
     }
 
+    /// With nothing unseen, every matching seq up to `last_seq` was delivered
+    /// or released: moves the cursor past them all. Recovery re-holds log
+    /// records at or above a restored cursor, so this keeps a message that
+    /// was released while above the cursor (held only by a deleted
+    /// consumer, or unwanted before this consumer existed) from coming back
+    /// after a restart.
+    fn skip_released(&mut self, last_seq: u64) {
+        if self.unseen == 0 && self.cursor <= last_seq {
+            self.cursor = last_seq.saturating_add(1);
+            self.dirty = true;
+        }
+    }
+
     /// When this consumer's next redelivery timer fires.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
         self.timers.first().map(|&(at, _)| at)
@@ -150,6 +163,7 @@ impl<B> Stream<B> {
         let name = config.name.clone();
         let mut c = ConsumerState::new(config, cursor);
         c.unseen = unseen;
+        c.skip_released(self.last_seq);
         let wake = Arc::clone(&c.wake);
         let id = self.push_consumer(c);
         if first {
@@ -355,7 +369,10 @@ impl<B> Stream<B> {
         mut make: impl FnMut(u64, &Slot<B>, u32) -> T,
     ) -> Vec<T> {
         let Stream {
-            msgs, consumers, ..
+            msgs,
+            consumers,
+            last_seq,
+            ..
         } = self;
         let Some(c) = consumers.get_mut(&id) else {
             return Vec::new();
@@ -411,6 +428,7 @@ impl<B> Stream<B> {
                 out.push(make(seq, m, 1));
             }
         }
+        c.skip_released(*last_seq);
         out
     }
 
