@@ -139,3 +139,69 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     );
     assert!(first.terminate().await.success());
 }
+
+/// A sensor removed from the config leaves a durable consumer behind that
+/// holds its unacked events (and would hold every new one): on restart the
+/// embedded bus deletes it, so the queue depth is no longer pinned.
+#[tokio::test]
+async fn a_sensor_removed_from_the_config_does_not_pin_the_bus() {
+    let forward = Receiver::start(true).await;
+    // Holds every call: the audit sensor never acks.
+    let hold = Receiver::start(false).await;
+    let port = free_port();
+    let data = tempfile::tempdir().expect("tempdir");
+    let kept = pipeline(port, &forward.url);
+    let audit = common::sensor(
+        "audit",
+        "shop",
+        "orders",
+        &common::http_trigger("hold", &hold.url),
+    );
+    let mut first = Spillway::start_in(&format!("{kept}\n---\n{audit}"), data.path()).await;
+    let client = common::client();
+    for i in 0..3 {
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/orders"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"id":"o-{i}"}}"#))
+            .send()
+            .await
+            .expect("POST /orders");
+        assert_eq!(response.status(), 200, "event {i}");
+    }
+    // The audit trigger's adaptive window starts at one call: one event in
+    // its call, two waiting in the bus, all three unacked.
+    wait_until("forwarded, and held by the audit sensor", WAIT, || async {
+        forward.count().await >= 3
+            && hold.arrivals() >= 1
+            && first.status().await["bus"]["messages"] == 3
+    })
+    .await;
+    first.kill();
+
+    // Without any sensor (the consumers are down on purpose) nothing is
+    // deleted: the events keep waiting for them.
+    let sources_only: Vec<&str> = kept
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("kind: Sensor"))
+        .collect();
+    let mut idle = Spillway::start_in(&sources_only.join("\n---\n"), data.path()).await;
+    assert_eq!(idle.status().await["bus"]["messages"], 3);
+    assert!(idle
+        .log_text()
+        .contains("keeping the bus's 2 durable consumer(s)"));
+    assert!(idle.terminate().await.success());
+
+    let mut second = Spillway::start_in(&kept, data.path()).await;
+    wait_until("the audit sensor's events released", WAIT, || async {
+        second.status().await["bus"]["messages"] == 0
+    })
+    .await;
+    let log = second.log_text();
+    assert!(
+        log.contains(r#"deleted durable consumer "audit-hold""#),
+        "{log}"
+    );
+    assert!(!log.contains(r#"deleted durable consumer "orders-forward""#));
+    assert!(second.terminate().await.success());
+}

@@ -125,36 +125,32 @@ pub async fn run_until(
 
     let limits = config.bus.limits;
     // The lock is held until the pipeline stops: one process per data directory.
-    let (bus, _data_dir_lock, backend): (Arc<dyn Bus>, Option<std::fs::File>, String) =
-        match &config.bus.url {
-            Some(url) => {
-                let options = spillway_bus::jetstream::JetStreamOptions {
-                    replicas: config.bus.replicas,
-                    ..Default::default()
-                };
-                let bus = JetStreamBus::connect_with(
-                    url,
-                    &config.bus.name,
-                    limits,
-                    &[] as &[&str],
-                    options,
-                )
-                .await?;
-                let backend = format!("NATS JetStream at {url}, stream {:?}", bus.stream_name());
-                (bus, None, backend)
-            }
-            None => {
-                let dir = options.data_dir.clone();
-                let (bus, lock) =
-                    tokio::task::spawn_blocking(move || open_embedded_bus(&dir, limits))
-                        .await
-                        .map_err(|e| {
-                            RunError::Config(format!("opening the embedded bus: {e}"))
-                        })??;
-                let backend = format!("embedded and durable in {}", options.data_dir.display());
-                (bus, Some(lock), backend)
-            }
-        };
+    let (bus, embedded, _data_dir_lock, backend): (
+        Arc<dyn Bus>,
+        Option<Arc<SegmentBus>>,
+        Option<std::fs::File>,
+        String,
+    ) = match &config.bus.url {
+        Some(url) => {
+            let options = spillway_bus::jetstream::JetStreamOptions {
+                replicas: config.bus.replicas,
+                ..Default::default()
+            };
+            let bus =
+                JetStreamBus::connect_with(url, &config.bus.name, limits, &[] as &[&str], options)
+                    .await?;
+            let backend = format!("NATS JetStream at {url}, stream {:?}", bus.stream_name());
+            (bus, None, None, backend)
+        }
+        None => {
+            let dir = options.data_dir.clone();
+            let (bus, lock) = tokio::task::spawn_blocking(move || open_embedded_bus(&dir, limits))
+                .await
+                .map_err(|e| RunError::Config(format!("opening the embedded bus: {e}")))??;
+            let backend = format!("embedded and durable in {}", options.data_dir.display());
+            (bus.clone(), Some(bus), Some(lock), backend)
+        }
+    };
     tracing::info!(
         "event bus {:?}: {backend}, enforcing max_msgs={} max_bytes={} max_msg_size={} discard={:?}",
         config.bus.name,
@@ -202,6 +198,10 @@ pub async fn run_until(
         );
     }
     let handles: Vec<_> = runners.iter().map(TriggerRunner::handle).collect();
+    if let Some(embedded) = &embedded {
+        let bound: Vec<&str> = handles.iter().map(|h| h.consumer.name()).collect();
+        delete_orphan_consumers(embedded, &bound).await?;
+    }
 
     // Bind every port before serving anything, so a taken port fails start-up cleanly.
     let mut servers = Vec::new();
@@ -594,7 +594,7 @@ struct Workflows<'a> {
 fn open_embedded_bus(
     dir: &std::path::Path,
     limits: spillway_bus::Limits,
-) -> Result<(Arc<dyn Bus>, std::fs::File), RunError> {
+) -> Result<(Arc<SegmentBus>, std::fs::File), RunError> {
     let unusable = |what: &str, e: std::io::Error| {
         RunError::Config(format!("--data-dir {}: {what}: {e}", dir.display()))
     };
@@ -631,6 +631,43 @@ fn open_embedded_bus(
         );
     }
     Ok((bus, lock))
+}
+
+/// Deletes the embedded bus's durable consumers that no trigger of this
+/// config is bound to. A sensor or trigger removed from the config (as
+/// deleting an Argo Sensor deletes its consumer) would otherwise keep
+/// holding every event it had not acked and every new one matching its
+/// filter, pinning the queue depth until the bus is full. Runs once every
+/// trigger's consumer is bound, so a renamed trigger's new consumer already
+/// holds what the old one still held. Not done on JetStream: other
+/// instances with another config may share the stream. Not done either
+/// when the config has no trigger at all: that is a pipeline run without
+/// its sensors on purpose (the consumer is down, events wait in the bus),
+/// and deleting the last consumers would release everything they hold.
+async fn delete_orphan_consumers(bus: &SegmentBus, bound: &[&str]) -> Result<(), RunError> {
+    let names = bus.consumer_names();
+    if bound.is_empty() {
+        if !names.is_empty() {
+            tracing::info!(
+                "no sensor trigger in the config: keeping the bus's {} durable consumer(s) {names:?} and the events they hold",
+                names.len()
+            );
+        }
+        return Ok(());
+    }
+    for name in names {
+        if bound.contains(&name.as_str()) {
+            continue;
+        }
+        let before = bus.stats().messages;
+        if bus.delete_consumer(&name).await? {
+            let released = before.saturating_sub(bus.stats().messages);
+            tracing::warn!(
+                "deleted durable consumer {name:?}: no sensor trigger in the config uses it any more; {released} event(s) only it still held were released"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One runner per trigger, each with its own durable consumer.

@@ -21,6 +21,10 @@
 //!   JetStream: a durable pull consumer's message stream + `ack()`; the
 //!   phase ends when the server reports the stream empty (acks are
 //!   fire-and-forget, the work is done once the server applied them).
+//! - The same two phases through spillway's own JetStream backend
+//!   ([`JetStreamBus`]: `Bus::publish`, `Consumer::fetch` + `Consumer::ack`)
+//!   on the same server, so the cost of the backend's bookkeeping (pull
+//!   requests, delivery handles) shows next to the bare client's.
 //!
 //! Both streams hold messages by interest (a consumer exists before the
 //! first publish) with no limits that could refuse a publish.
@@ -43,6 +47,7 @@ mod test_server;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::segment::SyncPolicy;
 use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
 use spillway_bus::{Bus, ConsumerConfig, DiscardPolicy, Limits, Message};
@@ -291,6 +296,81 @@ async fn jetstream_round(url: &str, round: usize, per_task: usize) -> Round {
     }
 }
 
+async fn jetstream_bus_round(url: &str, round: usize, per_task: usize) -> Round {
+    let total = per_task * publishers();
+    let name = format!("busbench{round}");
+    let bus = JetStreamBus::connect(url, &name, unlimited(), &[] as &[&str])
+        .await
+        .expect("connect the JetStream bus");
+    let consumer = bus
+        .consumer(ConsumerConfig {
+            max_ack_pending: MAX_ACK_PENDING,
+            ..ConsumerConfig::new("bench")
+        })
+        .await
+        .expect("consumer");
+    let body = payload();
+    let publisher = Arc::clone(&bus);
+    let (elapsed, latencies) = publish_phase(per_task, move || {
+        let bus = Arc::clone(&publisher);
+        let message = Message {
+            subject: SUBJECT.to_string(),
+            headers: Vec::new(),
+            payload: body.clone(),
+        };
+        async move {
+            if let Err(err) = bus.publish(message).await {
+                panic!("JetStreamBus publish failed: {err}");
+            }
+        }
+    })
+    .await;
+    eprintln!("  JetStreamBus: {total} published in {elapsed:.2?}");
+
+    let (mut fetching, mut acking) = (Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    let mut acked = 0;
+    while acked < total {
+        let t = Instant::now();
+        let batch = consumer
+            .fetch(BATCH, Duration::from_secs(5))
+            .await
+            .expect("fetch");
+        fetching += t.elapsed();
+        assert!(!batch.is_empty(), "JetStreamBus: stream ran dry at {acked}");
+        let t = Instant::now();
+        for r in batch {
+            consumer.ack(r.seq).await.expect("ack");
+            acked += 1;
+        }
+        acking += t.elapsed();
+    }
+    // Done when the server has applied the acks: the stream is empty.
+    loop {
+        bus.refresh_stats().await.expect("stream info");
+        if bus.stats().messages == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let consume = start.elapsed();
+    eprintln!(
+        "  JetStreamBus: {total} consumed in {consume:.2?}: fetch {:.2?} ({:.2} µs/msg), ack \
+         {:.2?} ({:.2} µs/msg)",
+        fetching,
+        fetching.as_secs_f64() * 1e6 / total as f64,
+        acking,
+        acking.as_secs_f64() * 1e6 / total as f64,
+    );
+    bus.close().await;
+    Round {
+        publish_rate: total as f64 / elapsed.as_secs_f64(),
+        consume_rate: total as f64 / consume.as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    }
+}
+
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]
@@ -340,6 +420,7 @@ fn main() {
 
     let mut segment = Vec::new();
     let mut nats = Vec::new();
+    let mut backend = Vec::new();
     for round in 0..rounds {
         eprintln!("round {}", round + 1);
         runtime.block_on(async {
@@ -350,14 +431,16 @@ fn main() {
                 nats.push(jetstream_round(&url, round, per_task).await);
                 segment.push(segment_round(per_task).await);
             }
+            backend.push(jetstream_bus_round(&url, round, per_task).await);
         });
         eprintln!(
-            "  segment {:?}\n  jetstream {:?}",
-            segment[round], nats[round]
+            "  segment {:?}\n  jetstream {:?}\n  jetstream bus {:?}",
+            segment[round], nats[round], backend[round]
         );
     }
     let s = summary(&segment);
     let j = summary(&nats);
+    let b = summary(&backend);
     let rate = |v: f64| format!("{:.0}", v);
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!();
@@ -367,28 +450,32 @@ fn main() {
         publishers()
     );
     println!();
-    println!("| measure | segment bus (`sync: always`) | JetStream file storage | segment / JetStream | goal |");
-    println!("|---|---:|---:|---:|---|");
+    println!("| measure | segment bus (`sync: always`) | JetStream file storage | segment / JetStream | goal | spillway `JetStreamBus` |");
+    println!("|---|---:|---:|---:|---|---:|");
     println!(
-        "| publish, msgs/s | {} | {} | {:.2}× | ≥ 2.5× |",
+        "| publish, msgs/s | {} | {} | {:.2}× | ≥ 2.5× | {} |",
         rate(s.publish_rate),
         rate(j.publish_rate),
-        s.publish_rate / j.publish_rate
+        s.publish_rate / j.publish_rate,
+        rate(b.publish_rate)
     );
     println!(
-        "| consume + ack, msgs/s | {} | {} | {:.2}× | ≥ 2× |",
+        "| consume + ack, msgs/s | {} | {} | {:.2}× | ≥ 2× | {} |",
         rate(s.consume_rate),
         rate(j.consume_rate),
-        s.consume_rate / j.consume_rate
+        s.consume_rate / j.consume_rate,
+        rate(b.consume_rate)
     );
     println!(
-        "| publish latency p50 | {} | {} | | |",
+        "| publish latency p50 | {} | {} | | | {} |",
         ms(s.p50),
-        ms(j.p50)
+        ms(j.p50),
+        ms(b.p50)
     );
     println!(
-        "| publish latency p99 | {} | {} | | |",
+        "| publish latency p99 | {} | {} | | | {} |",
         ms(s.p99),
-        ms(j.p99)
+        ms(j.p99),
+        ms(b.p99)
     );
 }

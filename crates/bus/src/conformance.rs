@@ -141,6 +141,7 @@ macro_rules! conformance_suite {
             binding_twice_shares_state,
             rebinding_with_another_config_is_a_mismatch,
             too_many_consumers,
+            delete_consumer_releases_what_it_held,
             fetch_wakes_on_publish,
             fetch_times_out_empty,
             cancelled_fetch_loses_nothing,
@@ -749,6 +750,56 @@ pub(crate) async fn too_many_consumers(b: &dyn Backend) {
     );
     bus.consumer(ConsumerConfig::new("a")).await.unwrap();
     assert_stats(b, &bus, |s| s.consumers, 1).await;
+}
+
+pub(crate) async fn delete_consumer_releases_what_it_held(b: &dyn Backend) {
+    let bus = b.open(unlimited()).await;
+    let keep = bus.consumer(ConsumerConfig::new("keep")).await.unwrap();
+    let mut gone_cfg = ConsumerConfig::new("gone");
+    gone_cfg.filter_subjects = vec!["s".into()];
+    let gone = bus.consumer(gone_cfg.clone()).await.unwrap();
+    let mut idle_cfg = ConsumerConfig::new("idle");
+    idle_cfg.filter_subjects = vec!["quiet".into()];
+    let idle = bus.consumer(idle_cfg).await.unwrap();
+    let s = publish_n(&bus, 3).await;
+    for r in fetch_now(&keep, 10).await {
+        keep.ack(r.seq).await.unwrap();
+    }
+    // `gone` alone holds all three: one delivered and unacked, two unseen.
+    assert_eq!(seqs(&fetch_now(&gone, 1).await), vec![s[0]]);
+    tokio::time::sleep(T / 5).await;
+    assert_stats(b, &bus, |st| st.messages, 3).await;
+
+    assert!(bus.delete_consumer("gone").await.unwrap());
+    assert_stats(b, &bus, |st| (st.messages, st.consumers), (0, 2)).await;
+    assert!(!bus.delete_consumer("gone").await.unwrap());
+    let err = gone.fetch(10, NOW).await.expect_err("fetch after delete");
+    assert!(
+        matches!(&err, BusError::ConsumerDeleted { name } if name == "gone"),
+        "{err:?}"
+    );
+
+    // A fetch waiting on a consumer is ended by its deletion, not by max_wait.
+    let waiter = tokio::spawn(async move {
+        let start = Instant::now();
+        let result = idle.fetch(10, 40 * T).await;
+        (result.map(|batch| seqs(&batch)), start.elapsed())
+    });
+    tokio::time::sleep(T / 5).await;
+    assert!(bus.delete_consumer("idle").await.unwrap());
+    let (result, waited) = waiter.await.unwrap();
+    assert!(
+        matches!(&result, Err(BusError::ConsumerDeleted { name }) if name == "idle"),
+        "{result:?}"
+    );
+    assert!(waited < 20 * T, "{waited:?}");
+    assert_stats(b, &bus, |st| st.consumers, 1).await;
+
+    // Bound again: a new consumer, which the released messages are not
+    // delivered to.
+    let again = bus.consumer(gone_cfg).await.unwrap();
+    let s4 = publish_n(&bus, 1).await[0];
+    assert_eq!(seqs(&fetch_now(&again, 10).await), vec![s4]);
 }
 
 pub(crate) async fn fetch_wakes_on_publish(b: &dyn Backend) {

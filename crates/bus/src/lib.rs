@@ -15,6 +15,8 @@
 //!   terminated) it; that count is the queue depth limits apply to.
 //! - An unacked message is redelivered after `ack_wait`, or after a `nak`
 //!   delay, until `max_deliver` deliveries have been made.
+//! - [`Bus::delete_consumer`] removes a durable consumer for good and
+//!   releases what it held (durably, on the durable backends).
 //!
 //! Backends: [`memory::MemoryBus`] (in-process, not durable),
 //! [`segment_bus::SegmentBus`] (embedded and durable), both thin layers over
@@ -57,6 +59,14 @@ pub trait Bus: Send + Sync + 'static {
     /// Creates the durable consumer `config.name`, or binds to it if it
     /// already exists (its position and pending messages are kept).
     async fn consumer(&self, config: ConsumerConfig) -> Result<Arc<dyn Consumer>, BusError>;
+
+    /// Deletes the durable consumer `name` (an Argo Sensor was removed):
+    /// every message it held is released as if it had acked it, so one that
+    /// no other consumer holds leaves the stream. Returns whether it
+    /// existed. Fetches through handles bound to it, waiting ones included,
+    /// then fail with [`BusError::ConsumerDeleted`]; binding the name again
+    /// creates a new consumer that starts at the oldest message still held.
+    async fn delete_consumer(&self, name: &str) -> Result<bool, BusError>;
 
     /// Resolves once space may have been freed (a message acked or removed)
     /// or `timeout` elapsed, whichever comes first. Used by producers that

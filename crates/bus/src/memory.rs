@@ -27,6 +27,10 @@
 //!   it is acked, terminated, or has been delivered `max_deliver` times.
 //!   Fetching is cancel-safe: a message counts as delivered only when
 //!   [`Consumer::fetch`] returns it.
+//! - **Deleting a consumer** ([`Bus::delete_consumer`]) releases every
+//!   message it held as if it had acked it; its handles' fetches then fail
+//!   with [`BusError::ConsumerDeleted`], and binding the name again creates
+//!   a new consumer.
 //! - **Bounded memory.** Held messages are bounded by [`Limits`]; released
 //!   messages are removed at once (wherever they are in the stream). Each
 //!   consumer keeps a cursor plus one entry per delivered, unacked message,
@@ -53,7 +57,7 @@
 //!
 //! All timing uses [`tokio::time::Instant`], so tests can run on paused time.
 
-use crate::stream::{Shared, Slot};
+use crate::stream::{ConsumerId, Shared, Slot};
 #[cfg(test)]
 use crate::stream::{IDLE_RETRY_AFTER, MAX_RETRY_AFTER, MIN_RETRY_AFTER};
 #[cfg(test)]
@@ -157,6 +161,15 @@ impl Bus for MemoryBus {
         }))
     }
 
+    async fn delete_consumer(&self, name: &str) -> Result<bool, BusError> {
+        let mut st = self.shared.lock();
+        let Some((&id, _)) = st.find_consumer(name) else {
+            return Ok(false);
+        };
+        st.remove_consumer(id, Instant::now());
+        Ok(true)
+    }
+
     async fn wait_for_space(&self, timeout: Duration) {
         self.shared.wait_for_space(timeout).await
     }
@@ -180,8 +193,7 @@ impl Bus for MemoryBus {
 /// the same name share its state.
 struct MemoryConsumer {
     shared: Arc<Shared<Body>>,
-    /// Index into the stream's consumers.
-    id: usize,
+    id: ConsumerId,
     name: String,
     wake: Arc<Notify>,
 }
@@ -197,12 +209,14 @@ impl Consumer for MemoryConsumer {
             return Ok(Vec::new());
         }
         let id = self.id;
-        Ok(self
-            .shared
+        self.shared
             .fetch(id, &self.wake, max_wait, |st, now| {
                 st.take_batch(id, max, now, received)
             })
-            .await)
+            .await
+            .map_err(|_| BusError::ConsumerDeleted {
+                name: self.name.clone(),
+            })
     }
 
     async fn ack(&self, seq: u64) -> Result<(), BusError> {

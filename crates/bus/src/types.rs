@@ -216,6 +216,11 @@ pub enum BusError {
     TooManyConsumers { name: String, max: u64 },
     #[error("consumer {name:?} already exists with a different configuration")]
     ConsumerMismatch { name: String },
+    /// The consumer this handle is bound to was deleted
+    /// ([`Bus::delete_consumer`](crate::Bus::delete_consumer)); bind again
+    /// to get a new one.
+    #[error("consumer {name:?} was deleted")]
+    ConsumerDeleted { name: String },
     #[error("bus unavailable: {0}")]
     Unavailable(String),
 }

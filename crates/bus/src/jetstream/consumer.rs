@@ -20,20 +20,33 @@
 //!   this process. Several processes sharing the consumer may together have
 //!   up to `max_ack_pending` per part in flight.
 //! - Changing the set of subjects leaves the parts of removed subjects behind
-//!   (they keep holding their messages under interest retention): delete
-//!   them with `nats consumer rm` once no instance uses them.
+//!   (they keep holding their messages under interest retention) until the
+//!   bus consumer is deleted ([`Bus::delete_consumer`](crate::Bus::delete_consumer)
+//!   removes every JetStream consumer carrying its description), or by hand
+//!   with `nats consumer rm` once no instance uses them.
 //!
 //! # Acks need the delivery handle
 //!
 //! Acknowledging a JetStream message means publishing to the reply subject it
 //! was delivered with. Each consumer keeps, per delivered and not yet settled
 //! stream sequence, that reply subject and when the message becomes due for
-//! redelivery. The map holds at most `max_ack_pending` entries: a fetch
-//! never asks for more than the free credit (entries not yet due), and when
-//! the map is full an insert first drops entries whose ack deadline passed
-//! (the server redelivers those anyway, possibly to another instance). An
-//! ack for a dropped entry is a no-op: the message is redelivered and
-//! processed again (at-least-once).
+//! redelivery, in a [`PendingMap`] of at most `max_ack_pending` entries: a
+//! fetch never asks for more than the free credit (entries not yet due).
+//!
+//! # One subscription per JetStream consumer
+//!
+//! Requests for what is there now (the hot path: a fetch while messages
+//! are waiting) are answered on one inbox subscription per JetStream
+//! consumer (`<inbox>.*`, request `n` replies to `<inbox>.n`), kept from
+//! one fetch to the next for as long as each request is answered in full,
+//! instead of a subscribe and unsubscribe per fetch. A request answered
+//! short, or a fetch cancelled midway, drops the subscription: the request
+//! may stay parked on a 2.9 server until it expires, and the server
+//! delivers nothing to a reply subject nobody listens on, so nothing
+//! reaches this process while no fetch runs. These pulls of one JetStream
+//! consumer in this process take turns (a fetch waits at most
+//! `NOW_EXPIRES` for its turn). A fetch that waits on the server for a
+//! message uses a subscription of its own, for the same reason.
 //!
 //! # What differs from the memory bus
 //!
@@ -48,7 +61,7 @@
 //!   (`+TERM`), which releases it like the memory bus does.
 //! - **Cancelling a fetch** that waits for a message leaves its pull request
 //!   on the server until `max_wait` ends; a message delivered to it then is
-//!   redelivered only after `ack_wait`.
+//!   handed out by the next fetch (see above).
 //! - **Acks are fire-and-forget** NATS publishes (as in every JetStream
 //!   client): `ack` returns once the ack is sent. A lost ack means a
 //!   redelivery, never a loss. While disconnected, settling calls fail with
@@ -56,6 +69,7 @@
 //! - `in_progress` after a `nak` is ignored, as in the memory bus; the server
 //!   would otherwise restart the ack timer and drop the nak delay.
 
+use super::pending::{Entry, PendingMap};
 use super::subject::{durable_name, from_header_map};
 use super::Inner;
 use crate::{BusError, Consumer, ConsumerConfig, ConsumerStats, Received};
@@ -64,8 +78,7 @@ use async_nats::StatusCode;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -124,11 +137,18 @@ pub(crate) fn plan(inner: &Inner, config: &ConsumerConfig) -> Vec<Part> {
     }
 }
 
+/// The description every JetStream consumer of bus consumer `name` carries:
+/// how [`delete_consumer`](crate::Bus::delete_consumer) finds all its parts,
+/// including those of subjects it no longer has.
+pub(crate) fn description(name: &str) -> String {
+    format!("spillway consumer {name:?}")
+}
+
 /// The server-side configuration of `part`.
 pub(crate) fn part_config(config: &ConsumerConfig, part: &Part) -> pull::Config {
     pull::Config {
         durable_name: Some(part.durable.clone()),
-        description: Some(format!("spillway consumer {:?}", config.name)),
+        description: Some(description(&config.name)),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
@@ -171,63 +191,14 @@ pub(crate) fn compare(
         && existing.description == want.description)
 }
 
-/// A delivered, not yet settled message.
-#[derive(Debug)]
-struct Entry {
-    /// Where acks go.
-    reply: async_nats::Subject,
-    /// When the server will make it available again (ack_wait or nak delay).
-    due: Instant,
-    deliveries: u32,
-    /// Nakked and not redelivered since: `in_progress` has no effect.
-    nakked: bool,
-}
-
-/// Delivery handles by stream sequence; at most `cap` entries.
-#[derive(Debug)]
-struct PendingMap {
-    cap: usize,
-    entries: HashMap<u64, Entry>,
-}
-
-impl PendingMap {
-    /// Free credit (entries not yet due) and the next due time among the others.
-    fn credit(&self, now: Instant) -> (usize, Option<Instant>) {
-        let mut held = 0;
-        let mut next = None::<Instant>;
-        for e in self.entries.values() {
-            if e.due > now {
-                held += 1;
-                next = Some(next.map_or(e.due, |n| n.min(e.due)));
-            }
-        }
-        (self.cap.saturating_sub(held), next)
-    }
-
-    fn insert(&mut self, seq: u64, entry: Entry, now: Instant) {
-        if !self.entries.contains_key(&seq) {
-            while self.entries.len() >= self.cap {
-                let Some((&victim, e)) = self.entries.iter().min_by_key(|(_, e)| e.due) else {
-                    break;
-                };
-                if e.due > now {
-                    tracing::debug!(
-                        seq = victim,
-                        "delivery map full; dropping the handle due first"
-                    );
-                }
-                self.entries.remove(&victim);
-            }
-        }
-        self.entries.insert(seq, entry);
-    }
-}
-
 /// State shared by every handle bound to one consumer name in this process.
 pub(crate) struct ConsumerShared {
     pub(crate) config: ConsumerConfig,
     pub(crate) parts: Vec<Part>,
     pending: Mutex<PendingMap>,
+    /// Per part (same index), the subscription its pulls are answered on;
+    /// the lock is the part's pull turn.
+    inboxes: Vec<tokio::sync::Mutex<Option<PullInbox>>>,
     /// Notified when credit is freed or a nak may make a message due sooner.
     changed: Notify,
     redelivered: AtomicU64,
@@ -235,6 +206,12 @@ pub(crate) struct ConsumerShared {
     next_part: AtomicUsize,
     /// Last figures read from the server.
     cached: Mutex<CachedStats>,
+    /// Set by [`Bus::delete_consumer`](crate::Bus::delete_consumer) in this
+    /// process: fetches fail at once instead of asking the server.
+    deleted: AtomicBool,
+    /// Notified when `deleted` is set: ends pull requests parked on the
+    /// server (nats-server 2.9 does not end them when the consumer goes).
+    deletion: Notify,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -248,16 +225,52 @@ pub(crate) struct CachedStats {
 impl ConsumerShared {
     pub(crate) fn new(config: ConsumerConfig, parts: Vec<Part>) -> ConsumerShared {
         ConsumerShared {
-            pending: Mutex::new(PendingMap {
-                cap: config.max_ack_pending.max(1),
-                entries: HashMap::new(),
-            }),
+            pending: Mutex::new(PendingMap::new(config.max_ack_pending)),
+            inboxes: parts
+                .iter()
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
             config,
             parts,
             changed: Notify::new(),
             redelivered: AtomicU64::new(0),
             next_part: AtomicUsize::new(0),
             cached: Mutex::new(CachedStats::default()),
+            deleted: AtomicBool::new(false),
+            deletion: Notify::new(),
+        }
+    }
+
+    /// Tests: how many parts keep a pull subscription right now.
+    #[cfg(test)]
+    pub(crate) fn kept_subscriptions(&self) -> usize {
+        self.inboxes
+            .iter()
+            .filter(|i| i.try_lock().is_ok_and(|slot| slot.is_some()))
+            .count()
+    }
+
+    /// Marks the consumer deleted and ends its waiting fetches.
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        self.deletion.notify_waiters();
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the consumer is deleted in this process.
+    async fn until_deleted(&self) {
+        let notified = self.deletion.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.deleted.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+
+    fn deleted_error(&self) -> BusError {
+        BusError::ConsumerDeleted {
+            name: self.config.name.clone(),
         }
     }
 
@@ -278,6 +291,20 @@ impl ConsumerShared {
     }
 }
 
+/// The kept subscription one JetStream consumer's `no_wait` pull requests
+/// are answered on.
+struct PullInbox {
+    /// `<inbox>`; request `n` replies to `<inbox>.n`.
+    prefix: String,
+    subscriber: async_nats::Subscriber,
+    requests: u64,
+}
+
+/// A delivered message (not a status or heartbeat).
+fn is_delivery(msg: &async_nats::Message) -> bool {
+    matches!(msg.status, None | Some(StatusCode::OK)) && msg.reply.is_some()
+}
+
 /// A handle on a durable JetStream consumer. See the [module docs](self).
 pub(crate) struct JetStreamConsumer {
     pub(crate) inner: Arc<Inner>,
@@ -294,35 +321,133 @@ enum Pull {
 }
 
 impl JetStreamConsumer {
-    /// Sends one pull request to `part` and collects what it delivers, until
-    /// the batch is full or the server ends the request.
+    /// Pulls from part `index`: see [`pull_now`](Self::pull_now) and
+    /// [`pull_wait`](Self::pull_wait).
     async fn pull(
         &self,
-        part: &Part,
+        index: usize,
         batch: usize,
         mode: Pull,
     ) -> Result<Vec<async_nats::Message>, BusError> {
+        match mode {
+            Pull::Now => self.pull_now(index, batch).await,
+            Pull::Wait(wait) => self.pull_wait(index, batch, wait).await,
+        }
+    }
+
+    /// Takes what part `index` has now with one `no_wait` pull request, on
+    /// the part's kept subscription (see the module docs).
+    async fn pull_now(
+        &self,
+        index: usize,
+        batch: usize,
+    ) -> Result<Vec<async_nats::Message>, BusError> {
+        let (Some(part), Some(turn)) =
+            (self.shared.parts.get(index), self.shared.inboxes.get(index))
+        else {
+            return Ok(Vec::new());
+        };
+        let turn_deadline = crate::stream::later(Instant::now(), NOW_EXPIRES);
+        let Ok(mut slot) = tokio::time::timeout_at(turn_deadline, turn.lock()).await else {
+            // Other fetches of this process kept the part busy all that time.
+            return Ok(Vec::new());
+        };
+        // Taken out for the request: if the fetch is cancelled midway it is
+        // dropped (unsubscribed) with the future, and the next pull makes a
+        // new one.
+        let mut inbox = match slot.take() {
+            Some(inbox) => inbox,
+            None => {
+                let client = &self.inner.client;
+                let prefix = client.new_inbox();
+                let subscriber = client
+                    .subscribe(format!("{prefix}.*"))
+                    .await
+                    .map_err(|err| {
+                        BusError::Unavailable(format!("cannot subscribe for pulls: {err}"))
+                    })?;
+                PullInbox {
+                    prefix,
+                    subscriber,
+                    requests: 0,
+                }
+            }
+        };
+        inbox.requests += 1;
+        let reply = format!("{}.{}", inbox.prefix, inbox.requests);
+        let body = format!(
+            r#"{{"batch":{batch},"no_wait":true,"expires":{}}}"#,
+            NOW_EXPIRES.as_nanos()
+        );
+        let mut out = Vec::new();
+        let ended = self
+            .request(
+                part,
+                &mut inbox.subscriber,
+                reply,
+                body,
+                batch,
+                NOW_EXPIRES,
+                &mut out,
+            )
+            .await;
+        // Kept only after a request the server answered in full: that one
+        // is over, so nothing more can arrive on the subscription. One that
+        // ended short may stay parked on a 2.9 server until it expires;
+        // dropping the subscription withdraws it (the server delivers
+        // nothing to a reply subject nobody listens on), so nothing reaches
+        // this process while no fetch runs. Under load batches fill and the
+        // subscription is reused.
+        if matches!(ended, Ok(false)) && out.len() >= batch {
+            *slot = Some(inbox);
+        }
+        ended.map(|_| out)
+    }
+
+    /// Waits up to `wait` on the server for part `index` to have messages,
+    /// on a subscription of its own: when the fetch is cancelled, dropping
+    /// it makes the server drop the parked request, so nothing is
+    /// delivered to a fetch that is gone.
+    async fn pull_wait(
+        &self,
+        index: usize,
+        batch: usize,
+        wait: Duration,
+    ) -> Result<Vec<async_nats::Message>, BusError> {
+        let Some(part) = self.shared.parts.get(index) else {
+            return Ok(Vec::new());
+        };
         let client = &self.inner.client;
         let inbox = client.new_inbox();
         let mut sub = client
             .subscribe(inbox.clone())
             .await
             .map_err(|err| BusError::Unavailable(format!("cannot subscribe for a pull: {err}")))?;
-        let (body, expires) = match mode {
-            Pull::Now => (
-                format!(
-                    r#"{{"batch":{batch},"no_wait":true,"expires":{}}}"#,
-                    NOW_EXPIRES.as_nanos()
-                ),
-                NOW_EXPIRES,
-            ),
-            Pull::Wait(wait) => (
-                format!(r#"{{"batch":{batch},"expires":{}}}"#, wait.as_nanos()),
-                wait,
-            ),
-        };
-        client
-            .publish_with_reply(part.next_subject.clone(), inbox, body.into())
+        let body = format!(r#"{{"batch":{batch},"expires":{}}}"#, wait.as_nanos());
+        let mut out = Vec::new();
+        self.request(part, &mut sub, inbox, body, batch, wait, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Sends pull request `body` for `part` replying to `reply` (on which
+    /// `sub` receives) and collects deliveries into `out` until it holds
+    /// `batch` or the server ends the request. Returns whether the
+    /// subscription ended.
+    #[allow(clippy::too_many_arguments)]
+    async fn request(
+        &self,
+        part: &Part,
+        sub: &mut async_nats::Subscriber,
+        reply: String,
+        body: String,
+        batch: usize,
+        expires: Duration,
+        out: &mut Vec<async_nats::Message>,
+    ) -> Result<bool, BusError> {
+        self.inner
+            .client
+            .publish_with_reply(part.next_subject.clone(), reply.clone(), body.into())
             .await
             .map_err(|err| BusError::Unavailable(format!("cannot send a pull request: {err}")))?;
         // The server ends every request by `expires`; this only guards
@@ -331,7 +456,6 @@ impl JetStreamConsumer {
             Instant::now(),
             expires.saturating_add(self.inner.options.request_timeout),
         );
-        let mut out = Vec::new();
         while out.len() < batch {
             let next = tokio::select! {
                 next = sub.next() => next,
@@ -345,19 +469,27 @@ impl JetStreamConsumer {
                     }
                     return Err(self.inner.not_connected());
                 }
+                _ = self.shared.until_deleted() => return Err(self.shared.deleted_error()),
             };
             let Some(msg) = next else {
-                break;
+                return Ok(true);
             };
+            if is_delivery(&msg) {
+                out.push(msg);
+                continue;
+            }
+            if msg.subject.as_str() != reply {
+                // A status ending an earlier request.
+                continue;
+            }
             match msg.status {
-                None | Some(StatusCode::OK) if msg.reply.is_some() => out.push(msg),
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
                 Some(StatusCode::NOT_FOUND) | Some(StatusCode::TIMEOUT) => break,
                 Some(StatusCode::NO_RESPONDERS) => {
-                    return Err(BusError::Unavailable(format!(
-                        "JetStream consumer {:?} does not exist (deleted?)",
-                        part.durable
-                    )));
+                    // Nobody serves the consumer's pull subject: it is gone
+                    // (deleted by another instance or by hand).
+                    tracing::debug!(consumer = %part.durable, "JetStream consumer does not exist");
+                    return Err(self.shared.deleted_error());
                 }
                 status => {
                     tracing::debug!(consumer = %part.durable, ?status, description = ?msg.description, "pull request ended");
@@ -365,7 +497,7 @@ impl JetStreamConsumer {
                 }
             }
         }
-        Ok(out)
+        Ok(false)
     }
 
     /// A fetch from a single-part consumer: what is there now, else wait on
@@ -375,13 +507,12 @@ impl JetStreamConsumer {
         batch: usize,
         deadline: Instant,
     ) -> Result<Vec<async_nats::Message>, BusError> {
-        let part = &self.shared.parts[0];
-        let mut got = self.pull(part, batch, Pull::Now).await?;
+        let mut got = self.pull(0, batch, Pull::Now).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if got.is_empty() && remaining >= MIN_WAIT {
-            got = self.pull(part, 1, Pull::Wait(remaining)).await?;
+            got = self.pull(0, 1, Pull::Wait(remaining)).await?;
             if got.len() == 1 && batch > 1 {
-                match self.pull(part, batch - 1, Pull::Now).await {
+                match self.pull(0, batch - 1, Pull::Now).await {
                     Ok(more) => got.extend(more),
                     Err(err) => tracing::debug!(%err, "top-up pull failed"),
                 }
@@ -399,8 +530,8 @@ impl JetStreamConsumer {
             if got.len() >= batch {
                 break;
             }
-            let part = &parts[(start + i) % parts.len()];
-            match self.pull(part, batch - got.len(), Pull::Now).await {
+            let index = (start + i) % parts.len();
+            match self.pull(index, batch - got.len(), Pull::Now).await {
                 Ok(more) => got.extend(more),
                 // Never drop what other parts already delivered.
                 Err(err) if !got.is_empty() => {
@@ -508,8 +639,7 @@ impl JetStreamConsumer {
         self.shared
             .pending
             .lock()
-            .entries
-            .get(&seq)
+            .get(seq)
             .map(|e| (e.reply.clone(), e.deliveries, e.nakked))
     }
 
@@ -519,7 +649,7 @@ impl JetStreamConsumer {
             return Ok(());
         };
         self.send(reply, bytes::Bytes::from_static(payload)).await?;
-        self.shared.pending.lock().entries.remove(&seq);
+        self.shared.pending.lock().remove(seq);
         self.shared.changed.notify_waiters();
         Ok(())
     }
@@ -538,6 +668,9 @@ impl Consumer for JetStreamConsumer {
         let deadline = crate::stream::later(Instant::now(), max_wait);
         let mut poll = POLL_MIN;
         loop {
+            if self.shared.deleted.load(Ordering::SeqCst) {
+                return Err(self.shared.deleted_error());
+            }
             if self.inner.link.is_closed() {
                 return Ok(Vec::new());
             }
@@ -613,10 +746,8 @@ impl Consumer for JetStreamConsumer {
             format!(r#"-NAK {{"delay":{}}}"#, delay.as_nanos()).into()
         };
         self.send(reply, payload).await?;
-        if let Some(e) = self.shared.pending.lock().entries.get_mut(&seq) {
-            e.due = crate::stream::later(Instant::now(), delay);
-            e.nakked = true;
-        }
+        let due = crate::stream::later(Instant::now(), delay);
+        self.shared.pending.lock().reschedule(seq, due, true);
         self.shared.changed.notify_waiters();
         Ok(())
     }
@@ -629,9 +760,8 @@ impl Consumer for JetStreamConsumer {
             return Ok(());
         }
         self.send(reply, bytes::Bytes::from_static(b"+WPI")).await?;
-        if let Some(e) = self.shared.pending.lock().entries.get_mut(&seq) {
-            e.due = crate::stream::later(Instant::now(), self.shared.config.ack_wait);
-        }
+        let due = crate::stream::later(Instant::now(), self.shared.config.ack_wait);
+        self.shared.pending.lock().reschedule(seq, due, false);
         Ok(())
     }
 
@@ -641,39 +771,5 @@ impl Consumer for JetStreamConsumer {
 
     fn stats(&self) -> ConsumerStats {
         self.shared.stats()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(due: Instant) -> Entry {
-        Entry {
-            reply: "r".into(),
-            due,
-            deliveries: 1,
-            nakked: false,
-        }
-    }
-
-    #[test]
-    fn pending_map_is_bounded_and_drops_expired_first() {
-        let now = Instant::now();
-        let later = now + Duration::from_secs(10);
-        let mut map = PendingMap {
-            cap: 2,
-            entries: HashMap::new(),
-        };
-        map.insert(1, entry(later), now);
-        map.insert(2, entry(now), now);
-        assert_eq!(map.credit(now), (1, Some(later)));
-        map.insert(3, entry(later), now);
-        assert_eq!(map.entries.len(), 2);
-        assert!(map.entries.contains_key(&1) && map.entries.contains_key(&3));
-        assert_eq!(map.credit(now), (0, Some(later)));
-        // Re-inserting a known seq (a redelivery) evicts nothing.
-        map.insert(3, entry(later), now);
-        assert_eq!(map.entries.len(), 2);
     }
 }

@@ -56,6 +56,7 @@
 
 pub mod consumer;
 pub mod error;
+mod pending;
 pub mod stats;
 pub mod stream;
 pub mod subject;
@@ -76,6 +77,7 @@ use async_nats::jetstream;
 use async_trait::async_trait;
 use consumer::{ConsumerShared, JetStreamConsumer};
 use error::Refusal;
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -743,6 +745,51 @@ impl Bus for JetStreamBus {
             inner: Arc::clone(inner),
             shared,
         }))
+    }
+
+    /// Deletes every JetStream consumer of `name` (found by description,
+    /// so parts of subjects it no longer has go too) and forgets the
+    /// handles bound here. Instances elsewhere notice at their next pull.
+    async fn delete_consumer(&self, name: &str) -> Result<bool, BusError> {
+        use async_nats::jetstream::stream::ConsumerErrorKind;
+        let inner = &self.inner;
+        if !inner.is_connected() {
+            return Err(inner.not_connected());
+        }
+        let _one = inner.creating.lock().await;
+        let description = consumer::description(name);
+        let mut durables = Vec::new();
+        let mut listing = inner.stream.consumers();
+        while let Some(info) = listing.next().await {
+            let info =
+                info.map_err(|err| error::unavailable("cannot list JetStream consumers", err))?;
+            if info.config.description.as_deref() == Some(description.as_str()) {
+                durables.push(info.name);
+            }
+        }
+        let mut deleted = false;
+        for durable in &durables {
+            match inner.stream.delete_consumer(durable).await {
+                Ok(_) => deleted = true,
+                Err(err)
+                    if matches!(err.kind(), ConsumerErrorKind::JetStream(api)
+                        if api.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND) =>
+                    {}
+                Err(err) => {
+                    return Err(error::unavailable(
+                        format!("cannot delete JetStream consumer {durable:?}"),
+                        err,
+                    ))
+                }
+            }
+        }
+        if let Some(shared) = inner.consumers.lock().remove(name) {
+            shared.mark_deleted();
+        }
+        if deleted {
+            tracing::info!(consumer = %name, parts = durables.len(), "deleted durable consumer");
+        }
+        Ok(deleted)
     }
 
     async fn wait_for_space(&self, timeout: Duration) {

@@ -769,3 +769,29 @@ async fn server_crash_and_restart() {
     );
     assert_eq!(bus.publish(msg("s", "after")).await.unwrap(), 6);
 }
+
+/// Fetches answered in full reuse one pull subscription; a fetch answered
+/// short drops it, so that a request the server may keep parked cannot
+/// deliver to this process while no fetch runs: a message published after
+/// that fetch stays undelivered until the next one.
+#[tokio::test]
+async fn full_batches_reuse_one_pull_subscription() {
+    let server = TestServer::start();
+    let bus = bus(&server, unlimited()).await;
+    let c = bus.consumer(config("c")).await.unwrap();
+    let shared = Arc::clone(&bus.inner.consumers.lock()["c"]);
+    assert_eq!(shared.kept_subscriptions(), 0);
+    let s = publish_n(&bus, "s", 5).await;
+    assert_eq!(seqs(&fetch_now(&c, 2).await), s[0..2]);
+    assert_eq!(shared.kept_subscriptions(), 1);
+    assert_eq!(seqs(&fetch_now(&c, 2).await), s[2..4]);
+    assert_eq!(shared.kept_subscriptions(), 1);
+    // One left of the two asked for: answered short.
+    assert_eq!(seqs(&fetch_now(&c, 2).await), s[4..5]);
+    assert_eq!(shared.kept_subscriptions(), 0);
+    let late = publish_n(&bus, "s", 1).await;
+    let cs = eventually(&bus, || c.stats(), |cs| cs.pending == 1).await;
+    assert_eq!((cs.pending, cs.ack_pending), (1, 5));
+    let batch = fetch_now(&c, 10).await;
+    assert_eq!((seqs(&batch), counts(&batch)), (late, vec![1]));
+}

@@ -5,8 +5,10 @@
 //! # Layout
 //!
 //! `DIR/log/` holds the segment files; `DIR/consumer-<name>.state` one file
-//! per durable consumer; `DIR/stream.state` the stream metadata (see
-//! the private `state` module). One process per directory (nothing locks it).
+//! per durable consumer; `DIR/stream.state` the stream metadata;
+//! `DIR/consumer-<name>.deleted` the tombstone of a consumer being deleted
+//! (see the private `state` module). One process per directory (nothing
+//! locks it).
 //!
 //! # How it works
 //!
@@ -32,6 +34,12 @@
 //! - **Retention**: after each state sync, segments whose every record is
 //!   below the oldest retained message are deleted (`delete_before`), but
 //!   only once the consumer state that released them is on disk.
+//! - **Deleting a consumer** ([`Bus::delete_consumer`]) writes its tombstone
+//!   first (synchronously, fsync'd), then takes it out of the stream, which
+//!   releases every message it held, then stores the metadata without it
+//!   and removes its state file and the tombstone. A crash anywhere after
+//!   the tombstone finishes the delete at the next open; the segments only
+//!   it held are deleted by the next state sync like any released ones.
 //! - **Open** recovers the log (CRC check of every record, torn tail
 //!   truncated, corrupt regions skipped, counted and logged by the log),
 //!   loads the consumer state, and re-indexes only the records some consumer
@@ -84,13 +92,26 @@
 //! - A consumer's configuration cannot change across restarts: binding an
 //!   existing durable name with another configuration is
 //!   [`BusError::ConsumerMismatch`] (as within one run).
-//! - Creating a consumer and closing the bus do blocking file I/O (a few
-//!   `fsync`s) on the calling thread; fetches `pread` on it.
+//! - Creating or deleting a consumer and closing the bus do blocking file
+//!   I/O (a few `fsync`s) on the calling thread; fetches `pread` on it.
+//!   Deleting also walks the held messages above the consumer's cursor
+//!   once, under the stream lock.
 //! - Counters in [`BusStats`] (published, rejected, discarded) restart at
 //!   zero with each process.
-//! - Durable consumers are never deleted (the trait has no delete): one
-//!   that is no longer bound after a restart still holds its messages
-//!   (retention by interest) until the stream fills up.
+//! - Durable consumers are deleted only when asked
+//!   ([`Bus::delete_consumer`]): one that is no longer bound after a restart
+//!   still holds its messages (retention by interest) until the stream
+//!   fills up. The spillway binary deletes, at start-up, every consumer no
+//!   trigger of its config binds (none if it has no trigger at all).
+//! - A consumer created while the stream holds messages starts at the
+//!   oldest of them; a message released before it existed but lying above
+//!   that start (wanted by nobody, or held only by a deleted consumer) is
+//!   passed over for good once the new consumer has caught up. A restart
+//!   before that delivers it to the new consumer once (at least once errs
+//!   towards an extra delivery).
+//! - If removing a tombstone fails and the name is bound again before a
+//!   retry succeeds, a crash before that retry deletes the new consumer at
+//!   the next open (logged at each step).
 //! - A publish whose future is dropped after the message was queued is
 //!   still stored (the log's contract) and may take the stream one message
 //!   past `max_msgs`; its publisher never learns the seq.
@@ -110,7 +131,7 @@ use crate::segment::{
     AppendError, CommitHook, Committed, LogConfig, LogError, LogStats, RecordError, RecoveryReport,
     SegmentLog, StateFile, StateFileError,
 };
-use crate::stream::{Admitted, ConsumerSnapshot, Shared};
+use crate::stream::{Admitted, ConsumerId, ConsumerSnapshot, Shared, Stream};
 use crate::{
     Bus, BusError, BusStats, Consumer, ConsumerConfig, ConsumerStats, Limits, Message,
     PublishError, Received,
@@ -118,7 +139,7 @@ use crate::{
 use async_trait::async_trait;
 use parking_lot::{Condvar, Mutex};
 use state::{Manifest, STREAM_FILE};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -169,6 +190,9 @@ pub struct OpenReport {
     /// Consumers whose state file was missing or unreadable: everything
     /// still in the log that matches their filter is redelivered to them.
     pub consumers_reset: Vec<String>,
+    /// Consumers whose deletion a crash interrupted (their tombstone was on
+    /// disk): finished now, they are not restored.
+    pub consumers_deleted: Vec<String>,
     /// Delivered, unacked messages that consumer state mentions but the log
     /// no longer has (lost in a corrupt region): they cannot be redelivered.
     pub pending_lost: u64,
@@ -209,6 +233,9 @@ struct Persist {
     stored_manifest: Option<Manifest>,
     /// The floor last handed to `delete_before`.
     deleted_floor: u64,
+    /// Deleted consumers whose tombstone is still on disk: removed (with
+    /// any state file left behind) once metadata without them is stored.
+    tombstones: BTreeSet<String>,
     /// Consecutive failed syncs (the warning is logged at powers of two).
     failures: u64,
 }
@@ -234,7 +261,7 @@ impl SegmentBus {
         let mut report = OpenReport::default();
 
         let manifest = load_manifest(&dir, &mut report).map_err(|e| fail("read", &e))?;
-        let restored = load_consumers(&dir, manifest.as_ref(), &mut report)
+        let (restored, tombstones) = load_consumers(&dir, manifest.as_ref(), &mut report)
             .map_err(|e| fail("read consumer state", &e))?;
 
         let shared = Arc::new(Shared::new(limits));
@@ -283,7 +310,7 @@ impl SegmentBus {
             st.last_seq = st.last_seq.max(recovery.next_seq.saturating_sub(1));
             for (id, lost) in st.prune_missing_pending() {
                 warn!(
-                    consumer = %st.consumers[id].config.name,
+                    consumer = %st.consumers[&id].config.name,
                     lost,
                     "delivered, unacked messages are missing from the log (corrupt region); they cannot be redelivered"
                 );
@@ -313,6 +340,7 @@ impl SegmentBus {
             persist: Mutex::new(Persist {
                 stored_manifest: manifest,
                 deleted_floor: 0,
+                tombstones,
                 failures: 0,
             }),
         });
@@ -337,6 +365,15 @@ impl SegmentBus {
     /// The bus directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Names of the durable consumers, oldest first.
+    pub fn consumer_names(&self) -> Vec<String> {
+        let st = self.inner.shared.lock();
+        st.consumers
+            .values()
+            .map(|c| c.config.name.clone())
+            .collect()
     }
 
     /// Counters of the underlying log (syncs, batches, segments, disk bytes).
@@ -390,15 +427,22 @@ fn load_manifest(dir: &Path, report: &mut OpenReport) -> Result<Option<Manifest>
     Ok(None)
 }
 
+/// Consumers to restore: each one's persisted position, and whether it was
+/// reset (and must be written back).
+type Restored = Vec<(ConsumerSnapshot, bool)>;
+
 /// Every known consumer's persisted position (`true`: reset, must be
-/// written back). Consumers listed in the metadata without a readable state
+/// written back), and the names of deleted consumers whose tombstone is
+/// still on disk. Consumers listed in the metadata without a readable state
 /// file restart at seq 0 (at-least-once); state files of unknown consumers
-/// that cannot be read are renamed out of the way.
+/// that cannot be read are renamed out of the way. A consumer with a
+/// tombstone is not restored, whatever else is on disk, and its state file
+/// is removed; tombstones of consumers found nowhere else are removed.
 fn load_consumers(
     dir: &Path,
     manifest: Option<&Manifest>,
     report: &mut OpenReport,
-) -> Result<Vec<(ConsumerSnapshot, bool)>, StateFileError> {
+) -> Result<(Restored, BTreeSet<String>), StateFileError> {
     let mut found: BTreeMap<String, ConsumerSnapshot> = BTreeMap::new();
     let mut unreadable: Vec<(PathBuf, String)> = Vec::new();
     let paths = state::consumer_files(dir).map_err(|e| StateFileError::Io {
@@ -420,8 +464,42 @@ fn load_consumers(
             Err(e) => return Err(e),
         }
     }
+    let listed = manifest.map(|m| m.consumers.as_slice()).unwrap_or_default();
+    let mut tombstone_paths: BTreeSet<PathBuf> = state::tombstone_files(dir)
+        .map_err(|e| StateFileError::Io {
+            op: "list",
+            path: dir.to_path_buf(),
+            source: Arc::new(e),
+        })?
+        .into_iter()
+        .collect();
+    let mut deleted = BTreeSet::new();
+    if !tombstone_paths.is_empty() {
+        let names = listed
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(found.keys().cloned())
+            .collect::<BTreeSet<_>>();
+        for name in names {
+            if tombstone_paths.remove(state::tombstone_file(dir, &name).path()) {
+                // Deleted, and the crash came before the delete finished.
+                found.remove(&name);
+                state::consumer_file(dir, &name).remove()?;
+                info!(consumer = %name, "finishing the deletion of a durable consumer interrupted by a restart");
+                report.consumers_deleted.push(name.clone());
+                deleted.insert(name);
+            }
+        }
+        // The delete had finished but for removing its tombstone.
+        for path in tombstone_paths {
+            StateFile::new(path).remove()?;
+        }
+    }
     let mut restored = Vec::new();
-    for config in manifest.map(|m| m.consumers.as_slice()).unwrap_or_default() {
+    for config in listed {
+        if deleted.contains(&config.name) {
+            continue;
+        }
         match found.remove(&config.name) {
             Some(s) => restored.push((s, false)),
             None => {
@@ -466,7 +544,15 @@ fn load_consumers(
         }
         report.unreadable_state_files.push(path);
     }
-    Ok(restored)
+    Ok((restored, deleted))
+}
+
+/// What `stream.state` should hold now.
+fn manifest_of(st: &Stream<Location>) -> Manifest {
+    Manifest {
+        discard_floor: st.discard_floor,
+        consumers: st.consumers.values().map(|c| c.config.clone()).collect(),
+    }
 }
 
 impl Inner {
@@ -476,21 +562,19 @@ impl Inner {
         let mut p = self.persist.lock();
         let (snapshots, manifest, floor) = {
             let mut st = self.shared.lock();
-            let snapshots: Vec<(usize, ConsumerSnapshot)> = (0..st.consumers.len())
+            let ids: Vec<ConsumerId> = st.consumers.keys().copied().collect();
+            let snapshots: Vec<(ConsumerId, ConsumerSnapshot)> = ids
+                .into_iter()
                 .filter_map(|id| st.snapshot(id, false).map(|s| (id, s)))
                 .collect();
-            let manifest = Manifest {
-                discard_floor: st.discard_floor,
-                consumers: st.consumers.iter().map(|c| c.config.clone()).collect(),
-            };
-            (snapshots, manifest, st.retention_floor())
+            (snapshots, manifest_of(&st), st.retention_floor())
         };
         let mut error = None;
         for (id, snapshot) in &snapshots {
             let file = state::consumer_file(&self.dir, &snapshot.config.name);
             if let Err(e) = file.store(&state::encode_consumer(snapshot)) {
                 // Try again next time.
-                if let Some(c) = self.shared.lock().consumers.get_mut(*id) {
+                if let Some(c) = self.shared.lock().consumers.get_mut(id) {
                     c.dirty = true;
                 }
                 error = Some(e);
@@ -501,6 +585,11 @@ impl Inner {
             match file.store(&state::encode_manifest(&manifest)) {
                 Ok(()) => p.stored_manifest = Some(manifest),
                 Err(e) => error = Some(e),
+            }
+        }
+        if error.is_none() {
+            if let Err(e) = self.clear_tombstones(&mut p) {
+                error = Some(e);
             }
         }
         if let Some(e) = error {
@@ -584,32 +673,96 @@ impl Inner {
 
     /// Writes a new consumer's state and the metadata listing it, in that
     /// order (a crash in between leaves a state file the next open adopts).
-    fn persist_new_consumer(&self, id: usize) {
+    /// A tombstone left by an earlier delete of the same name is removed
+    /// after the state file is written (a crash in between deletes the
+    /// half-created consumer again, never restores the old one).
+    fn persist_new_consumer(&self, id: ConsumerId) {
         let mut p = self.persist.lock();
         let (snapshot, manifest) = {
             let mut st = self.shared.lock();
-            let manifest = Manifest {
-                discard_floor: st.discard_floor,
-                consumers: st.consumers.iter().map(|c| c.config.clone()).collect(),
-            };
-            (st.snapshot(id, true), manifest)
+            (st.snapshot(id, true), manifest_of(&st))
         };
         let Some(snapshot) = snapshot else { return };
-        let file = state::consumer_file(&self.dir, &snapshot.config.name);
+        let name = &snapshot.config.name;
+        let file = state::consumer_file(&self.dir, name);
         let stored = file
             .store(&state::encode_consumer(&snapshot))
+            .and_then(|()| state::tombstone_file(&self.dir, name).remove())
             .and_then(|()| {
+                p.tombstones.remove(name);
                 StateFile::new(self.dir.join(STREAM_FILE)).store(&state::encode_manifest(&manifest))
             });
         match stored {
             Ok(()) => p.stored_manifest = Some(manifest),
             Err(e) => {
                 warn!(consumer = %snapshot.config.name, error = %e, "cannot write the new consumer's state; retrying in the background");
-                if let Some(c) = self.shared.lock().consumers.get_mut(id) {
+                if let Some(c) = self.shared.lock().consumers.get_mut(&id) {
                     c.dirty = true;
                 }
             }
         }
+    }
+
+    /// [`Bus::delete_consumer`]: a durable tombstone first (from then on
+    /// the delete survives any crash), then the consumer leaves the stream,
+    /// releasing what it held, then the metadata without it is stored and
+    /// its state file and tombstone are removed. Failures after the
+    /// tombstone are retried by the state sync. Blocking file I/O.
+    fn delete_consumer(&self, name: &str) -> Result<bool, BusError> {
+        let mut p = self.persist.lock();
+        let Some(id) = self.shared.lock().find_consumer(name).map(|(&id, _)| id) else {
+            return Ok(false);
+        };
+        state::tombstone_file(&self.dir, name)
+            .store(name.as_bytes())
+            .map_err(|e| BusError::Unavailable(format!("cannot delete consumer {name:?}: {e}")))?;
+        p.tombstones.insert(name.to_string());
+        let (manifest, released) = {
+            let mut st = self.shared.lock();
+            let held = st.msgs.len();
+            st.remove_consumer(id, Instant::now());
+            (manifest_of(&st), held - st.msgs.len())
+        };
+        info!(consumer = %name, released, "deleted durable consumer");
+        let stored = StateFile::new(self.dir.join(STREAM_FILE))
+            .store(&state::encode_manifest(&manifest))
+            .and_then(|()| {
+                p.stored_manifest = Some(manifest);
+                self.clear_tombstones(&mut p)
+            });
+        if let Err(e) = stored {
+            warn!(consumer = %name, error = %e, "consumer deleted, but its files are not tidied yet; retrying in the background");
+        }
+        Ok(true)
+    }
+
+    /// Removes the state file and tombstone of every deleted consumer the
+    /// stored metadata no longer lists (only the tombstone of one bound
+    /// again since: its new state file is on disk). Call only once the
+    /// metadata and every consumer's state are stored.
+    fn clear_tombstones(&self, p: &mut Persist) -> Result<(), StateFileError> {
+        let listed: BTreeSet<&str> = p
+            .stored_manifest
+            .iter()
+            .flat_map(|m| m.consumers.iter().map(|c| c.name.as_str()))
+            .collect();
+        let mut result = Ok(());
+        p.tombstones.retain(|name| {
+            let removed = if listed.contains(name.as_str()) {
+                Ok(())
+            } else {
+                state::consumer_file(&self.dir, name).remove()
+            }
+            .and_then(|()| state::tombstone_file(&self.dir, name).remove());
+            match removed {
+                Ok(()) => false,
+                Err(e) => {
+                    result = Err(e);
+                    true
+                }
+            }
+        });
+        result
     }
 }
 
@@ -706,6 +859,10 @@ impl Bus for SegmentBus {
         }))
     }
 
+    async fn delete_consumer(&self, name: &str) -> Result<bool, BusError> {
+        self.inner.delete_consumer(name)
+    }
+
     async fn wait_for_space(&self, timeout: Duration) {
         self.inner.shared.wait_for_space(timeout).await
     }
@@ -738,7 +895,7 @@ impl Bus for SegmentBus {
 /// the same name share its state.
 struct SegmentConsumer {
     inner: Arc<Inner>,
-    id: usize,
+    id: ConsumerId,
     name: String,
     wake: Arc<Notify>,
 }
@@ -763,7 +920,10 @@ impl Consumer for SegmentConsumer {
                 .fetch(id, &self.wake, wait, |st, now| {
                     st.take_batch(id, max, now, |seq, m, n| (seq, m.body, n))
                 })
-                .await;
+                .await
+                .map_err(|_| BusError::ConsumerDeleted {
+                    name: self.name.clone(),
+                })?;
             if batch.is_empty() {
                 return Ok(Vec::new());
             }

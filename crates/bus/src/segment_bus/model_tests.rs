@@ -1,5 +1,6 @@
 //! Model-based test: random publish / fetch / ack / nak / sync / reopen
-//! (clean or crash) sequences against a simple model of at-least-once.
+//! (clean or crash) / delete-and-rebind sequences against a simple model of
+//! at-least-once.
 //!
 //! The model, per consumer:
 //! - a delivered message was published, matches the consumer's filter and
@@ -10,7 +11,12 @@
 //!   after a crash (the documented window);
 //! - in the end every published message that matches is delivered at least
 //!   once, and after acking everything the stream is empty and a clean
-//!   reopen delivers nothing.
+//!   reopen delivers nothing;
+//! - a consumer deleted and bound again (with or without a crash right
+//!   after the delete) is a new consumer: what it is owed starts after the
+//!   delete, and nothing of the old one comes back (a message it has not
+//!   had yet arrives as a first delivery, never as a redelivery of the old
+//!   consumer's).
 
 use super::tests::test_options;
 use super::*;
@@ -28,6 +34,7 @@ enum Op {
     Nak { consumer: usize, pick: u16 },
     Sync,
     Reopen { clean: bool },
+    Delete { consumer: usize, crash: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -38,6 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2usize, any::<u16>()).prop_map(|(consumer, pick)| Op::Nak { consumer, pick }),
         1 => Just(Op::Sync),
         1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+        1 => (0..2usize, any::<bool>()).prop_map(|(consumer, crash)| Op::Delete { consumer, crash }),
     ]
 }
 
@@ -70,6 +78,9 @@ struct Harness {
     /// seq → (subject, payload) of every accepted message.
     published: BTreeMap<u64, (usize, Bytes)>,
     models: [ConsumerModel; 2],
+    /// Per consumer, the last seq published before it was last deleted:
+    /// it is owed only what follows.
+    floors: [u64; 2],
     next_id: u64,
 }
 
@@ -125,6 +136,13 @@ impl Harness {
                 "seq {} redelivered in the run it was acked",
                 r.seq
             );
+            if !m.delivered.contains(&r.seq) {
+                assert_eq!(
+                    r.delivery_count, 1,
+                    "seq {} first reaches {} as a redelivery: a deleted consumer's state came back?",
+                    r.seq, filter.name
+                );
+            }
             m.outstanding.insert(r.seq);
             m.delivered.insert(r.seq);
         }
@@ -188,7 +206,24 @@ impl Harness {
                 self.bus().sync_state().unwrap();
                 self.make_durable();
             }
-            Op::Reopen { clean } => {
+            Op::Reopen { clean } => self.reopen(clean).await,
+            Op::Delete { consumer, crash } => {
+                let config = configs()[consumer].clone();
+                assert!(self.bus().delete_consumer(&config.name).await.unwrap());
+                self.models[consumer] = ConsumerModel::default();
+                self.floors[consumer] = self.published.keys().last().copied().unwrap_or(0);
+                if crash {
+                    self.reopen(false).await;
+                } else {
+                    self.consumers[consumer] = self.bus().consumer(config).await.unwrap();
+                }
+            }
+        }
+    }
+
+    async fn reopen(&mut self, clean: bool) {
+        {
+            {
                 let bus = self.bus.take().unwrap();
                 if clean {
                     bus.close().await;
@@ -251,6 +286,7 @@ fn run(ops: Vec<Op>) {
             consumers: Vec::new(),
             published: BTreeMap::new(),
             models: Default::default(),
+            floors: [0; 2],
             next_id: 0,
         };
         h.open().await;
@@ -261,7 +297,7 @@ fn run(ops: Vec<Op>) {
         // At least once: everything published that matches was delivered.
         for (consumer, cfg) in configs().iter().enumerate() {
             for (seq, (subject, _)) in &h.published {
-                if cfg.matches(SUBJECTS[*subject]) {
+                if cfg.matches(SUBJECTS[*subject]) && *seq > h.floors[consumer] {
                     assert!(
                         h.models[consumer].delivered.contains(seq),
                         "seq {seq} never delivered to {}",

@@ -11,6 +11,12 @@
 //!   discarded) and the configuration of every consumer, so that a consumer
 //!   whose own file is lost is still known and gets everything still in the
 //!   log redelivered rather than silently nothing.
+//! - `consumer-<name>.deleted`, a tombstone: consumer `<name>` was deleted.
+//!   Written (durably) before anything else of a delete and removed last,
+//!   so a crash at any point in between cannot bring the consumer back:
+//!   while it exists, open treats `<name>` as deleted whatever the metadata
+//!   and state files say. Its contents (the name) are for people; only its
+//!   existence counts.
 //!
 //! Layout (little-endian): a format version (u32), then fields; strings are
 //! a u32 length and UTF-8 bytes. Decoding checks every length against what
@@ -27,6 +33,7 @@ use std::time::Duration;
 pub(crate) const STREAM_FILE: &str = "stream.state";
 const CONSUMER_PREFIX: &str = "consumer-";
 const STATE_SUFFIX: &str = ".state";
+const TOMBSTONE_SUFFIX: &str = ".deleted";
 const VERSION: u32 = 1;
 /// Longest escaped name kept whole in a file name.
 const MAX_NAME_IN_FILE: usize = 160;
@@ -40,6 +47,23 @@ pub(crate) struct Manifest {
 
 /// The state file of consumer `name` in `dir`.
 pub(crate) fn consumer_file(dir: &Path, name: &str) -> StateFile {
+    StateFile::new(dir.join(format!(
+        "{CONSUMER_PREFIX}{}{STATE_SUFFIX}",
+        escaped_name(name)
+    )))
+}
+
+/// The tombstone of consumer `name` in `dir` (see the module docs).
+pub(crate) fn tombstone_file(dir: &Path, name: &str) -> StateFile {
+    StateFile::new(dir.join(format!(
+        "{CONSUMER_PREFIX}{}{TOMBSTONE_SUFFIX}",
+        escaped_name(name)
+    )))
+}
+
+/// `name` as it appears in file names: bytes outside `[A-Za-z0-9_-]` as
+/// `%XX`, cut and suffixed with a checksum of the whole name when long.
+fn escaped_name(name: &str) -> String {
     let mut escaped = String::with_capacity(name.len());
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
@@ -53,17 +77,26 @@ pub(crate) fn consumer_file(dir: &Path, name: &str) -> StateFile {
         escaped.truncate(MAX_NAME_IN_FILE);
         escaped.push_str(&format!("~{:08x}", crc32c::crc32c(name.as_bytes())));
     }
-    StateFile::new(dir.join(format!("{CONSUMER_PREFIX}{escaped}{STATE_SUFFIX}")))
+    escaped
 }
 
 /// Paths of every consumer state file in `dir`, sorted.
 pub(crate) fn consumer_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    files_with_suffix(dir, STATE_SUFFIX)
+}
+
+/// Paths of every consumer tombstone in `dir`, sorted.
+pub(crate) fn tombstone_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    files_with_suffix(dir, TOMBSTONE_SUFFIX)
+}
+
+fn files_with_suffix(dir: &Path, suffix: &str) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(CONSUMER_PREFIX) && name.ends_with(STATE_SUFFIX) {
+        if name.starts_with(CONSUMER_PREFIX) && name.ends_with(suffix) {
             files.push(entry.path());
         }
     }
@@ -281,6 +314,10 @@ mod tests {
                 .into_owned()
         };
         assert_eq!(name("sensor-1_x"), "consumer-sensor-1_x.state");
+        assert_eq!(
+            tombstone_file(dir, "a/b").path(),
+            Path::new("/d/consumer-a%2Fb.deleted")
+        );
         assert_eq!(name("a/b c"), "consumer-a%2Fb%20c.state");
         assert_ne!(name("a/b"), name("a%2Fb"));
         let long_a = "x".repeat(500) + "a";

@@ -492,6 +492,101 @@ async fn half_acked(dir: &Path) {
     drop((bus, c));
 }
 
+/// `keep` has acked all 300 messages, `gone` holds them all (the first 10
+/// delivered and unacked), state synced: the log keeps every segment.
+async fn held_only_by_gone(bus: &Arc<SegmentBus>) -> usize {
+    let keep = bus.consumer(ConsumerConfig::new("keep")).await.unwrap();
+    let gone = bus.consumer(ConsumerConfig::new("gone")).await.unwrap();
+    // 300 records of ~150 bytes: about 3 segments of 16 KiB.
+    for seq in publish_range(bus, 0..300).await {
+        assert_eq!(
+            seq_list(&keep.fetch(1, Duration::ZERO).await.unwrap()),
+            [seq]
+        );
+        keep.ack(seq).await.unwrap();
+    }
+    assert_eq!(gone.fetch(10, Duration::ZERO).await.unwrap().len(), 10);
+    bus.sync_state().unwrap();
+    let segments = bus.log_stats().segments;
+    assert!(segments >= 3, "{segments}");
+    assert_eq!(bus.stats().messages, 300);
+    segments as usize
+}
+
+#[tokio::test]
+async fn a_deleted_consumer_stays_deleted_after_a_crash_and_its_segments_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open_with(dir.path(), unlimited(), manual_sync());
+    let before = held_only_by_gone(&bus).await;
+    assert_eq!(segment_files(dir.path()).len(), before);
+
+    assert!(bus.delete_consumer("gone").await.unwrap());
+    assert_eq!(bus.stats().messages, 0);
+    // Durable at once: no state sync between the delete and the crash.
+    bus.crash().await;
+    assert!(!state::consumer_file(dir.path(), "gone").path().exists());
+    assert!(!state::tombstone_file(dir.path(), "gone").path().exists());
+
+    let (bus, report) = open_with(dir.path(), unlimited(), manual_sync());
+    assert_eq!((report.consumers, report.held), (1, 0));
+    assert!(report.consumers_deleted.is_empty());
+    assert!(report.consumers_reset.is_empty());
+    // Fully-acked segment deletion no longer waits for `gone`.
+    assert_eq!(bus.log_stats().segments, 1);
+    assert_eq!(segment_files(dir.path()).len(), 1);
+
+    // The name bound again is a new consumer, and it survives a restart.
+    let gone = bus.consumer(ConsumerConfig::new("gone")).await.unwrap();
+    assert!(drain(&gone).await.is_empty());
+    let seq = bus.publish(numbered(300)).await.unwrap();
+    assert_eq!(seq, 301);
+    bus.close().await;
+    drop((bus, gone));
+    let (bus, report) = open(dir.path());
+    assert_eq!((report.consumers, report.held), (2, 1));
+    let gone = bus.consumer(ConsumerConfig::new("gone")).await.unwrap();
+    assert_eq!(seq_list(&drain(&gone).await), [301]);
+}
+
+#[tokio::test]
+async fn a_crash_in_the_middle_of_a_delete_does_not_bring_the_consumer_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open_with(dir.path(), unlimited(), manual_sync());
+    held_only_by_gone(&bus).await;
+    bus.close().await;
+    drop(bus);
+    // What a crash right after the delete's first step leaves: the
+    // tombstone, the consumer's state file, metadata that still lists it.
+    state::tombstone_file(dir.path(), "gone")
+        .store(b"gone")
+        .unwrap();
+    assert!(state::consumer_file(dir.path(), "gone").path().exists());
+
+    let (bus, report) = open_with(dir.path(), unlimited(), manual_sync());
+    assert_eq!(report.consumers_deleted, ["gone".to_string()]);
+    assert!(report.consumers_reset.is_empty());
+    assert_eq!((report.consumers, report.held), (1, 0));
+    assert_eq!(bus.log_stats().segments, 1);
+    for file in [
+        state::consumer_file(dir.path(), "gone"),
+        state::tombstone_file(dir.path(), "gone"),
+    ] {
+        assert!(!file.path().exists(), "{}", file.path().display());
+    }
+    let manifest = StateFile::new(dir.path().join(STREAM_FILE)).load().unwrap();
+    let manifest = state::decode_manifest(&manifest.unwrap()).unwrap();
+    let names: Vec<&str> = manifest.consumers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["keep"]);
+    // A stray tombstone of a consumer nobody knows is tidied away.
+    drop(bus);
+    state::tombstone_file(dir.path(), "never")
+        .store(b"never")
+        .unwrap();
+    let (_bus, report) = open(dir.path());
+    assert!(report.consumers_deleted.is_empty());
+    assert!(!state::tombstone_file(dir.path(), "never").path().exists());
+}
+
 #[tokio::test]
 async fn a_missing_consumer_state_file_redelivers_everything_held() {
     let dir = tempfile::tempdir().unwrap();
@@ -659,4 +754,38 @@ async fn a_message_the_record_format_cannot_hold_is_too_large() {
     );
     // The reservation was returned: the next publish fits.
     assert_eq!(bus.publish(numbered(0)).await.unwrap(), 1);
+}
+
+/// Found by the model test: `u` was held only by the deleted `all`, so the
+/// delete released it, but it lies above the cursor of the `all` bound
+/// again (which starts at the oldest held message). Once that consumer has
+/// nothing left to see, its cursor moves past every released seq, so a
+/// reopen does not bring `u` back.
+#[tokio::test]
+async fn a_message_released_by_a_delete_does_not_come_back_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open(dir.path());
+    let mut t_only = ConsumerConfig::new("t");
+    t_only.filter_subjects = vec!["t".into()];
+    let t = bus.consumer(t_only.clone()).await.unwrap();
+    bus.consumer(ConsumerConfig::new("all")).await.unwrap();
+    let held = bus.publish(msg("t", "1")).await.unwrap();
+    bus.publish(msg("u", "2")).await.unwrap();
+    assert!(bus.delete_consumer("all").await.unwrap());
+    assert_eq!(bus.stats().messages, 1);
+    let all = bus.consumer(ConsumerConfig::new("all")).await.unwrap();
+    for c in [&all, &t] {
+        assert_eq!(seq_list(&drain(c).await), [held]);
+        c.ack(held).await.unwrap();
+    }
+    assert_eq!(bus.stats().messages, 0);
+    bus.close().await;
+    drop((bus, all, t));
+
+    let (bus, report) = open(dir.path());
+    assert_eq!(report.held, 0);
+    for config in [ConsumerConfig::new("all"), t_only] {
+        let c = bus.consumer(config).await.unwrap();
+        assert!(drain(&c).await.is_empty());
+    }
 }

@@ -14,6 +14,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// Identifies a consumer of one [`Stream`] for as long as it lives; never
+/// reused after [`Stream::remove_consumer`].
+pub(crate) type ConsumerId = u64;
+
+/// The consumer a handle is bound to was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConsumerDeleted;
+
 /// A delivered, unacked message of one consumer.
 pub(crate) struct PendingEntry {
     pub deliveries: u32,
@@ -96,6 +104,19 @@ impl ConsumerState {
         None
     }
 
+    /// With nothing unseen, every matching seq up to `last_seq` was delivered
+    /// or released: moves the cursor past them all. Recovery re-holds log
+    /// records at or above a restored cursor, so this keeps a message that
+    /// was released while above the cursor (held only by a deleted
+    /// consumer, or unwanted before this consumer existed) from coming back
+    /// after a restart.
+    fn skip_released(&mut self, last_seq: u64) {
+        if self.unseen == 0 && self.cursor <= last_seq {
+            self.cursor = last_seq.saturating_add(1);
+            self.dirty = true;
+        }
+    }
+
     /// When this consumer's next redelivery timer fires.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
         self.timers.first().map(|&(at, _)| at)
@@ -110,13 +131,8 @@ impl<B> Stream<B> {
         &mut self,
         config: ConsumerConfig,
         now: Instant,
-    ) -> Result<(usize, Arc<Notify>), BusError> {
-        if let Some(id) = self
-            .consumers
-            .iter()
-            .position(|c| c.config.name == config.name)
-        {
-            let c = &self.consumers[id];
+    ) -> Result<(ConsumerId, Arc<Notify>), BusError> {
+        if let Some((&id, c)) = self.find_consumer(&config.name) {
             if c.config != config {
                 return Err(BusError::ConsumerMismatch { name: config.name });
             }
@@ -147,9 +163,9 @@ impl<B> Stream<B> {
         let name = config.name.clone();
         let mut c = ConsumerState::new(config, cursor);
         c.unseen = unseen;
+        c.skip_released(self.last_seq);
         let wake = Arc::clone(&c.wake);
-        let id = self.consumers.len();
-        self.consumers.push(c);
+        let id = self.push_consumer(c);
         if first {
             // Messages kept only because there was no consumer at all, and
             // which this one does not want either: nobody is interested.
@@ -180,7 +196,11 @@ impl<B> Stream<B> {
     /// Pending entries at or above the cursor cannot be genuine and are left
     /// to be delivered as new; those below the discard floor were discarded.
     /// Set [`Stream::discard_floor`] first.
-    pub(crate) fn restore_consumer(&mut self, snapshot: ConsumerSnapshot, dirty: bool) -> usize {
+    pub(crate) fn restore_consumer(
+        &mut self,
+        snapshot: ConsumerSnapshot,
+        dirty: bool,
+    ) -> ConsumerId {
         let ConsumerSnapshot {
             config,
             cursor,
@@ -215,19 +235,57 @@ impl<B> Stream<B> {
             );
             c.due.insert(seq);
         }
-        self.consumers.push(c);
-        self.consumers.len() - 1
+        self.push_consumer(c)
+    }
+
+    fn push_consumer(&mut self, c: ConsumerState) -> ConsumerId {
+        let id = self.next_consumer_id;
+        self.next_consumer_id += 1;
+        self.consumers.insert(id, c);
+        id
+    }
+
+    /// The live consumer named `name`.
+    pub(crate) fn find_consumer(&self, name: &str) -> Option<(&ConsumerId, &ConsumerState)> {
+        self.consumers.iter().find(|(_, c)| c.config.name == name)
+    }
+
+    /// Deletes consumer `id`: its handles see [`ConsumerDeleted`] (waiting
+    /// fetches are woken), and every message it held (delivered and
+    /// unacked, or not yet delivered and matching its filter) is released
+    /// as if it had acked it, so a message nobody else holds is freed.
+    /// Costs one pass over the messages at or above its cursor. Returns
+    /// its state, `None` if there is no such consumer.
+    pub(crate) fn remove_consumer(
+        &mut self,
+        id: ConsumerId,
+        now: Instant,
+    ) -> Option<ConsumerState> {
+        let c = self.consumers.remove(&id)?;
+        // Pending seqs all lie below the cursor; every matching message at
+        // or above it is one this consumer has not seen yet and holds.
+        let unseen: Vec<u64> = self
+            .msgs
+            .range(c.cursor..)
+            .filter(|(_, m)| c.config.matches(&m.subject))
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in c.pending.keys().copied().chain(unseen) {
+            self.release_ref(seq, now);
+        }
+        c.wake.notify_waiters();
+        Some(c)
     }
 
     /// Recovery: drops pending entries whose message is not held (lost to a
     /// corrupt region, or below the discard floor). Returns how many each
     /// consumer lost, by id (only non-zero counts).
-    pub(crate) fn prune_missing_pending(&mut self) -> Vec<(usize, u64)> {
+    pub(crate) fn prune_missing_pending(&mut self) -> Vec<(ConsumerId, u64)> {
         let Stream {
             msgs, consumers, ..
         } = self;
         let mut lost = Vec::new();
-        for (id, c) in consumers.iter_mut().enumerate() {
+        for (&id, c) in consumers.iter_mut() {
             let missing: Vec<u64> = c
                 .pending
                 .keys()
@@ -249,8 +307,8 @@ impl<B> Stream<B> {
 
     /// The consumer's persisted form if it changed since the last call
     /// (`force`: in any case); clears its dirty flag.
-    pub(crate) fn snapshot(&mut self, id: usize, force: bool) -> Option<ConsumerSnapshot> {
-        let c = self.consumers.get_mut(id)?;
+    pub(crate) fn snapshot(&mut self, id: ConsumerId, force: bool) -> Option<ConsumerSnapshot> {
+        let c = self.consumers.get_mut(&id)?;
         if !c.dirty && !force {
             return None;
         }
@@ -264,9 +322,9 @@ impl<B> Stream<B> {
 
     /// Moves the consumer's due timers into its redelivery set, or releases
     /// the message if it already had `max_deliver` deliveries.
-    pub(crate) fn sweep_consumer(&mut self, id: usize, now: Instant) {
+    pub(crate) fn sweep_consumer(&mut self, id: ConsumerId, now: Instant) {
         loop {
-            let Some(c) = self.consumers.get_mut(id) else {
+            let Some(c) = self.consumers.get_mut(&id) else {
                 return;
             };
             let Some(&(at, seq)) = c.timers.first() else {
@@ -305,15 +363,18 @@ impl<B> Stream<B> {
     /// each `(seq, message, delivery count)` into what the caller returns.
     pub(crate) fn take_batch<T>(
         &mut self,
-        id: usize,
+        id: ConsumerId,
         max: usize,
         now: Instant,
         mut make: impl FnMut(u64, &Slot<B>, u32) -> T,
     ) -> Vec<T> {
         let Stream {
-            msgs, consumers, ..
+            msgs,
+            consumers,
+            last_seq,
+            ..
         } = self;
-        let Some(c) = consumers.get_mut(id) else {
+        let Some(c) = consumers.get_mut(&id) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -367,12 +428,13 @@ impl<B> Stream<B> {
                 out.push(make(seq, m, 1));
             }
         }
+        c.skip_released(*last_seq);
         out
     }
 
     /// `ack` / `term`: consumer `id` releases `seq` for good.
-    pub(crate) fn settle(&mut self, id: usize, seq: u64, now: Instant) {
-        let Some(c) = self.consumers.get_mut(id) else {
+    pub(crate) fn settle(&mut self, id: ConsumerId, seq: u64, now: Instant) {
+        let Some(c) = self.consumers.get_mut(&id) else {
             return;
         };
         let Some(p) = c.pending.remove(&seq) else {
@@ -388,8 +450,8 @@ impl<B> Stream<B> {
     /// hand out (the backend failed to read the message): the delivery does
     /// not count against `max_deliver` or as a redelivery, and the message is
     /// due again after `retry_in`.
-    pub(crate) fn undeliver(&mut self, id: usize, seq: u64, retry_in: Duration, now: Instant) {
-        let Some(c) = self.consumers.get_mut(id) else {
+    pub(crate) fn undeliver(&mut self, id: ConsumerId, seq: u64, retry_in: Duration, now: Instant) {
+        let Some(c) = self.consumers.get_mut(&id) else {
             return;
         };
         let Some(p) = c.pending.get_mut(&seq) else {
@@ -408,8 +470,8 @@ impl<B> Stream<B> {
         c.wake.notify_waiters();
     }
 
-    pub(crate) fn nak(&mut self, id: usize, seq: u64, delay: Duration, now: Instant) {
-        let Some(c) = self.consumers.get_mut(id) else {
+    pub(crate) fn nak(&mut self, id: ConsumerId, seq: u64, delay: Duration, now: Instant) {
+        let Some(c) = self.consumers.get_mut(&id) else {
             return;
         };
         let max_deliver = c.config.max_deliver;
@@ -451,8 +513,8 @@ impl<B> Stream<B> {
         c.wake.notify_waiters();
     }
 
-    pub(crate) fn in_progress(&mut self, id: usize, seq: u64, now: Instant) {
-        let Some(c) = self.consumers.get_mut(id) else {
+    pub(crate) fn in_progress(&mut self, id: ConsumerId, seq: u64, now: Instant) {
+        let Some(c) = self.consumers.get_mut(&id) else {
             return;
         };
         let at = later(now, c.config.ack_wait);
@@ -470,11 +532,11 @@ impl<B> Stream<B> {
 
     /// Lag, pending acks and the age of the oldest unacked message of
     /// consumer `id` (call [`maintain`](Stream::maintain) first).
-    pub(crate) fn consumer_stats(&mut self, id: usize, now: Instant) -> ConsumerStats {
+    pub(crate) fn consumer_stats(&mut self, id: ConsumerId, now: Instant) -> ConsumerStats {
         let Stream {
             msgs, consumers, ..
         } = self;
-        let Some(c) = consumers.get_mut(id) else {
+        let Some(c) = consumers.get_mut(&id) else {
             return ConsumerStats::default();
         };
         let oldest_pending = c.pending.keys().next().copied();

@@ -32,6 +32,10 @@
 //!   terminated, or has been delivered `max_deliver` times. Fetching is
 //!   cancel-safe: a message counts as delivered only when the fetch returns
 //!   it (marking happens synchronously, right before returning).
+//! - **Deleted consumers let go.** [`Stream::remove_consumer`] releases
+//!   every message the consumer held; handles bound to it get
+//!   [`ConsumerDeleted`] and never act on a later consumer of the same name
+//!   (ids are not reused).
 //! - **Bounded memory.** Held messages are bounded by [`Limits`]; released
 //!   messages are removed at once (wherever they are in the stream). Each
 //!   consumer keeps a cursor plus one entry per delivered, unacked message,
@@ -59,7 +63,7 @@ mod consumer;
 mod meter;
 mod shared;
 
-pub(crate) use consumer::{ConsumerSnapshot, ConsumerState};
+pub(crate) use consumer::{ConsumerDeleted, ConsumerId, ConsumerSnapshot, ConsumerState};
 pub(crate) use meter::{
     later, DRAIN_WINDOW_SECS, IDLE_RETRY_AFTER, MAX_RETRY_AFTER, MIN_RETRY_AFTER,
 };
@@ -199,8 +203,10 @@ pub(crate) struct Stream<B> {
     /// everything before it was released already. Durable backends persist
     /// it so that a discarded message does not come back after a restart.
     pub discard_floor: u64,
-    /// Never shrinks (there is no delete); indices are consumer ids.
-    pub consumers: Vec<ConsumerState>,
+    /// Live consumers by id. Ids are never reused, so a handle of a deleted
+    /// consumer cannot act on a later one of the same name.
+    pub consumers: BTreeMap<ConsumerId, ConsumerState>,
+    next_consumer_id: ConsumerId,
     drain: DrainMeter,
     /// Rate-limits the discard warning.
     discard_log: LogThrottle,
@@ -223,7 +229,8 @@ impl<B> Stream<B> {
             reserved_msgs: 0,
             reserved_bytes: 0,
             discard_floor: 0,
-            consumers: Vec::new(),
+            consumers: BTreeMap::new(),
+            next_consumer_id: 0,
             drain: DrainMeter::new(now),
             discard_log: LogThrottle::default(),
             subjects: HashSet::new(),
@@ -233,7 +240,7 @@ impl<B> Stream<B> {
     /// Marks the stream closed and wakes every waiter.
     pub(crate) fn close(&mut self) {
         self.closed = true;
-        for c in &self.consumers {
+        for c in self.consumers.values() {
             c.wake.notify_waiters();
         }
         self.space.notify_waiters();
@@ -242,8 +249,15 @@ impl<B> Stream<B> {
     /// Applies `max_age` and due timers (redeliveries, `max_deliver` give-ups).
     pub(crate) fn maintain(&mut self, now: Instant) {
         self.expire(now);
-        for id in 0..self.consumers.len() {
+        // By key rather than by a collected list: no allocation per call.
+        let mut next = self.consumers.keys().next().copied();
+        while let Some(id) = next {
             self.sweep_consumer(id, now);
+            next = self
+                .consumers
+                .range(id.saturating_add(1)..)
+                .next()
+                .map(|(&id, _)| id);
         }
     }
 
@@ -303,7 +317,7 @@ impl<B> Stream<B> {
         if let Some(suppressed) = self.discard_log.ready(now) {
             tracing::warn!(seq, subject = %m.subject, reason, suppressed, total = self.discarded, "message discarded before every consumer released it");
         }
-        for c in &mut self.consumers {
+        for c in self.consumers.values_mut() {
             if let Some(p) = c.pending.remove(&seq) {
                 c.unschedule(seq, p.timer);
                 c.dirty = true;
@@ -392,7 +406,7 @@ impl<B> Stream<B> {
             Some(later(later(m.stored_at, age), Duration::from_millis(1)))
         });
         self.consumers
-            .iter()
+            .values()
             .filter_map(|c| c.timers.first().map(|&(at, _)| at))
             .chain(expiry)
             .min()
@@ -421,7 +435,7 @@ impl<B> Stream<B> {
             }
         }
         let wanted =
-            self.consumers.is_empty() || self.consumers.iter().any(|c| c.config.matches(subject));
+            self.consumers.is_empty() || self.consumers.values().any(|c| c.config.matches(subject));
         if !wanted {
             // No consumer is interested: accepted and released at once, so
             // it takes no room and no limit applies.
@@ -480,7 +494,7 @@ impl<B> Stream<B> {
         self.last_seq = self.last_seq.max(seq);
         self.published += 1;
         let mut holders = 0u32;
-        for c in &mut self.consumers {
+        for c in self.consumers.values_mut() {
             if c.config.matches(subject) {
                 holders = holders.saturating_add(1);
                 c.unseen += 1;
@@ -533,7 +547,7 @@ impl<B> Stream<B> {
             return false;
         }
         let mut holders = 0u32;
-        for c in &mut self.consumers {
+        for c in self.consumers.values_mut() {
             if c.pending.contains_key(&seq) {
                 holders = holders.saturating_add(1);
             } else if seq >= c.cursor && c.config.matches(subject) {

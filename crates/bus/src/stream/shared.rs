@@ -2,7 +2,7 @@
 //! backends need (a fetch waiting for messages or timers, a producer
 //! waiting for space). The lock is never held across an `.await`.
 
-use super::{later, Stream};
+use super::{later, ConsumerDeleted, ConsumerId, Stream};
 use crate::Limits;
 use parking_lot::{Mutex, MutexGuard};
 use std::sync::Arc;
@@ -35,22 +35,22 @@ impl<B> Shared<B> {
     }
 
     /// `Consumer::ack` / `term` of consumer `id`, now.
-    pub(crate) fn settle(&self, id: usize, seq: u64) {
+    pub(crate) fn settle(&self, id: ConsumerId, seq: u64) {
         self.state.lock().settle(id, seq, Instant::now());
     }
 
     /// `Consumer::nak` of consumer `id`, now.
-    pub(crate) fn nak(&self, id: usize, seq: u64, delay: Duration) {
+    pub(crate) fn nak(&self, id: ConsumerId, seq: u64, delay: Duration) {
         self.state.lock().nak(id, seq, delay, Instant::now());
     }
 
     /// `Consumer::in_progress` of consumer `id`, now.
-    pub(crate) fn in_progress(&self, id: usize, seq: u64) {
+    pub(crate) fn in_progress(&self, id: ConsumerId, seq: u64) {
         self.state.lock().in_progress(id, seq, Instant::now());
     }
 
     /// `Consumer::stats` of consumer `id`, with timers applied first.
-    pub(crate) fn consumer_stats(&self, id: usize) -> crate::ConsumerStats {
+    pub(crate) fn consumer_stats(&self, id: ConsumerId) -> crate::ConsumerStats {
         let mut st = self.state.lock();
         let now = Instant::now();
         st.maintain(now);
@@ -62,14 +62,15 @@ impl<B> Shared<B> {
     /// `take` runs under the lock after `maintain`; what it returns counts
     /// as delivered, so it must not be lost: this returns right after a
     /// non-empty `take`, with no `.await` in between (cancel-safe). Returns
-    /// empty on timeout and when the stream is closed.
+    /// empty on timeout and when the stream is closed, [`ConsumerDeleted`]
+    /// once the consumer is gone (a waiting fetch is woken by the delete).
     pub(crate) async fn fetch<T>(
         &self,
-        id: usize,
+        id: ConsumerId,
         wake: &Notify,
         max_wait: Duration,
         mut take: impl FnMut(&mut Stream<B>, Instant) -> Vec<T>,
-    ) -> Vec<T> {
+    ) -> Result<Vec<T>, ConsumerDeleted> {
         let deadline = later(Instant::now(), max_wait);
         loop {
             let notified = wake.notified();
@@ -79,20 +80,23 @@ impl<B> Shared<B> {
             let now = Instant::now();
             let next_timer = {
                 let mut st = self.state.lock();
+                if !st.consumers.contains_key(&id) {
+                    return Err(ConsumerDeleted);
+                }
                 if st.closed {
-                    return Vec::new();
+                    return Ok(Vec::new());
                 }
                 st.maintain(now);
                 // Marked delivered only here, synchronously, right before
                 // returning: dropping the future never loses a message.
                 let batch = take(&mut st, now);
                 if !batch.is_empty() {
-                    return batch;
+                    return Ok(batch);
                 }
-                st.consumers.get(id).and_then(|c| c.next_timer())
+                st.consumers.get(&id).and_then(|c| c.next_timer())
             };
             if now >= deadline {
-                return Vec::new();
+                return Ok(Vec::new());
             }
             let wake_at = next_timer.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
