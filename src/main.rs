@@ -55,6 +55,11 @@ enum Command {
         /// Most bytes the backlog store holds (e.g. 1GiB, 500MB).
         #[arg(long, default_value = "1GiB", value_parser = parse_byte_size)]
         backlog_max_bytes: u64,
+        /// Delete the embedded bus's durable consumers that no trigger of
+        /// these files uses (sensors removed for good), releasing the
+        /// events they hold. Without it they are only listed in a warning.
+        #[arg(long)]
+        prune_consumers: bool,
     },
     /// Events stored for later (onReject: backlog, k8s ConfigMap backlog- triggers).
     Backlog {
@@ -435,6 +440,7 @@ fn main() -> ExitCode {
             secrets_dir,
             backlog_max_events,
             backlog_max_bytes,
+            prune_consumers,
         } => run(
             files.clone(),
             spillway::topology::RunOptions {
@@ -447,6 +453,7 @@ fn main() -> ExitCode {
                     max_events: backlog_max_events,
                     max_bytes: backlog_max_bytes,
                 },
+                prune_consumers,
             },
         ),
         Command::Backlog {

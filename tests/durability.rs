@@ -192,7 +192,21 @@ async fn a_sensor_removed_from_the_config_does_not_pin_the_bus() {
         .contains("keeping the bus's 2 durable consumer(s)"));
     assert!(idle.terminate().await.success());
 
-    let mut second = Spillway::start_in(&kept, data.path()).await;
+    // Without the audit sensor, but also without --prune-consumers (the
+    // file might just have been forgotten): listed, not deleted.
+    let mut listed = Spillway::start_in(&kept, data.path()).await;
+    assert_eq!(listed.status().await["bus"]["messages"], 3);
+    let log = listed.log_text();
+    assert!(
+        log.contains(
+            r#"durable consumer(s) ["audit-hold"] on the bus belong to no sensor trigger"#
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("deleted durable consumer"), "{log}");
+    assert!(listed.terminate().await.success());
+
+    let mut second = Spillway::start_in_with(&kept, data.path(), &["--prune-consumers"]).await;
     wait_until("the audit sensor's events released", WAIT, || async {
         second.status().await["bus"]["messages"] == 0
     })

@@ -191,6 +191,7 @@ pub async fn run(
         secrets_dir: dir.path().join("secrets"),
         files: Vec::new(),
         backlog: crate::backlog::BacklogLimits::default(),
+        prune_consumers: false,
     };
     let stop_pipeline = CancellationToken::new();
     let pipeline = tokio::spawn(crate::topology::run_until(

@@ -79,6 +79,10 @@ pub struct RunOptions {
     pub files: Vec<PathBuf>,
     /// Bounds of the backlog store in `<data_dir>/backlog/`.
     pub backlog: BacklogLimits,
+    /// Delete the embedded bus's durable consumers no trigger of this
+    /// config binds (`--prune-consumers`); without it they are only listed
+    /// in a warning.
+    pub prune_consumers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +204,7 @@ pub async fn run_until(
     let handles: Vec<_> = runners.iter().map(TriggerRunner::handle).collect();
     if let Some(embedded) = &embedded {
         let bound: Vec<&str> = handles.iter().map(|h| h.consumer.name()).collect();
-        delete_orphan_consumers(embedded, &bound).await?;
+        orphan_consumers(embedded, &bound, options.prune_consumers).await;
     }
 
     // Bind every port before serving anything, so a taken port fails start-up cleanly.
@@ -633,18 +637,22 @@ fn open_embedded_bus(
     Ok((bus, lock))
 }
 
-/// Deletes the embedded bus's durable consumers that no trigger of this
-/// config is bound to. A sensor or trigger removed from the config (as
-/// deleting an Argo Sensor deletes its consumer) would otherwise keep
-/// holding every event it had not acked and every new one matching its
-/// filter, pinning the queue depth until the bus is full. Runs once every
-/// trigger's consumer is bound, so a renamed trigger's new consumer already
-/// holds what the old one still held. Not done on JetStream: other
-/// instances with another config may share the stream. Not done either
-/// when the config has no trigger at all: that is a pipeline run without
-/// its sensors on purpose (the consumer is down, events wait in the bus),
-/// and deleting the last consumers would release everything they hold.
-async fn delete_orphan_consumers(bus: &SegmentBus, bound: &[&str]) -> Result<(), RunError> {
+/// The embedded bus's durable consumers that no trigger of this config is
+/// bound to: a sensor or trigger removed from the config (deleting an Argo
+/// Sensor deletes its consumer) keeps holding every event it had not acked
+/// and every new one matching its filter, pinning the queue depth until
+/// the bus is full.
+///
+/// Listed in a warning by default; deleted only with `prune` (`spillway
+/// run --prune-consumers`), because a config loaded in part (a forgotten
+/// `-f` file) looks exactly like removed sensors, and a delete releases
+/// their events for good. Runs once every trigger's consumer is bound, so a
+/// renamed trigger's new consumer already holds what the old one still
+/// held. A failed delete is a warning: the pipeline runs either way. Not
+/// done on JetStream: other instances with another config may share the
+/// stream. Not done when the config has no trigger at all: that is a
+/// pipeline run without its sensors on purpose (events wait in the bus).
+async fn orphan_consumers(bus: &SegmentBus, bound: &[&str], prune: bool) {
     let names = bus.consumer_names();
     if bound.is_empty() {
         if !names.is_empty() {
@@ -653,21 +661,36 @@ async fn delete_orphan_consumers(bus: &SegmentBus, bound: &[&str]) -> Result<(),
                 names.len()
             );
         }
-        return Ok(());
+        return;
     }
-    for name in names {
-        if bound.contains(&name.as_str()) {
-            continue;
-        }
+    let orphans: Vec<String> = names
+        .into_iter()
+        .filter(|name| !bound.contains(&name.as_str()))
+        .collect();
+    if orphans.is_empty() {
+        return;
+    }
+    if !prune {
+        tracing::warn!(
+            "durable consumer(s) {orphans:?} on the bus belong to no sensor trigger of this config: they keep holding their events (and the queue depth up); if their sensors were removed for good, restart with --prune-consumers to delete them"
+        );
+        return;
+    }
+    for name in orphans {
         let before = bus.stats().messages;
-        if bus.delete_consumer(&name).await? {
-            let released = before.saturating_sub(bus.stats().messages);
-            tracing::warn!(
-                "deleted durable consumer {name:?}: no sensor trigger in the config uses it any more; {released} event(s) only it still held were released"
-            );
+        match bus.delete_consumer(&name).await {
+            Ok(true) => {
+                let released = before.saturating_sub(bus.stats().messages);
+                tracing::warn!(
+                    "deleted durable consumer {name:?} (--prune-consumers): no sensor trigger in the config uses it any more; {released} event(s) only it still held were released"
+                );
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(
+                "cannot delete durable consumer {name:?}: {err}; it keeps its events"
+            ),
         }
     }
-    Ok(())
 }
 
 /// One runner per trigger, each with its own durable consumer.

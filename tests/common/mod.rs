@@ -70,8 +70,17 @@ impl Spillway {
     /// Like [`Spillway::start`], with the bus in `data_dir` (to restart on
     /// the same bus).
     pub async fn start_in(config: &str, data_dir: &std::path::Path) -> Spillway {
+        Spillway::start_in_with(config, data_dir, &[]).await
+    }
+
+    /// Like [`Spillway::start_in`], with extra `spillway run` arguments.
+    pub async fn start_in_with(
+        config: &str,
+        data_dir: &std::path::Path,
+        args: &[&str],
+    ) -> Spillway {
         let dir = tempfile::tempdir().expect("tempdir");
-        Spillway::launch(config, dir, data_dir, &[], &[]).await
+        Spillway::launch(config, dir, data_dir, args, &[]).await
     }
 
     /// Like [`Spillway::start_in`], armed to abort at a crash point
