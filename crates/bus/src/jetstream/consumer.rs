@@ -61,7 +61,8 @@
 //!   (`+TERM`), which releases it like the memory bus does.
 //! - **Cancelling a fetch** that waits for a message leaves its pull request
 //!   on the server until `max_wait` ends; a message delivered to it then is
-//!   handed out by the next fetch (see above).
+//!   redelivered only after `ack_wait` (a waiting pull has its own
+//!   subscription, dropped with the fetch).
 //! - **Acks are fire-and-forget** NATS publishes (as in every JetStream
 //!   client): `ack` returns once the ack is sent. A lost ack means a
 //!   redelivery, never a loss. While disconnected, settling calls fail with

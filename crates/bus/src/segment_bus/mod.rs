@@ -238,6 +238,8 @@ struct Persist {
     tombstones: BTreeSet<String>,
     /// Consecutive failed syncs (the warning is logged at powers of two).
     failures: u64,
+    /// Consecutive failed removals of deleted consumers' files.
+    tidy_failures: u64,
 }
 
 impl SegmentBus {
@@ -342,6 +344,7 @@ impl SegmentBus {
                 deleted_floor: 0,
                 tombstones,
                 failures: 0,
+                tidy_failures: 0,
             }),
         });
         // Writes reset consumers and rebuilt metadata, deletes what nobody holds.
@@ -588,8 +591,16 @@ impl Inner {
             }
         }
         if error.is_none() {
+            // Tidying is not a precondition of anything: open honours a
+            // tombstone whether or not its files are gone. So a file that
+            // cannot be removed must not hold segment deletion back.
             if let Err(e) = self.clear_tombstones(&mut p) {
-                error = Some(e);
+                p.tidy_failures += 1;
+                if p.tidy_failures.is_power_of_two() {
+                    warn!(error = %e, failures = p.tidy_failures, "cannot remove a deleted consumer's files; retrying (the delete itself is durable)");
+                }
+            } else {
+                p.tidy_failures = 0;
             }
         }
         if let Some(e) = error {
@@ -721,7 +732,25 @@ impl Inner {
             let mut st = self.shared.lock();
             let held = st.msgs.len();
             st.remove_consumer(id, Instant::now());
-            (manifest_of(&st), held - st.msgs.len())
+            // The stored metadata minus this consumer, not the live list: a
+            // consumer being bound right now has no state file yet, and
+            // metadata listing it would make a crash restart it from seq 0.
+            let manifest = match &p.stored_manifest {
+                Some(stored) => Manifest {
+                    consumers: stored
+                        .consumers
+                        .iter()
+                        .filter(|c| c.name != name)
+                        .cloned()
+                        .collect(),
+                    ..stored.clone()
+                },
+                None => Manifest {
+                    consumers: Vec::new(),
+                    ..manifest_of(&st)
+                },
+            };
+            (manifest, held - st.msgs.len())
         };
         info!(consumer = %name, released, "deleted durable consumer");
         let stored = StateFile::new(self.dir.join(STREAM_FILE))
