@@ -99,7 +99,7 @@ pub enum EvaluationError {
     DeadlineExceeded { timeout: Duration },
     #[error("evaluation refused: {max_queued} evaluations are already waiting for a thread (flowControl.evaluation.maxQueued)")]
     QueueFull { max_queued: usize },
-    #[error("evaluation refused: no evaluation thread is left ({abandoned} abandoned in evaluations that did not stop, flowControl.evaluation.maxAbandoned reached)")]
+    #[error("evaluation refused: no evaluation thread is left ({abandoned} abandoned in evaluations that did not stop; see flowControl.evaluation.maxAbandoned)")]
     NoThreads { abandoned: usize },
     #[error("evaluation failed: its thread panicked")]
     Lost,

@@ -4,7 +4,7 @@
 use super::budget::Budget;
 use super::{EvaluationError, EvaluationSettings};
 use crate::sensor::filter::FilterError;
-use crate::telemetry::Metrics;
+use crate::telemetry::{LogThrottle, Metrics};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// How long after its deadline a running evaluation has to stop by itself
 /// (its budget is exhausted) before its thread is abandoned.
 pub const ABANDON_GRACE: Duration = Duration::from_millis(100);
+/// At most one warning per this interval about evaluations refused because
+/// the queue is full or no thread is left.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Stack of each pool thread. Reserved address space; only the pages an
 /// evaluation touches use memory (and stay resident while the thread
 /// lives). jq stops recursing at an eighth of it, leaving the rest for work
@@ -47,6 +50,8 @@ struct Shared {
     metrics: Option<Arc<Metrics>>,
     state: Mutex<State>,
     work_ready: Condvar,
+    /// Throttles the warning about evaluations refused at once.
+    refusals_logged: LogThrottle,
 }
 
 #[derive(Default)]
@@ -117,6 +122,7 @@ impl EvaluationPool {
             metrics,
             state: Mutex::new(State::default()),
             work_ready: Condvar::new(),
+            refusals_logged: LogThrottle::new(REFUSAL_LOG_INTERVAL),
         });
         EvaluationPool {
             _closer: Arc::new(CloseOnDrop(Arc::clone(&shared))),
@@ -151,7 +157,12 @@ impl EvaluationPool {
             ticket: Arc::clone(&ticket),
             deadline,
         };
-        self.shared.submit(job)?;
+        if let Err(refused) = self.shared.submit(job) {
+            if let Some(skipped) = self.shared.refusals_logged.admit() {
+                tracing::warn!(sensor = %self.shared.sensor, skipped, "{refused}");
+            }
+            return Err(refused.into());
+        }
         let lost = || FilterError::Evaluation(EvaluationError::Lost);
         let exceeded = || FilterError::Evaluation(EvaluationError::DeadlineExceeded { timeout });
         match tokio::time::timeout_at(deadline.into(), &mut answer).await {

@@ -21,6 +21,10 @@
 //!   replacement function). What is left (a long C call under the bounds)
 //!   is what the pool's deadline and thread abandonment cover.
 //!
+//! A transform's result table is checked before it is converted to JSON
+//! (which runs without the hook): at most [`MAX_RESULT_DEPTH`] deep and
+//! [`MAX_RESULT_VALUES`] keys and values written out.
+//!
 //! The state has the `string`, `table`, `math` and `utf8` libraries and the
 //! safe base functions. Not available, unlike Argo: `io`, `os`, `package`,
 //! `debug`, `coroutine`, `load`/`dofile`/`loadfile` (no file or process
@@ -45,6 +49,12 @@ use std::sync::Arc;
 pub const INSTRUCTION_LIMIT: u64 = 1_000_000;
 /// Most memory (bytes) one evaluation's Lua state may hold.
 pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
+/// Deepest table nesting a transform script may return (serde_json's own
+/// limit when it reads JSON).
+pub const MAX_RESULT_DEPTH: usize = 128;
+/// Most keys and values a transform script's result may have once written
+/// out as JSON.
+pub const MAX_RESULT_VALUES: usize = 1_000_000;
 /// How often (instructions) the limit hook runs.
 const HOOK_EVERY: u32 = 1_000;
 /// Base-library globals removed from the state (see the module docs).
@@ -189,12 +199,21 @@ impl LuaScript {
     /// Runs a transform script: it must return a table, the new data.
     pub fn evaluate_table(&self, data: &Value, budget: &Budget) -> Result<Value, FilterError> {
         self.run(data, budget, |lua, result| match result {
-            table @ mlua::Value::Table(_) => lua.from_value::<Value>(table).map_err(|e| {
-                FilterError::Script(format!(
-                    "Lua {} returned a table that is not JSON: {e}",
-                    self.name
-                ))
-            }),
+            mlua::Value::Table(table) => {
+                if let Some(problem) = oversized(&table) {
+                    return Err(FilterError::ScriptLimit(format!(
+                        "Lua {} returned a table that {problem}",
+                        self.name
+                    )));
+                }
+                lua.from_value::<Value>(mlua::Value::Table(table))
+                    .map_err(|e| {
+                        FilterError::Script(format!(
+                            "Lua {} returned a table that is not JSON: {e}",
+                            self.name
+                        ))
+                    })
+            }
             other => Err(FilterError::Script(format!(
                 "Lua {} returned {}, not a table",
                 self.name,
@@ -202,6 +221,35 @@ impl LuaScript {
             ))),
         })
     }
+}
+
+/// What is wrong with a transform's result as JSON: nested deeper than
+/// [`MAX_RESULT_DEPTH`] (a table that contains itself is endlessly deep),
+/// or more than [`MAX_RESULT_VALUES`] keys and values once written out (a
+/// sub-table referenced twice is written twice). Walks without recursion
+/// and stops at the first limit: the conversion to JSON after it runs
+/// without the instruction hook, so it must be bounded before it starts.
+fn oversized(result: &Table) -> Option<String> {
+    let mut pending = vec![(result.clone(), 0usize)];
+    let mut values = 0usize;
+    while let Some((table, depth)) = pending.pop() {
+        if depth >= MAX_RESULT_DEPTH {
+            return Some(format!("nests deeper than {MAX_RESULT_DEPTH} tables"));
+        }
+        for pair in table.pairs::<mlua::Value, mlua::Value>() {
+            let Ok((key, value)) = pair else { continue };
+            values += 2;
+            if values > MAX_RESULT_VALUES {
+                return Some(format!("has more than {MAX_RESULT_VALUES} keys and values"));
+            }
+            for child in [key, value] {
+                if let mlua::Value::Table(child) = child {
+                    pending.push((child, depth + 1));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// A Lua state with the safe libraries only.
@@ -351,6 +399,31 @@ mod tests {
         );
         let bad = LuaScript::compile("return 'x'", "transform script").expect("compiles");
         assert!(bad.evaluate_table(&json!({}), &budget()).is_err());
+    }
+
+    #[test]
+    fn results_that_would_not_fit_in_json_are_errors() {
+        for (source, problem) in [
+            // 2^40 values once written out, from 40 tables.
+            (
+                "local t = {1} for i = 1, 40 do t = {a = t, b = t} end return t",
+                "more than 1000000",
+            ),
+            ("local t = {} t.self = t return t", "deeper than 128"),
+            (
+                "local t = {} for i = 1, 200 do t = {t} end return t",
+                "deeper than 128",
+            ),
+        ] {
+            let script = LuaScript::compile(source, "transform script").expect("compiles");
+            let err = script
+                .evaluate_table(&json!({}), &budget())
+                .expect_err(source);
+            assert!(
+                matches!(&err, FilterError::ScriptLimit(m) if m.contains(problem)),
+                "{source}: {err}"
+            );
+        }
     }
 
     #[test]
