@@ -130,6 +130,7 @@ impl EvaluationPool {
         }
     }
 
+    /// The settings the pool was made with.
     pub fn settings(&self) -> &EvaluationSettings {
         &self.shared.settings
     }
@@ -178,7 +179,9 @@ impl EvaluationPool {
         match tokio::time::timeout(ABANDON_GRACE, &mut answer).await {
             // Stopped by its budget (or finished just in time): its own answer.
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(lost()),
+            // A thread took it off the queue as it was cancelled, and
+            // dropped it unrun.
+            Ok(Err(_)) => Err(exceeded()),
             Err(_) => {
                 self.shared.abandon(&ticket);
                 Err(exceeded())
