@@ -1763,3 +1763,52 @@ spec:
         &[error(25, 21, &["points into the workflow's templates"])],
     );
 }
+
+#[test]
+fn evaluation_settings_out_of_range_point_at_each_value() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  flowControl:
+    evaluation:
+      timeout: 0s
+      threads: 0
+      maxQueued: 0
+      maxAbandoned: 65
+      maxThreads: 2
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+  triggers:
+    - template:
+        name: log
+        log: {}
+"#,
+        &[
+            error(18, 16, &["evaluation timeout must be longer than 0s"]),
+            error(19, 16, &["evaluation threads must be between 1 and 64"]),
+            error(20, 18, &["maxQueued must be between 1 and 100000"]),
+            error(21, 21, &["maxAbandoned must be at most 64"]),
+            error(
+                22,
+                7,
+                &["unknown field `maxThreads`", "did you mean `threads`"],
+            ),
+        ],
+    );
+}

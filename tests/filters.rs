@@ -113,3 +113,177 @@ async fn only_matching_events_arrive_and_they_arrive_transformed() {
     );
     spillway.terminate().await;
 }
+
+/// A sensor whose jq transform and Lua filter misbehave on demand
+/// (`{"bomb": "..."}`), with `evaluation` as its `flowControl.evaluation`.
+fn runaway_pipeline(port: u16, downstream: &str, evaluation: &str) -> String {
+    format!(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "{port}"
+      endpoint: /orders
+      method: POST
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  flowControl:
+    evaluation: {evaluation}
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+      transform:
+        jq: |
+          if .body.bomb == "range" then {{a: [range(1e12)]}}
+          elif .body.bomb == "recurse" then (def f: f; f)
+          elif .body.bomb == "repeat" then {{a: [repeat(.)]}}
+          elif .body.bomb == "last" then {{a: last(range(1e15))}}
+          else .body end
+      filters:
+        script: |
+          if event.bomb == "loop" then while true do end end
+          if event.bomb == "slow-loop" then
+            while true do local s = ("x"):rep(100000) end
+          end
+          if event.bomb == "pattern" then
+            local s = ("a"):rep(200000)
+            return s:find(("a*"):rep(12) .. "b") ~= nil
+          end
+          if event.bomb == "stuck" then
+            -- ten C calls of ~5e7 matching steps each, under the pattern
+            -- bound, with too few instructions for the hook to run.
+            local s = ("a"):rep(9999)
+            for i = 1, 10 do s:find("a*b") end
+          end
+          return true
+  triggers:
+    - template:
+        name: forward
+        http:
+          url: {downstream}
+          method: POST
+"#
+    )
+}
+
+async fn post(port: u16, body: &serde_json::Value) {
+    let response = common::client()
+        .post(format!("http://127.0.0.1:{port}/orders"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST /orders");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn runaway_scripts_and_jq_are_rejected_and_the_next_event_passes() {
+    let receiver = Receiver::start(true).await;
+    let port = free_port();
+    let mut spillway = Spillway::start(&runaway_pipeline(
+        port,
+        &receiver.url,
+        "{timeout: 200ms, threads: 1}",
+    ))
+    .await;
+    let bombs = [
+        "loop",
+        "slow-loop",
+        "pattern",
+        "range",
+        "recurse",
+        "repeat",
+        "last",
+    ];
+    post(port, &json!({"id": "before"})).await;
+    for bomb in bombs {
+        post(port, &json!({"id": bomb, "bomb": bomb})).await;
+    }
+    post(port, &json!({"id": "after"})).await;
+    wait_until("every event settled", WAIT, || async {
+        receiver.count().await >= 2
+            && filtered(&spillway.metrics().await, "error") >= bombs.len() as f64
+    })
+    .await;
+    let metrics = spillway.metrics().await;
+    assert_eq!(filtered(&metrics, "error"), bombs.len() as f64);
+    let mut ids: Vec<String> = receiver
+        .bodies()
+        .await
+        .iter()
+        .map(|b| b["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["after", "before"], "the normal events pass");
+    // The rejections share one throttled warning; the first is the loop.
+    // (Each reason is asserted by the unit tests of the evaluators.)
+    let log = spillway.log_text();
+    assert!(log.contains("stopped after 1000000 instructions"), "{log}");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"spillway_evaluation_threads_abandoned{sensor="orders"}"#
+        ),
+        0.0,
+        "every runaway stopped by itself"
+    );
+    spillway.terminate().await;
+}
+
+#[tokio::test]
+async fn a_stuck_evaluation_is_abandoned_and_the_pool_fails_fast_until_it_returns() {
+    let receiver = Receiver::start(true).await;
+    let port = free_port();
+    let mut spillway = Spillway::start(&runaway_pipeline(
+        port,
+        &receiver.url,
+        "{timeout: 50ms, threads: 1, maxAbandoned: 0}",
+    ))
+    .await;
+    // The stuck evaluation holds the only thread; the next event finds no
+    // thread (maxAbandoned: 0, so it was not replaced) and fails at once.
+    post(port, &json!({"id": "stuck", "bomb": "stuck"})).await;
+    post(port, &json!({"id": "no-thread"})).await;
+    wait_until("both rejected", WAIT, || async {
+        filtered(&spillway.metrics().await, "error") >= 2.0
+    })
+    .await;
+    let log = spillway.log_text();
+    assert!(
+        log.contains("did not finish within its 50ms deadline"),
+        "{log}"
+    );
+    assert!(log.contains("abandoned and NOT replaced"), "{log}");
+    assert!(log.contains("no evaluation thread is left"), "{log}");
+    // When the C calls end the thread rejoins and events pass again.
+    wait_until("the abandoned thread came back", WAIT, || async {
+        spillway.log_text().contains("rejoined the pool")
+    })
+    .await;
+    post(port, &json!({"id": "after"})).await;
+    wait_until("the next event passes", WAIT, || async {
+        receiver.count().await >= 1
+    })
+    .await;
+    let metrics = spillway.metrics().await;
+    assert_eq!(filtered(&metrics, "error"), 2.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"spillway_evaluation_threads_abandoned{sensor="orders"}"#
+        ),
+        0.0
+    );
+    assert_eq!(receiver.bodies().await, vec![json!({"id": "after"})]);
+    spillway.terminate().await;
+}

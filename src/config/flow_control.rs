@@ -26,6 +26,84 @@ pub struct SensorFlowControl {
     /// 5. With it (or with `shedding`) each trigger dispatches higher
     /// priorities first.
     pub priority: Option<Spanned<Priority>>,
+    /// The threads, queue and deadline of the sensor's Lua script and jq
+    /// evaluations (see `sensor::evaluation`).
+    pub evaluation: Option<Spanned<Evaluation>>,
+}
+
+/// `Sensor.spec.flowControl.evaluation`: where the sensor runs `script`
+/// filters and `transform`s, and how long one may take.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evaluation {
+    /// Wall-clock deadline of one evaluation, queueing included (default 1s).
+    pub timeout: Option<Spanned<GoDuration>>,
+    /// OS threads running evaluations (default 2).
+    pub threads: Option<Spanned<u32>>,
+    /// Evaluations waiting for a thread at most (default 64); one more is
+    /// refused at once, rejecting its event.
+    pub max_queued: Option<Spanned<u32>>,
+    /// Threads stuck past their deadline that are replaced (default 4);
+    /// beyond that the pool shrinks instead.
+    pub max_abandoned: Option<Spanned<u32>>,
+}
+
+/// Longest `evaluation.timeout`: a trigger waits this long per event.
+pub const MAX_EVALUATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most `evaluation.threads` and `evaluation.maxAbandoned`.
+pub const MAX_EVALUATION_THREADS: u32 = 64;
+
+impl Evaluation {
+    /// Out-of-range values.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let Some(timeout) = &self.timeout {
+            if timeout.value.0.is_zero() || timeout.value.0 > MAX_EVALUATION_TIMEOUT {
+                out.push((
+                    timeout.pos,
+                    format!(
+                        "evaluation timeout must be longer than 0s and at most {}s",
+                        MAX_EVALUATION_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        }
+        if let Some(threads) = &self.threads {
+            if threads.value == 0 || threads.value > MAX_EVALUATION_THREADS {
+                out.push((
+                    threads.pos,
+                    format!("evaluation threads must be between 1 and {MAX_EVALUATION_THREADS}"),
+                ));
+            }
+        }
+        window("maxQueued", &self.max_queued, &mut out);
+        if let Some(max) = &self.max_abandoned {
+            if max.value > MAX_EVALUATION_THREADS {
+                out.push((
+                    max.pos,
+                    format!("maxAbandoned must be at most {MAX_EVALUATION_THREADS}"),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The pool settings, defaults filled in.
+    pub fn to_settings(&self) -> crate::sensor::evaluation::EvaluationSettings {
+        let defaults = crate::sensor::evaluation::EvaluationSettings::default();
+        let count = |v: &Option<Spanned<u32>>, default: usize| {
+            v.as_ref().map_or(default, |v| v.value as usize)
+        };
+        crate::sensor::evaluation::EvaluationSettings {
+            timeout: self
+                .timeout
+                .as_ref()
+                .map_or(defaults.timeout, |t| t.value.0),
+            threads: count(&self.threads, defaults.threads),
+            max_queued: count(&self.max_queued, defaults.max_queued),
+            max_abandoned: count(&self.max_abandoned, defaults.max_abandoned),
+        }
+    }
 }
 
 /// `triggers[].flowControl`: per-trigger extras.
@@ -375,7 +453,19 @@ impl SensorFlowControl {
         if let Some(priority) = &self.priority {
             out.extend(priority.value.problems(priority.pos));
         }
+        if let Some(evaluation) = &self.evaluation {
+            out.extend(evaluation.value.problems());
+        }
         out
+    }
+
+    /// The sensor's evaluation pool settings (defaults when not configured).
+    pub fn evaluation_settings(
+        flow: Option<&SensorFlowControl>,
+    ) -> crate::sensor::evaluation::EvaluationSettings {
+        flow.and_then(|f| f.evaluation.as_ref())
+            .map(|e| e.value.to_settings())
+            .unwrap_or_default()
     }
 }
 

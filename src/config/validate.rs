@@ -338,8 +338,14 @@ fn check_sensor(
                 }
             }
         }
-        // Regexes, expressions, Lua, jq and timezones compile as they will run.
-        if let Err(problems) = crate::sensor::DependencyFilter::compile(dep) {
+        // Regexes, expressions, Lua, jq and timezones compile as they will
+        // run. Nothing is evaluated here, so the pool never starts a thread.
+        let evaluations = crate::sensor::evaluation::EvaluationPool::new(
+            "validate",
+            crate::sensor::evaluation::EvaluationSettings::default(),
+            None,
+        );
+        if let Err(problems) = crate::sensor::DependencyFilter::compile(dep, &evaluations) {
             report_problems(file, problems, report);
         }
         for filter in dep.filters.iter().flat_map(|f| f.data.iter().flatten()) {

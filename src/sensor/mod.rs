@@ -7,6 +7,7 @@
 //! limits apply, is in [`runner`].
 
 pub mod condition;
+pub mod evaluation;
 pub mod filter;
 pub mod reject;
 mod retry;

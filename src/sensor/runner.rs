@@ -768,7 +768,7 @@ impl RunnerInner {
             return None;
         };
         if let Some(filter) = &dependency.filters {
-            if !self.passes(filter, &mut event, seq) {
+            if !self.passes(filter, &mut event, seq).await {
                 self.settle(self.consumer.ack(seq).await, seq);
                 return None;
             }

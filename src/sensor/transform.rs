@@ -6,18 +6,36 @@
 //! global `event` and returns the new data table (limits in
 //! [`super::filter::script`]). Empty data is left as it is. A transform that
 //! fails on an event rejects that event (acked unrun, counted), never the
-//! sensor. `jq` runs on jaq (`jaq-core` + `jaq-std`), compiled once at
-//! start-up; a program that never produces an output has no step limit, so
-//! keep transforms to plain rewrites.
+//! sensor. Both run on the sensor's evaluation pool
+//! ([`crate::sensor::evaluation`]) within its deadline.
+//!
+//! `jq` runs on jaq (`jaq-core` + `jaq-std`), compiled once at start-up. An
+//! evaluation stops with an error after [`jq_guard::STEP_LIMIT`] steps, at
+//! its deadline, or when it recurses [`jq_guard::STACK_ALLOWANCE`] deep
+//! ([`jq_guard`]); an output nested deeper than [`MAX_OUTPUT_DEPTH`] or
+//! with more than [`MAX_OUTPUT_VALUES`] values is an error (checked before
+//! it is written out). Not bounded: one native operation, e.g. `"x" * 1e9`
+//! or `tojson` of a value that shares structure (see [`jq_guard`]).
+
+mod jq_guard;
 
 use super::filter::script::LuaScript;
 use super::filter::FilterError;
 use crate::config::flow_control::Problem;
 use crate::config::sensor::Transform as TransformConfig;
+use crate::sensor::evaluation::{Budget, EvaluationError};
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{data, Compiler, Ctx, Vars};
-use jaq_json::Val;
+use jaq_core::{Compiler, Ctx, Vars};
+use jq_guard::{Guarded, GuardedLut, Interrupted};
 use serde_json::Value;
+
+/// Deepest array/object nesting a jq output may have (serde_json's own
+/// limit when it reads JSON).
+pub const MAX_OUTPUT_DEPTH: usize = 128;
+/// Most values (each array item, object key and value counted) a jq output
+/// may have once written out: jq values share structure, so a few steps can
+/// build one that would print as 2⁶⁰ values.
+pub const MAX_OUTPUT_VALUES: usize = 1_000_000;
 
 /// A dependency's transform, compiled.
 pub enum Transform {
@@ -37,7 +55,8 @@ impl std::fmt::Debug for Transform {
 /// A compiled jq program.
 pub struct JqProgram {
     source: String,
-    filter: jaq_core::Filter<data::JustLut<Val>>,
+    filter: jaq_core::Filter<Guarded>,
+    step_limit: u64,
 }
 
 impl Transform {
@@ -61,11 +80,11 @@ impl Transform {
         }
     }
 
-    /// The transformed data.
-    pub fn apply(&self, data: &Value) -> Result<Value, FilterError> {
+    /// The transformed data, computed within `budget` (on a pool thread).
+    pub fn apply(&self, data: &Value, budget: &Budget) -> Result<Value, FilterError> {
         match self {
-            Transform::Jq(program) => program.run(data),
-            Transform::Script(script) => script.evaluate_table(data),
+            Transform::Jq(program) => program.run(data, budget),
+            Transform::Script(script) => script.evaluate_table(data, budget),
         }
     }
 }
@@ -75,9 +94,6 @@ impl JqProgram {
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
             .chain(jaq_json::defs());
-        let funs = jaq_core::funs()
-            .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
         let modules = loader
@@ -90,7 +106,7 @@ impl JqProgram {
             )
             .map_err(|errs| format!("jq program {source:?} does not parse: {}", describe(&errs)))?;
         let filter = Compiler::default()
-            .with_funs(funs)
+            .with_funs(jq_guard::funs())
             .compile(modules)
             .map_err(|errs| {
                 format!(
@@ -101,34 +117,65 @@ impl JqProgram {
         Ok(JqProgram {
             source: source.to_string(),
             filter,
+            step_limit: jq_guard::STEP_LIMIT,
         })
     }
 
-    /// The first output of the program on `data`; it must be an object.
-    pub fn run(&self, data: &Value) -> Result<Value, FilterError> {
+    /// The same program with another step limit (tests).
+    #[cfg(test)]
+    pub fn with_step_limit(mut self, limit: u64) -> Self {
+        self.step_limit = limit;
+        self
+    }
+
+    /// The first output of the program on `data`, computed within `budget`;
+    /// it must be an object.
+    pub fn run(&self, data: &Value, budget: &Budget) -> Result<Value, FilterError> {
         let error =
             |message: String| FilterError::Transform(format!("jq {:?}: {message}", self.source));
         let input = jaq_json::read::parse_single(data.to_string().as_bytes())
             .map_err(|e| error(format!("reading the event: {e}")))?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
-        let first = self
-            .filter
-            .id
-            .run((ctx, input))
-            .next()
-            .ok_or_else(|| error("no output".to_string()))?;
-        let output = match first {
-            Ok(output) => output,
-            Err(exn) => {
+        let guarded = jq_guard::run_guarded(budget, self.step_limit, || {
+            let ctx = Ctx::<Guarded>::new(GuardedLut(&self.filter.lut), Vars::new([]));
+            let first = self.filter.id.run((ctx, input)).next();
+            match first {
+                None => Err("no output".to_string()),
                 // Never `unwrap_valr`: `halt` would exit the process.
-                return Err(error(match exn.get_err() {
+                Some(Err(exn)) => Err(match exn.get_err() {
                     Ok(err) => err.to_string(),
                     Err(_) => "halt is not allowed in a transform".to_string(),
-                }));
+                }),
+                Some(Ok(output)) => {
+                    match jq_guard::oversized(&output, MAX_OUTPUT_DEPTH, MAX_OUTPUT_VALUES) {
+                        Some(problem) => Err(format!("output {problem}")),
+                        None => Ok(output.to_string()),
+                    }
+                }
+            }
+        });
+        let text = match guarded {
+            Ok(result) => result.map_err(error)?,
+            Err(Interrupted::Deadline) => {
+                return Err(FilterError::Evaluation(EvaluationError::DeadlineExceeded {
+                    timeout: budget.timeout(),
+                }))
+            }
+            Err(Interrupted::Steps(limit)) => {
+                return Err(FilterError::ScriptLimit(format!(
+                    "jq {:?} stopped after {limit} steps",
+                    self.source
+                )))
+            }
+            Err(Interrupted::TooDeep) => {
+                return Err(FilterError::ScriptLimit(format!(
+                    "jq {:?} stopped: recursion deeper than {} bytes of stack",
+                    self.source,
+                    jq_guard::STACK_ALLOWANCE
+                )))
             }
         };
-        let json: Value = serde_json::from_str(&output.to_string())
-            .map_err(|e| error(format!("output is not JSON: {e}")))?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| error(format!("output is not JSON: {e}")))?;
         if json.is_object() {
             Ok(json)
         } else {
@@ -149,7 +196,24 @@ fn describe<T: std::fmt::Debug>(errs: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sensor::evaluation::pool::WORKER_STACK_SIZE;
     use serde_json::json;
+    use std::time::Duration;
+
+    /// A budget no test reaches.
+    fn budget() -> Budget {
+        Budget::starting_now(Duration::from_secs(3600))
+    }
+
+    /// Runs `program` on `{}` on a thread with a pool thread's stack.
+    fn run_on_pool_stack(program: JqProgram, budget: Budget) -> Result<Value, FilterError> {
+        std::thread::Builder::new()
+            .stack_size(WORKER_STACK_SIZE)
+            .spawn(move || program.run(&json!({"a": 1}), &budget))
+            .expect("spawn")
+            .join()
+            .expect("no panic")
+    }
 
     #[test]
     fn jq_table() {
@@ -181,7 +245,7 @@ mod tests {
         ];
         for (i, (program, expected)) in cases.iter().enumerate() {
             let p = JqProgram::compile(program).unwrap_or_else(|e| panic!("case {i}: {e}"));
-            let got = p.run(&data);
+            let got = p.run(&data, &budget());
             assert_eq!(
                 got.as_ref().ok(),
                 expected.as_ref(),
@@ -201,5 +265,119 @@ mod tests {
     fn compiled_transform_is_shareable() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Transform>();
+    }
+
+    #[test]
+    fn jq_bombs_stop_at_the_step_limit() {
+        for program in [
+            "{a: [range(1e12)]}",
+            "def f: f; f",
+            "{a: [repeat(.)]}",
+            "{a: last(range(1e15))}",
+            "{a: [limit(1e12; repeat(1))] | length}",
+        ] {
+            let compiled = JqProgram::compile(program).expect("compiles");
+            let err = run_on_pool_stack(compiled, budget()).expect_err(program);
+            assert!(
+                matches!(&err, FilterError::ScriptLimit(m) if m.contains("25000 steps")),
+                "{program}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn jq_stops_at_the_deadline() {
+        for program in ["def f: f; f", "{a: [range(1e12)]}"] {
+            let compiled = JqProgram::compile(program)
+                .expect("compiles")
+                .with_step_limit(u64::MAX);
+            let past = Budget::starting_now(Duration::ZERO);
+            let err = run_on_pool_stack(compiled, past).expect_err(program);
+            assert_eq!(
+                err,
+                FilterError::Evaluation(EvaluationError::DeadlineExceeded {
+                    timeout: Duration::ZERO
+                }),
+                "{program}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_recursion_stops_before_the_stack_overflows() {
+        let compiled = JqProgram::compile("def f: 1 + f; {a: f}")
+            .expect("compiles")
+            .with_step_limit(u64::MAX);
+        let err = run_on_pool_stack(compiled, budget()).expect_err("too deep");
+        assert!(err.to_string().contains("recursion deeper"), "{err}");
+    }
+
+    #[test]
+    fn deeply_nested_output_is_an_error() {
+        let compiled =
+            JqProgram::compile("reduce range(3000) as $i ({}; {a: .})").expect("compiles");
+        let err = run_on_pool_stack(compiled, budget()).expect_err("too deep");
+        assert!(err.to_string().contains("nests deeper than 128"), "{err}");
+        // Shared structure: 2^60 values once written out, from a few steps.
+        let compiled =
+            JqProgram::compile("{a: reduce range(60) as $i (1; [., .])}").expect("compiles");
+        let err = run_on_pool_stack(compiled, budget()).expect_err("too big");
+        assert!(
+            err.to_string().contains("more than 1000000 values"),
+            "{err}"
+        );
+        // The same shape within the limit is fine.
+        let compiled =
+            JqProgram::compile("reduce range(100) as $i ({}; {a: .})").expect("compiles");
+        assert!(run_on_pool_stack(compiled, budget()).is_ok());
+    }
+
+    #[test]
+    fn values_as_deep_as_the_step_limit_allows_are_safe_to_use_and_drop() {
+        // ≈ 5 steps per level: the deepest value the step limit lets a
+        // program build, then printed, compared, walked and dropped (also
+        // when the evaluation is stopped with it alive).
+        let depth = jq_guard::STEP_LIMIT / 6;
+        for tail in [
+            "tojson | {n: length}",
+            "{same: (. == .)}",
+            "[..] | {n: length}",
+            "{}",
+        ] {
+            let program = format!("reduce range({depth}) as $i ({{}}; {{a: .}}) | {tail}");
+            let compiled = JqProgram::compile(&program).expect("compiles");
+            // Ok, or stopped by a limit: never a crash.
+            let _ = run_on_pool_stack(compiled, budget());
+        }
+        let compiled =
+            JqProgram::compile("reduce range(1e9) as $i ({}; {a: .})").expect("compiles");
+        let err = run_on_pool_stack(compiled, budget()).expect_err("stopped");
+        assert!(err.to_string().contains("steps"), "{err}");
+        // JSON text nested deeper than the output limit is refused by fromjson.
+        let compiled = JqProgram::compile(r#"{a: ("[" * 1000000 | fromjson)}"#).expect("compiles");
+        let err = run_on_pool_stack(compiled, budget()).expect_err("refused");
+        assert!(err.to_string().contains("nests deeper"), "{err}");
+        let compiled = JqProgram::compile(r#"{a: ("[[1]]" | fromjson)}"#).expect("compiles");
+        assert_eq!(
+            run_on_pool_stack(compiled, budget()),
+            Ok(json!({"a": [[1]]}))
+        );
+    }
+
+    #[test]
+    fn the_guard_is_disarmed_after_a_stop() {
+        // A stopped evaluation leaves nothing armed on the thread: the next
+        // one on the same thread runs normally.
+        std::thread::Builder::new()
+            .stack_size(WORKER_STACK_SIZE)
+            .spawn(|| {
+                let bomb = JqProgram::compile("def f: f; f").expect("compiles");
+                assert!(bomb.run(&json!({}), &budget()).is_err());
+                let fine = JqProgram::compile("{b: .a}").expect("compiles");
+                assert_eq!(fine.run(&json!({"a": 1}), &budget()), Ok(json!({"b": 1})));
+            })
+            .expect("spawn")
+            .join()
+            .expect("no panic");
     }
 }

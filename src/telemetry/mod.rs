@@ -324,6 +324,7 @@ pub struct Metrics {
     sensor_events_shed: Family<TriggerShedLabels, Counter>,
     sensor_events_filtered: Family<FilteredLabels, Counter>,
     sensor_events_expired: Family<ExpiredLabels, Counter>,
+    evaluation_threads_abandoned: Family<SensorLabels, Gauge>,
     producer_block: TotalsFamily<SourceLabels>,
     sensor_processing: TotalsFamily<SensorLabels>,
     trigger_invocations: Family<TriggerOutcomeLabels, Counter>,
@@ -369,6 +370,7 @@ impl Metrics {
             sensor_events_shed: Family::default(),
             sensor_events_filtered: Family::default(),
             sensor_events_expired: Family::default(),
+            evaluation_threads_abandoned: Family::default(),
             producer_block: Family::new_with_constructor(latency_totals_histogram),
             sensor_processing: Family::new_with_constructor(latency_totals_histogram),
             trigger_invocations: Family::default(),
@@ -461,6 +463,11 @@ impl Metrics {
             "sensor_events_expired",
             "Events a trigger with conditions acked unrun: waited maxWait, overflowed maxEvents, or dropped by conditionsReset",
             m.sensor_events_expired.clone(),
+        );
+        registry.register(
+            "evaluation_threads_abandoned",
+            "Evaluation threads (Lua script, jq) abandoned in an evaluation that did not stop at its deadline and not back yet",
+            m.evaluation_threads_abandoned.clone(),
         );
         registry.register(
             "producer_block_seconds",
@@ -574,6 +581,15 @@ impl Metrics {
                 reason: reason.as_str().to_string(),
             })
             .inc();
+    }
+
+    /// Sets how many of `sensor`'s evaluation threads are abandoned.
+    pub fn evaluation_threads_abandoned(&self, sensor: &str, abandoned: usize) {
+        self.evaluation_threads_abandoned
+            .get_or_create(&SensorLabels {
+                sensor: sensor.to_string(),
+            })
+            .set(i64::try_from(abandoned).unwrap_or(i64::MAX));
     }
 
     /// Counts one event of `priority` a trigger shed (acked unrun).

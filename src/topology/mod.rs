@@ -21,13 +21,14 @@ mod conditions;
 
 use crate::api::AdminState;
 use crate::backlog::{BacklogLimits, BacklogStore, Replayer, TargetKind};
-use crate::config::flow_control::{OnReject, MAX_WINDOW};
+use crate::config::flow_control::{OnReject, SensorFlowControl, MAX_WINDOW};
 use crate::config::sensor::Sensor;
 use crate::config::workflow::WorkflowTemplate;
 use crate::config::{Config, Located};
 use crate::event::Event;
 use crate::priority::{PriorityFrom, PrioritySource, DEFAULT_PRIORITY, PRIORITY_HEADER};
 use crate::secrets::SecretStore;
+use crate::sensor::evaluation::EvaluationPool;
 use crate::sensor::runner::{look_ahead, PriorityDispatch};
 use crate::sensor::{
     DependencyFilter, DependencyMatcher, RejectPolicy, RetryPolicy, TriggerLimits, TriggerRunner,
@@ -704,9 +705,18 @@ async fn build_runners(
     let store = resources.store;
     let sensor_name = sensor.doc.metadata.name().to_string();
     let mut dependencies: Vec<DependencyMatcher> = Vec::new();
+    // One pool per sensor, shared by its dependencies; its threads start at
+    // the first script or jq evaluation.
+    let evaluations = EvaluationPool::new(
+        &sensor_name,
+        SensorFlowControl::evaluation_settings(
+            sensor.doc.spec.flow_control.as_ref().map(|f| &f.value),
+        ),
+        Some(Arc::clone(metrics)),
+    );
     for d in &sensor.doc.spec.dependencies {
         // Compiled once here; `validate` already reported what does not compile.
-        let filters = DependencyFilter::compile(d).map_err(|problems| {
+        let filters = DependencyFilter::compile(d, &evaluations).map_err(|problems| {
             let (pos, message) = problems.into_iter().next().unwrap_or_default();
             RunError::Config(format!("{}:{pos}: {message}", sensor.file.display()))
         })?;

@@ -14,8 +14,13 @@
 //! - everything (regexes, expressions, Lua, jq, timezones) is compiled once
 //!   at start-up by [`DependencyFilter::compile`]; what does not compile is a
 //!   config error with its position, reported by `spillway validate`;
+//! - the Lua script and the transform (jq or Lua) run on the sensor's
+//!   evaluation pool ([`crate::sensor::evaluation`]) within its deadline;
+//!   the other kinds run inline on the caller's task (they are bounded by
+//!   the size of the event);
 //! - a transform or filter that fails on an event (data not JSON, a missing
-//!   path, a value of the wrong type, a Lua error or limit, a jq error) is a
+//!   path, a value of the wrong type, a Lua error or limit, a jq error, the
+//!   evaluation's deadline, a full evaluation queue) is a
 //!   [`FilterError`]: that event is rejected — acked without running the
 //!   trigger and counted `reason="error"` in
 //!   `spillway_sensor_events_filtered_total` — never the sensor. Under `or`
@@ -33,9 +38,11 @@ pub mod time;
 use crate::config::flow_control::Problem;
 use crate::config::sensor::{Dependency, LogicalOperator};
 use crate::event::Event;
+use crate::sensor::evaluation::{EvaluationError, EvaluationPool};
 use crate::sensor::transform::Transform;
 use crate::telemetry::LogThrottle;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// At most one warning per this interval per dependency about events its
@@ -64,26 +71,35 @@ pub enum FilterError {
     ScriptLimit(String),
     #[error("transform: {0}")]
     Transform(String),
+    /// The evaluation pool gave no result (deadline, full queue, no thread).
+    #[error(transparent)]
+    Evaluation(#[from] EvaluationError),
 }
 
 /// A dependency's transform and filters, compiled.
 #[derive(Debug)]
 pub struct DependencyFilter {
-    transform: Option<Transform>,
+    /// Runs `transform` and `script`.
+    evaluations: EvaluationPool,
+    transform: Option<Arc<Transform>>,
     operator: LogicalOperator,
     context: Option<context::ContextFilter>,
     time: Option<time::TimeFilter>,
     data: Option<data::DataFilters>,
     exprs: Option<expr::ExprFilters>,
-    script: Option<script::LuaScript>,
+    script: Option<Arc<script::LuaScript>>,
     /// Throttles the warnings about events that could not be evaluated.
     pub errors_logged: LogThrottle,
 }
 
 impl DependencyFilter {
     /// Compiles `dependency`'s transform and filters; `None` when it has
-    /// neither. Every part that does not compile is a problem.
-    pub fn compile(dependency: &Dependency) -> Result<Option<Self>, Vec<Problem>> {
+    /// neither. Every part that does not compile is a problem. The script
+    /// and transform will run on `evaluations`.
+    pub fn compile(
+        dependency: &Dependency,
+        evaluations: &EvaluationPool,
+    ) -> Result<Option<Self>, Vec<Problem>> {
         let mut problems = Vec::new();
         let mut keep = |found: Vec<Problem>| problems.extend(found);
         let operator_of = |o: &Option<crate::config::Spanned<LogicalOperator>>| {
@@ -92,7 +108,8 @@ impl DependencyFilter {
         let transform = dependency
             .transform
             .as_ref()
-            .and_then(|t| Transform::compile(t).map_err(&mut keep).ok());
+            .and_then(|t| Transform::compile(t).map_err(&mut keep).ok())
+            .map(Arc::new);
         let filters = dependency.filters.as_ref();
         let context = filters
             .and_then(|f| f.context.as_ref())
@@ -121,11 +138,13 @@ impl DependencyFilter {
                 script::LuaScript::compile(&s.value, "filter script")
                     .map_err(|m| keep(vec![(s.pos, m)]))
                     .ok()
-            });
+            })
+            .map(Arc::new);
         if !problems.is_empty() {
             return Err(problems);
         }
         let filter = DependencyFilter {
+            evaluations: evaluations.clone(),
             transform,
             operator: operator_of(&dependency.filters_logical_operator),
             context,
@@ -145,7 +164,7 @@ impl DependencyFilter {
     }
 
     /// Transforms `event` in place, then whether it passes the filters.
-    pub fn apply(&self, event: &mut Event) -> Result<bool, FilterError> {
+    pub async fn apply(&self, event: &mut Event) -> Result<bool, FilterError> {
         let needs_data = self.transform.is_some()
             || self.data.is_some()
             || self.exprs.is_some()
@@ -156,37 +175,62 @@ impl DependencyFilter {
                 .map_err(|e| FilterError::InvalidJson(e.to_string()))?;
             data = Some(parsed);
         }
-        if let (Some(transform), Some(current)) = (&self.transform, data.as_ref()) {
-            let transformed = transform.apply(current)?;
-            let bytes = serde_json::to_vec(&transformed)
-                .map_err(|e| FilterError::Transform(e.to_string()))?;
-            event.data = bytes.into();
-            data = Some(transformed);
+        if let Some(transform) = &self.transform {
+            if let Some(current) = data.take() {
+                let transform = Arc::clone(transform);
+                let transformed = self
+                    .evaluations
+                    .evaluate(move |budget| transform.apply(&current, budget))
+                    .await?;
+                let bytes = serde_json::to_vec(&transformed)
+                    .map_err(|e| FilterError::Transform(e.to_string()))?;
+                event.data = bytes.into();
+                data = Some(transformed);
+            }
         }
         // Cheapest first: under `and` the first failure decides, and the
-        // kinds after it are not evaluated.
-        let data = data.as_ref();
-        let kinds: [&dyn Fn() -> Option<Result<bool, FilterError>>; 5] = [
-            &|| self.context.as_ref().map(|c| Ok(c.matches(&event.context))),
-            &|| self.time.as_ref().map(|t| t.evaluate(&event.context.time)),
-            &|| {
-                self.data
-                    .as_ref()
-                    .map(|d| data.map_or(Ok(true), |v| d.evaluate(v)))
-            },
-            &|| {
-                self.exprs
-                    .as_ref()
-                    .map(|e| data.map_or(Ok(true), |v| e.evaluate(v)))
-            },
-            &|| {
-                self.script
-                    .as_ref()
-                    .map(|s| data.map_or(Ok(true), |v| s.evaluate_bool(v)))
-            },
-        ];
+        // kinds after it are not evaluated. The script, last, runs only when
+        // the inline kinds left the outcome open.
+        let inline = {
+            let data = data.as_ref();
+            let kinds: [&dyn Fn() -> Option<Result<bool, FilterError>>; 4] = [
+                &|| self.context.as_ref().map(|c| Ok(c.matches(&event.context))),
+                &|| self.time.as_ref().map(|t| t.evaluate(&event.context.time)),
+                &|| {
+                    self.data
+                        .as_ref()
+                        .map(|d| data.map_or(Ok(true), |v| d.evaluate(v)))
+                },
+                &|| {
+                    self.exprs
+                        .as_ref()
+                        .map(|e| data.map_or(Ok(true), |v| e.evaluate(v)))
+                },
+            ];
+            combine(self.operator, kinds.into_iter().filter_map(|kind| kind()))
+        };
+        let decided = matches!(
+            (self.operator, &inline),
+            (LogicalOperator::And, Some(Ok(false) | Err(_)))
+                | (LogicalOperator::Or, Some(Ok(true)))
+        );
+        let script = match (&self.script, decided) {
+            (Some(script), false) => Some(match data {
+                // Empty data passes the script, as in Argo.
+                None => Ok(true),
+                Some(data) => {
+                    let script = Arc::clone(script);
+                    self.evaluations
+                        .evaluate(move |budget| script.evaluate_bool(&data, budget))
+                        .await
+                }
+            }),
+            _ => None,
+        };
+        // `inline` stands for the kinds before the script: combining it with
+        // the script's verdict gives what combining them all would.
         // No kind at all (only a transform): nothing to fail.
-        combine(self.operator, kinds.into_iter().filter_map(|kind| kind())).unwrap_or(Ok(true))
+        combine(self.operator, inline.into_iter().chain(script)).unwrap_or(Ok(true))
     }
 }
 

@@ -3,31 +3,58 @@
 //! transform script returns the new event data (a table).
 //!
 //! Each evaluation runs in a fresh Lua 5.4 state, so nothing leaks from one
-//! event to the next, with two limits that make a runaway script an error
-//! on that one event, never a stuck or dead sensor:
-//! - [`INSTRUCTION_LIMIT`] VM instructions, counted by
-//!   a hook every [`HOOK_EVERY`] instructions;
-//! - [`MEMORY_LIMIT`] bytes for the whole state, the event included.
+//! event to the next, on a thread of the sensor's evaluation pool
+//! ([`crate::sensor::evaluation`]), never on a tokio worker. Its limits make
+//! a runaway script an error on that one event, never a stuck or dead
+//! sensor:
+//! - [`INSTRUCTION_LIMIT`] VM instructions, counted by a hook every
+//!   [`HOOK_EVERY`] instructions;
+//! - the evaluation's [`Budget`]: the same hook stops the script once its
+//!   wall-clock deadline has passed or its caller stopped waiting;
+//! - [`MEMORY_LIMIT`] bytes for the whole state, the event included;
+//! - the hook does not run inside C functions, so `string.find`, `match`,
+//!   `gmatch` and `gsub` first check the worst-case cost of the call
+//!   ([`pattern_cost`]) and refuse it with an error above
+//!   [`pattern_cost::PATTERN_STEP_LIMIT`] steps. The other C functions are
+//!   bounded by the memory limit (`string.rep`, `table.concat`) or call back
+//!   into Lua, where the hook runs (`table.sort`'s comparator, `gsub`'s
+//!   replacement function). What is left (a long C call under the bounds)
+//!   is what the pool's deadline and thread abandonment cover.
+//!
+//! A transform's result table is checked before it is converted to JSON
+//! (which runs without the hook): at most [`MAX_RESULT_DEPTH`] deep and
+//! [`MAX_RESULT_VALUES`] keys and values written out.
 //!
 //! The state has the `string`, `table`, `math` and `utf8` libraries and the
 //! safe base functions. Not available, unlike Argo: `io`, `os`, `package`,
 //! `debug`, `coroutine`, `load`/`dofile`/`loadfile` (no file or process
 //! access), and `pcall`/`xpcall` (they could catch the limit errors and keep
 //! a loop going). A script is compiled once at start-up (a syntax error is a
-//! config error) and each evaluation loads the compiled chunk. Evaluation
-//! runs on the calling task: its cost is bounded by the instruction limit.
+//! config error) and each evaluation loads the compiled chunk.
+
+mod pattern_cost;
 
 use super::FilterError;
+use crate::sensor::evaluation::{Budget, EvaluationError};
 use mlua::chunk::ChunkMode;
-use mlua::{HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, VmState};
+use mlua::{
+    Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, MultiValue, StdLib, Table, VmState,
+};
+use pattern_cost::{worst_case_steps, PATTERN_STEP_LIMIT};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Most Lua VM instructions one evaluation may run.
 pub const INSTRUCTION_LIMIT: u64 = 1_000_000;
 /// Most memory (bytes) one evaluation's Lua state may hold.
 pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
+/// Deepest table nesting a transform script may return (serde_json's own
+/// limit when it reads JSON).
+pub const MAX_RESULT_DEPTH: usize = 128;
+/// Most keys and values a transform script's result may have once written
+/// out as JSON.
+pub const MAX_RESULT_VALUES: usize = 1_000_000;
 /// How often (instructions) the limit hook runs.
 const HOOK_EVERY: u32 = 1_000;
 /// Base-library globals removed from the state (see the module docs).
@@ -39,7 +66,23 @@ const REMOVED_GLOBALS: [&str; 6] = [
     "xpcall",
     "collectgarbage",
 ];
-const LIMIT_MESSAGE: &str = "instruction limit reached";
+/// The pattern functions guarded by [`pattern_cost`]: (name, whether `^`
+/// anchors, index of the `plain` flag if the function has one).
+const PATTERN_FUNCTIONS: [(&str, bool, Option<usize>); 4] = [
+    ("find", true, Some(3)),
+    ("match", true, None),
+    ("gmatch", false, None),
+    ("gsub", true, None),
+];
+const LIMIT_MESSAGE: &str = "evaluation limit reached";
+/// Why the hook stopped a script ([`Stop::None`] while it runs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Stop {
+    None = 0,
+    Instructions = 1,
+    Deadline = 2,
+}
 
 /// A compiled Lua script.
 #[derive(Debug)]
@@ -72,28 +115,36 @@ impl LuaScript {
         self
     }
 
-    /// Runs the script with `data` as `event`; `convert` reads its result.
+    /// Runs the script with `data` as `event` within `budget`; `convert`
+    /// reads its result.
     fn run<T>(
         &self,
         data: &Value,
+        budget: &Budget,
         convert: impl FnOnce(&Lua, mlua::Value) -> Result<T, FilterError>,
     ) -> Result<T, FilterError> {
-        let executed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicU8::new(Stop::None as u8));
         let lua = sandbox().map_err(|e| self.error(e))?;
         lua.set_memory_limit(MEMORY_LIMIT)
             .map_err(|e| self.error(e))?;
         let limit = self.instruction_limit;
-        let counter = Arc::clone(&executed);
+        let stopped = Arc::clone(&stop);
+        let hook_budget = budget.clone();
+        let counter = std::cell::Cell::new(0u64);
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(HOOK_EVERY),
             move |_, _| {
-                let done = counter.fetch_add(u64::from(HOOK_EVERY), Ordering::Relaxed)
-                    + u64::from(HOOK_EVERY);
-                if done > limit {
-                    Err(mlua::Error::RuntimeError(LIMIT_MESSAGE.to_string()))
+                let done = counter.get() + u64::from(HOOK_EVERY);
+                counter.set(done);
+                let why = if done > limit {
+                    Stop::Instructions
+                } else if hook_budget.exhausted() {
+                    Stop::Deadline
                 } else {
-                    Ok(VmState::Continue)
-                }
+                    return Ok(VmState::Continue);
+                };
+                stopped.store(why as u8, Ordering::Relaxed);
+                Err(mlua::Error::RuntimeError(LIMIT_MESSAGE.to_string()))
             },
         )
         .map_err(|e| self.error(e))?;
@@ -110,16 +161,22 @@ impl LuaScript {
                 .into_function()?;
             function.call::<mlua::Value>(())
         })();
-        match outcome {
-            Ok(result) => convert(&lua, result),
-            Err(_) if executed.load(Ordering::Relaxed) > limit => Err(FilterError::ScriptLimit(
-                format!("Lua {} stopped after {limit} instructions", self.name),
-            )),
-            Err(mlua::Error::MemoryError(_)) => Err(FilterError::ScriptLimit(format!(
+        match (outcome, stop.load(Ordering::Relaxed)) {
+            (Ok(result), _) => convert(&lua, result),
+            (Err(_), s) if s == Stop::Instructions as u8 => Err(FilterError::ScriptLimit(format!(
+                "Lua {} stopped after {limit} instructions",
+                self.name
+            ))),
+            (Err(_), s) if s == Stop::Deadline as u8 => {
+                Err(FilterError::Evaluation(EvaluationError::DeadlineExceeded {
+                    timeout: budget.timeout(),
+                }))
+            }
+            (Err(mlua::Error::MemoryError(_)), _) => Err(FilterError::ScriptLimit(format!(
                 "Lua {} went over {MEMORY_LIMIT} bytes",
                 self.name
             ))),
-            Err(e) => Err(self.error(e)),
+            (Err(e), _) => Err(self.error(e)),
         }
     }
 
@@ -128,8 +185,8 @@ impl LuaScript {
     }
 
     /// Runs a filter script: it must return `true` or `false`.
-    pub fn evaluate_bool(&self, data: &Value) -> Result<bool, FilterError> {
-        self.run(data, |_, result| match result {
+    pub fn evaluate_bool(&self, data: &Value, budget: &Budget) -> Result<bool, FilterError> {
+        self.run(data, budget, |_, result| match result {
             mlua::Value::Boolean(pass) => Ok(pass),
             other => Err(FilterError::Script(format!(
                 "Lua {} returned {}, not a bool",
@@ -140,14 +197,23 @@ impl LuaScript {
     }
 
     /// Runs a transform script: it must return a table, the new data.
-    pub fn evaluate_table(&self, data: &Value) -> Result<Value, FilterError> {
-        self.run(data, |lua, result| match result {
-            table @ mlua::Value::Table(_) => lua.from_value::<Value>(table).map_err(|e| {
-                FilterError::Script(format!(
-                    "Lua {} returned a table that is not JSON: {e}",
-                    self.name
-                ))
-            }),
+    pub fn evaluate_table(&self, data: &Value, budget: &Budget) -> Result<Value, FilterError> {
+        self.run(data, budget, |lua, result| match result {
+            mlua::Value::Table(table) => {
+                if let Some(problem) = oversized(&table) {
+                    return Err(FilterError::ScriptLimit(format!(
+                        "Lua {} returned a table that {problem}",
+                        self.name
+                    )));
+                }
+                lua.from_value::<Value>(mlua::Value::Table(table))
+                    .map_err(|e| {
+                        FilterError::Script(format!(
+                            "Lua {} returned a table that is not JSON: {e}",
+                            self.name
+                        ))
+                    })
+            }
             other => Err(FilterError::Script(format!(
                 "Lua {} returned {}, not a table",
                 self.name,
@@ -155,6 +221,35 @@ impl LuaScript {
             ))),
         })
     }
+}
+
+/// What is wrong with a transform's result as JSON: nested deeper than
+/// [`MAX_RESULT_DEPTH`] (a table that contains itself is endlessly deep),
+/// or more than [`MAX_RESULT_VALUES`] keys and values once written out (a
+/// sub-table referenced twice is written twice). Walks without recursion
+/// and stops at the first limit: the conversion to JSON after it runs
+/// without the instruction hook, so it must be bounded before it starts.
+fn oversized(result: &Table) -> Option<String> {
+    let mut pending = vec![(result.clone(), 0usize)];
+    let mut values = 0usize;
+    while let Some((table, depth)) = pending.pop() {
+        if depth >= MAX_RESULT_DEPTH {
+            return Some(format!("nests deeper than {MAX_RESULT_DEPTH} tables"));
+        }
+        for pair in table.pairs::<mlua::Value, mlua::Value>() {
+            let Ok((key, value)) = pair else { continue };
+            values += 2;
+            if values > MAX_RESULT_VALUES {
+                return Some(format!("has more than {MAX_RESULT_VALUES} keys and values"));
+            }
+            for child in [key, value] {
+                if let mlua::Value::Table(child) = child {
+                    pending.push((child, depth + 1));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// A Lua state with the safe libraries only.
@@ -167,13 +262,50 @@ fn sandbox() -> mlua::Result<Lua> {
     for name in REMOVED_GLOBALS {
         globals.set(name, mlua::Value::Nil)?;
     }
+    guard_patterns(&lua)?;
     Ok(lua)
+}
+
+/// Replaces the pattern functions of `string` (and so of string methods,
+/// `s:find(...)`) with versions that refuse a call whose worst-case cost is
+/// over [`PATTERN_STEP_LIMIT`] before the C matcher starts.
+fn guard_patterns(lua: &Lua) -> mlua::Result<()> {
+    let string: Table = lua.globals().get("string")?;
+    for (name, anchorable, plain_at) in PATTERN_FUNCTIONS {
+        let original: Function = string.get(name)?;
+        let guarded = lua.create_function(move |_, args: MultiValue| {
+            let plain = plain_at
+                .and_then(|i| args.get(i))
+                .is_some_and(|flag| !matches!(flag, mlua::Value::Nil | mlua::Value::Boolean(false)));
+            if let (Some(mlua::Value::String(subject)), Some(mlua::Value::String(pattern)), false) =
+                (args.front(), args.get(1), plain)
+            {
+                let (subject_len, pattern) = (subject.as_bytes().len(), pattern.as_bytes());
+                let steps = worst_case_steps(&pattern, subject_len, anchorable);
+                if steps > PATTERN_STEP_LIMIT {
+                    return Err(mlua::Error::RuntimeError(format!(
+                        "string.{name} refused: pattern {:?} on a {subject_len}-byte string could take up to {steps:.1e} matching steps (limit {PATTERN_STEP_LIMIT:.0e}); anchor it with ^, use fewer * + - ? items, or match a shorter string",
+                        String::from_utf8_lossy(&pattern)
+                    )));
+                }
+            }
+            original.call::<MultiValue>(args)
+        })?;
+        string.set(name, guarded)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
+
+    /// A budget no test reaches.
+    fn budget() -> Budget {
+        Budget::starting_now(Duration::from_secs(3600))
+    }
 
     #[test]
     fn filter_table() {
@@ -205,7 +337,7 @@ mod tests {
         ];
         for (i, (source, expected)) in cases.iter().enumerate() {
             let script = LuaScript::compile(source, "filter script").expect("compiles");
-            let got = script.evaluate_bool(&data);
+            let got = script.evaluate_bool(&data, &budget());
             assert_eq!(
                 got.as_ref().ok().copied(),
                 *expected,
@@ -219,18 +351,22 @@ mod tests {
         let script = LuaScript::compile("while true do end", "filter script")
             .expect("compiles")
             .with_instruction_limit(50_000);
-        let err = script.evaluate_bool(&json!({})).expect_err("must stop");
+        let err = script
+            .evaluate_bool(&json!({}), &budget())
+            .expect_err("must stop");
         assert!(matches!(err, FilterError::ScriptLimit(_)), "{err:?}");
         // The next evaluation is a fresh state and works.
         let ok = LuaScript::compile("return true", "filter script").expect("compiles");
-        assert_eq!(ok.evaluate_bool(&json!({})).ok(), Some(true));
+        assert_eq!(ok.evaluate_bool(&json!({}), &budget()).ok(), Some(true));
     }
 
     #[test]
     fn default_instruction_limit_stops_a_loop() {
         let script = LuaScript::compile("local n = 0 while true do n = n + 1 end", "filter script")
             .expect("compiles");
-        let err = script.evaluate_bool(&json!({})).expect_err("must stop");
+        let err = script
+            .evaluate_bool(&json!({}), &budget())
+            .expect_err("must stop");
         assert!(err.to_string().contains("1000000 instructions"), "{err}");
     }
 
@@ -241,7 +377,9 @@ mod tests {
             "filter script",
         )
         .expect("compiles");
-        let err = script.evaluate_bool(&json!({})).expect_err("must stop");
+        let err = script
+            .evaluate_bool(&json!({}), &budget())
+            .expect_err("must stop");
         assert!(matches!(err, FilterError::ScriptLimit(_)), "{err:?}");
     }
 
@@ -253,19 +391,99 @@ mod tests {
         )
         .expect("compiles");
         let out = script
-            .evaluate_table(&json!({"body": {"message": "hi", "n": 1}}))
+            .evaluate_table(&json!({"body": {"message": "hi", "n": 1}}), &budget())
             .expect("transforms");
         assert_eq!(
             out,
             json!({"body": {"message": "updated", "n": 1}, "extra": [1, 2]})
         );
         let bad = LuaScript::compile("return 'x'", "transform script").expect("compiles");
-        assert!(bad.evaluate_table(&json!({})).is_err());
+        assert!(bad.evaluate_table(&json!({}), &budget()).is_err());
+    }
+
+    #[test]
+    fn results_that_would_not_fit_in_json_are_errors() {
+        for (source, problem) in [
+            // 2^40 values once written out, from 40 tables.
+            (
+                "local t = {1} for i = 1, 40 do t = {a = t, b = t} end return t",
+                "more than 1000000",
+            ),
+            ("local t = {} t.self = t return t", "deeper than 128"),
+            (
+                "local t = {} for i = 1, 200 do t = {t} end return t",
+                "deeper than 128",
+            ),
+        ] {
+            let script = LuaScript::compile(source, "transform script").expect("compiles");
+            let err = script
+                .evaluate_table(&json!({}), &budget())
+                .expect_err(source);
+            assert!(
+                matches!(&err, FilterError::ScriptLimit(m) if m.contains(problem)),
+                "{source}: {err}"
+            );
+        }
     }
 
     #[test]
     fn syntax_error_does_not_compile() {
         let err = LuaScript::compile("return event.", "filter script").expect_err("syntax error");
         assert!(err.contains("does not compile"), "{err}");
+    }
+
+    #[test]
+    fn the_deadline_stops_a_loop_the_instruction_limit_would_not() {
+        let script = LuaScript::compile("while true do end", "filter script")
+            .expect("compiles")
+            .with_instruction_limit(u64::MAX);
+        let past = Budget::starting_now(Duration::ZERO);
+        let err = script
+            .evaluate_bool(&json!({}), &past)
+            .expect_err("must stop");
+        assert_eq!(
+            err,
+            FilterError::Evaluation(EvaluationError::DeadlineExceeded {
+                timeout: Duration::ZERO
+            })
+        );
+    }
+
+    #[test]
+    fn a_pattern_bomb_is_refused_before_the_c_matcher_starts() {
+        let bomb = r#"local s = ("a"):rep(200000); return s:find(("a*"):rep(12) .. "b") ~= nil"#;
+        let script = LuaScript::compile(bomb, "filter script").expect("compiles");
+        let err = script
+            .evaluate_bool(&json!({}), &budget())
+            .expect_err("refused");
+        assert!(err.to_string().contains("string.find refused"), "{err}");
+        // Each guarded function, called as a method or through `string`.
+        for call in ["string.match(s, p)", "s:gmatch(p)", "s:gsub(p, '')"] {
+            let source = format!(
+                r#"local s = ("a"):rep(200000); local p = ("a*"):rep(12) .. "b"; return {call} ~= nil"#
+            );
+            let script = LuaScript::compile(&source, "filter script").expect("compiles");
+            let err = script
+                .evaluate_bool(&json!({}), &budget())
+                .expect_err("refused");
+            assert!(err.to_string().contains("refused"), "{call}: {err}");
+        }
+    }
+
+    #[test]
+    fn ordinary_pattern_calls_still_work() {
+        let data = json!({"body": {"text": "order=42 from shop", "list": "a,b,c"}});
+        let cases = [
+            "return event.body.text:find('order') == 1",
+            "return event.body.text:match('^(%w+)=') == 'order'",
+            "return select(2, event.body.list:gsub(',', ';')) == 2",
+            "local n = 0 for _ in event.body.list:gmatch('%a') do n = n + 1 end return n == 3",
+            // `plain` find is a substring search: no pattern, no check.
+            "local s = ('a'):rep(200000) return s:find(('a*'):rep(12), 1, true) == nil",
+        ];
+        for source in cases {
+            let script = LuaScript::compile(source, "filter script").expect("compiles");
+            assert_eq!(script.evaluate_bool(&data, &budget()), Ok(true), "{source}");
+        }
     }
 }

@@ -13,8 +13,16 @@ fn dependency(yaml: &str) -> Dependency {
     decode::<Dependency>(&nodes[0], &diagnostics).expect("a dependency")
 }
 
+fn pool() -> EvaluationPool {
+    EvaluationPool::new(
+        "test",
+        crate::sensor::evaluation::EvaluationSettings::default(),
+        None,
+    )
+}
+
 fn compiled(yaml: &str) -> DependencyFilter {
-    DependencyFilter::compile(&dependency(yaml))
+    DependencyFilter::compile(&dependency(yaml), &pool())
         .expect("compiles")
         .expect("has filters")
 }
@@ -27,8 +35,8 @@ fn event(data: &str, time: &str) -> Event {
 
 const NOON: &str = "2024-03-01T12:00:00.000Z";
 
-#[test]
-fn every_kind_and_both_operators() {
+#[tokio::test]
+async fn every_kind_and_both_operators() {
     let all = |operator: &str| {
         format!(
             r#"
@@ -99,19 +107,19 @@ filters:
         ("", NOON, Some(true), Some(true)),
     ];
     for (i, (data, time, want_and, want_or)) in cases.iter().enumerate() {
-        let got = and.apply(&mut event(data, time));
+        let got = and.apply(&mut event(data, time)).await;
         assert_eq!(
             got.as_ref().ok().copied(),
             *want_and,
             "and case {i}: {got:?}"
         );
-        let got = or.apply(&mut event(data, time));
+        let got = or.apply(&mut event(data, time)).await;
         assert_eq!(got.as_ref().ok().copied(), *want_or, "or case {i}: {got:?}");
     }
 }
 
-#[test]
-fn or_with_every_kind_failing_or_erring() {
+#[tokio::test]
+async fn or_with_every_kind_failing_or_erring() {
     let filter = compiled(
         r#"
 name: dep
@@ -125,14 +133,20 @@ filters:
 "#,
     );
     assert_eq!(
-        filter.apply(&mut event(r#"{"kind":"refund"}"#, NOON)).ok(),
+        filter
+            .apply(&mut event(r#"{"kind":"refund"}"#, NOON))
+            .await
+            .ok(),
         Some(false)
     );
-    assert!(filter.apply(&mut event(r#"{"other":1}"#, NOON)).is_err());
+    assert!(filter
+        .apply(&mut event(r#"{"other":1}"#, NOON))
+        .await
+        .is_err());
 }
 
-#[test]
-fn transform_runs_before_the_filters() {
+#[tokio::test]
+async fn transform_runs_before_the_filters() {
     let filter = compiled(
         r#"
 name: dep
@@ -146,24 +160,24 @@ filters:
 "#,
     );
     let mut passing = event(r#"{"body":{"type":"order","total":60}}"#, NOON);
-    assert_eq!(filter.apply(&mut passing).ok(), Some(true));
+    assert_eq!(filter.apply(&mut passing).await.ok(), Some(true));
     assert_eq!(
         passing.data_json(),
         serde_json::json!({"kind": "order", "total": 120})
     );
     let mut failing = event(r#"{"body":{"type":"order","total":10}}"#, NOON);
-    assert_eq!(filter.apply(&mut failing).ok(), Some(false));
+    assert_eq!(filter.apply(&mut failing).await.ok(), Some(false));
     // The transform fails on this event (an object times 2 is a jq
     // error): rejected as an error.
     let mut broken = event(r#"{"body":{"type":"order","total":{"x":1}}}"#, NOON);
     assert!(matches!(
-        filter.apply(&mut broken),
+        filter.apply(&mut broken).await,
         Err(FilterError::Transform(_))
     ));
 }
 
-#[test]
-fn a_transform_alone_passes_everything() {
+#[tokio::test]
+async fn a_transform_alone_passes_everything() {
     let filter = compiled(
         r#"
 name: dep
@@ -177,12 +191,12 @@ transform:
 "#,
     );
     let mut e = event(r#"{"a":1}"#, NOON);
-    assert_eq!(filter.apply(&mut e).ok(), Some(true));
+    assert_eq!(filter.apply(&mut e).await.ok(), Some(true));
     assert_eq!(e.data_json(), serde_json::json!({"a": 1, "seen": true}));
 }
 
-#[test]
-fn endless_lua_filter_rejects_the_event_and_the_next_one_runs() {
+#[tokio::test]
+async fn endless_lua_filter_rejects_the_event_and_the_next_one_runs() {
     let filter = compiled(
         r#"
 name: dep
@@ -198,10 +212,14 @@ filters:
     );
     let err = filter
         .apply(&mut event(r#"{"loop":true}"#, NOON))
+        .await
         .expect_err("the limit stops it");
     assert!(matches!(err, FilterError::ScriptLimit(_)), "{err}");
     assert_eq!(
-        filter.apply(&mut event(r#"{"loop":false}"#, NOON)).ok(),
+        filter
+            .apply(&mut event(r#"{"loop":false}"#, NOON))
+            .await
+            .ok(),
         Some(true)
     );
 }
@@ -210,7 +228,9 @@ filters:
 fn nothing_to_do_compiles_to_none() {
     let dep =
         dependency("name: dep\neventSourceName: shop\neventName: orders\nfilters:\n  data: []\n");
-    assert!(DependencyFilter::compile(&dep).expect("compiles").is_none());
+    assert!(DependencyFilter::compile(&dep, &pool())
+        .expect("compiles")
+        .is_none());
 }
 
 #[test]
@@ -230,7 +250,7 @@ filters:
   script: "return ("
 "#,
     );
-    let problems = DependencyFilter::compile(&dep).expect_err("five problems");
+    let problems = DependencyFilter::compile(&dep, &pool()).expect_err("five problems");
     let lines: Vec<u32> = problems.iter().map(|(pos, _)| pos.line).collect();
     assert_eq!(lines, vec![5, 7, 9, 11, 12], "{problems:?}");
 }

@@ -383,7 +383,7 @@ impl RunnerInner {
             let mut candidate = event.clone();
             let passes = match &dependency.filters {
                 None => true,
-                Some(filter) => self.passes(filter, &mut candidate, seq),
+                Some(filter) => self.passes(filter, &mut candidate, seq).await,
             };
             if passes {
                 candidates.push((dependency.name.clone(), candidate));

@@ -11,8 +11,13 @@ impl RunnerInner {
     /// Transforms `event` and whether it passes `filter`. An event that does
     /// not is counted in `spillway_sensor_events_filtered_total` with its
     /// reason; the caller acks it without running the trigger.
-    pub(super) fn passes(&self, filter: &DependencyFilter, event: &mut Event, seq: u64) -> bool {
-        match filter.apply(event) {
+    pub(super) async fn passes(
+        &self,
+        filter: &DependencyFilter,
+        event: &mut Event,
+        seq: u64,
+    ) -> bool {
+        match filter.apply(event).await {
             Ok(true) => true,
             Ok(false) => {
                 self.metrics.sensor_filtered(
