@@ -262,6 +262,15 @@ mod tests {
     }
 
     #[test]
+    fn the_process_environment_is_not_readable() {
+        // `env` would copy secrets into event data; `$ENV` is no variable.
+        for program in ["{e: env}", "{e: $ENV}", "{e: env.HOME}"] {
+            assert!(JqProgram::compile(program).is_err(), "{program}");
+        }
+        assert!(JqProgram::compile("{t: now, d: (.a | tostring)}").is_ok());
+    }
+
+    #[test]
     fn compiled_transform_is_shareable() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Transform>();

@@ -154,10 +154,14 @@ fn step() {
 pub const MAX_PARSE_DEPTH: usize = 128;
 
 /// jaq's native filters, with `range/3` replaced by [`guarded_range`] and
-/// `fromjson` by [`guarded_fromjson`].
+/// `fromjson` by [`guarded_fromjson`], and without `env`: the process
+/// environment holds secrets (`SPILLWAY_SECRET_…`), and a transform's
+/// output is event data anyone downstream reads.
 pub fn funs() -> impl Iterator<Item = Fun<Guarded>> {
     let replaced = |name: &str, arity: usize| {
-        (name == "range" && arity == 3) || (name == "fromjson" && arity == 0)
+        (name == "range" && arity == 3)
+            || (name == "fromjson" && arity == 0)
+            || (name == "env" && arity == 0)
     };
     jaq_core::funs()
         .chain(jaq_std::funs())
