@@ -159,10 +159,10 @@ spec:
             return s:find(("a*"):rep(12) .. "b") ~= nil
           end
           if event.bomb == "stuck" then
-            -- ten C calls of ~5e7 matching steps each, under the pattern
-            -- bound, with too few instructions for the hook to run.
-            local s = ("a"):rep(9999)
-            for i = 1, 10 do s:find("a*b") end
+            -- thirty C calls of ~1.6e7 matching steps each, under the
+            -- pattern bound, with too few instructions for the hook to run.
+            local s = ("a"):rep(4000)
+            for i = 1, 30 do s:find("a*b") end
           end
           return true
   triggers:

@@ -36,6 +36,10 @@ pub const MAX_OUTPUT_DEPTH: usize = 128;
 /// may have once written out: jq values share structure, so a few steps can
 /// build one that would print as 2⁶⁰ values.
 pub const MAX_OUTPUT_VALUES: usize = 1_000_000;
+/// Most bytes of strings (keys included) a jq output may hold once written
+/// out: a string is shared, so `[$s, $s] | [., .] …` doubles the text per
+/// step. The largest event a default bus accepts is far smaller.
+pub const MAX_OUTPUT_STRING_BYTES: usize = 64 * 1024 * 1024;
 
 /// A dependency's transform, compiled.
 pub enum Transform {
@@ -146,7 +150,12 @@ impl JqProgram {
                     Err(_) => "halt is not allowed in a transform".to_string(),
                 }),
                 Some(Ok(output)) => {
-                    match jq_guard::oversized(&output, MAX_OUTPUT_DEPTH, MAX_OUTPUT_VALUES) {
+                    match jq_guard::oversized(
+                        &output,
+                        MAX_OUTPUT_DEPTH,
+                        MAX_OUTPUT_VALUES,
+                        MAX_OUTPUT_STRING_BYTES,
+                    ) {
                         Some(problem) => Err(format!("output {problem}")),
                         None => Ok(output.to_string()),
                     }
@@ -274,6 +283,32 @@ mod tests {
     fn compiled_transform_is_shareable() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Transform>();
+    }
+
+    #[test]
+    fn fromjson_of_bad_text_is_one_error() {
+        // The parser does not move past the byte it fails on: collecting
+        // its results would loop until memory ran out.
+        for text in ["hello", "x 1", "\"\\u12", "\"\n[[[["] {
+            let program = format!("{{p: ({} | fromjson)}}", serde_json::Value::from(text));
+            let compiled = JqProgram::compile(&program).expect("compiles");
+            let err = run_on_pool_stack(compiled, budget()).expect_err(text);
+            assert!(err.to_string().contains("cannot parse"), "{text}: {err}");
+        }
+        let ok = JqProgram::compile(r#"{p: ("[1,{\"a\":2}]" | fromjson)}"#).expect("compiles");
+        assert_eq!(
+            run_on_pool_stack(ok, budget()).ok(),
+            Some(json!({"p": [1, {"a": 2}]}))
+        );
+    }
+
+    #[test]
+    fn outputs_sharing_one_long_string_are_errors() {
+        let program =
+            r#"("x" * 10000000) as $s | [$s, $s] | [., .] | [., .] | [., .] | [., .] | {a: .}"#;
+        let compiled = JqProgram::compile(program).expect("compiles");
+        let err = run_on_pool_stack(compiled, budget()).expect_err("oversized");
+        assert!(err.to_string().contains("bytes of strings"), "{err}");
     }
 
     #[test]

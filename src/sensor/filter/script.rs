@@ -55,6 +55,13 @@ pub const MAX_RESULT_DEPTH: usize = 128;
 /// Most keys and values a transform script's result may have once written
 /// out as JSON.
 pub const MAX_RESULT_VALUES: usize = 1_000_000;
+/// Most bytes of strings (keys included) a transform's result may hold once
+/// written out: Lua strings are shared, so a table can reference one 8 MiB
+/// string 100 000 times inside the memory limit.
+pub const MAX_RESULT_STRING_BYTES: usize = 64 * 1024 * 1024;
+/// Most elements one `table.move` may copy: it loops in C, where the
+/// instruction hook never runs, and moving nils allocates nothing.
+pub const MAX_TABLE_MOVE: i64 = 1_000_000;
 /// How often (instructions) the limit hook runs.
 const HOOK_EVERY: u32 = 1_000;
 /// Base-library globals removed from the state (see the module docs).
@@ -232,6 +239,7 @@ impl LuaScript {
 fn oversized(result: &Table) -> Option<String> {
     let mut pending = vec![(result.clone(), 0usize)];
     let mut values = 0usize;
+    let mut string_bytes = 0usize;
     while let Some((table, depth)) = pending.pop() {
         if depth >= MAX_RESULT_DEPTH {
             return Some(format!("nests deeper than {MAX_RESULT_DEPTH} tables"));
@@ -243,8 +251,17 @@ fn oversized(result: &Table) -> Option<String> {
                 return Some(format!("has more than {MAX_RESULT_VALUES} keys and values"));
             }
             for child in [key, value] {
-                if let mlua::Value::Table(child) = child {
-                    pending.push((child, depth + 1));
+                match child {
+                    mlua::Value::Table(child) => pending.push((child, depth + 1)),
+                    mlua::Value::String(text) => {
+                        string_bytes = string_bytes.saturating_add(text.as_bytes().len());
+                        if string_bytes > MAX_RESULT_STRING_BYTES {
+                            return Some(format!(
+                                "has more than {MAX_RESULT_STRING_BYTES} bytes of strings"
+                            ));
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -263,7 +280,49 @@ fn sandbox() -> mlua::Result<Lua> {
         globals.set(name, mlua::Value::Nil)?;
     }
     guard_patterns(&lua)?;
+    guard_unhooked_loops(&lua)?;
     Ok(lua)
+}
+
+/// Closes two ways to run without the instruction hook: a `__gc`
+/// finalizer (Lua turns hooks off while finalizers run, so `__gc = function()
+/// while true do end end` could never be stopped) — `setmetatable` refuses
+/// a metatable with `__gc`, which Lua only honours when it is present at
+/// that call — and `table.move` over a huge index range (a C loop that
+/// allocates nothing when it moves nils).
+fn guard_unhooked_loops(lua: &Lua) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let setmetatable: Function = globals.get("setmetatable")?;
+    let guarded = lua.create_function(move |_, args: MultiValue| {
+        if let Some(mlua::Value::Table(metatable)) = args.get(1) {
+            if !matches!(metatable.raw_get::<mlua::Value>("__gc")?, mlua::Value::Nil) {
+                return Err(mlua::Error::RuntimeError(
+                    "setmetatable refused: __gc finalizers are not allowed (they run where no limit can stop them)".to_string(),
+                ));
+            }
+        }
+        setmetatable.call::<MultiValue>(args)
+    })?;
+    globals.set("setmetatable", guarded)?;
+    let table: Table = globals.get("table")?;
+    let original: Function = table.get("move")?;
+    let guarded = lua.create_function(move |_, args: MultiValue| {
+        let index = |i: usize| match args.get(i) {
+            Some(mlua::Value::Integer(n)) => Some(*n),
+            Some(mlua::Value::Number(n)) if n.fract() == 0.0 => Some(*n as i64),
+            _ => None,
+        };
+        if let (Some(first), Some(end)) = (index(1), index(2)) {
+            if end.saturating_sub(first) >= MAX_TABLE_MOVE {
+                return Err(mlua::Error::RuntimeError(format!(
+                    "table.move refused: more than {MAX_TABLE_MOVE} elements"
+                )));
+            }
+        }
+        original.call::<MultiValue>(args)
+    })?;
+    table.set("move", guarded)?;
+    Ok(())
 }
 
 /// Replaces the pattern functions of `string` (and so of string methods,
@@ -277,11 +336,18 @@ fn guard_patterns(lua: &Lua) -> mlua::Result<()> {
             let plain = plain_at
                 .and_then(|i| args.get(i))
                 .is_some_and(|flag| !matches!(flag, mlua::Value::Nil | mlua::Value::Boolean(false)));
-            if let (Some(mlua::Value::String(subject)), Some(mlua::Value::String(pattern)), false) =
-                (args.front(), args.get(1), plain)
+            if let (Some(mlua::Value::String(subject)), Some(mlua::Value::String(pattern))) =
+                (args.front(), args.get(1))
             {
                 let (subject_len, pattern) = (subject.as_bytes().len(), pattern.as_bytes());
-                let steps = worst_case_steps(&pattern, subject_len, anchorable);
+                // Each matching step may compare the whole pattern (a long
+                // literal), and a plain find compares it at every start.
+                let per_step = pattern.len() as f64 + 1.0;
+                let steps = if plain {
+                    subject_len as f64 * per_step
+                } else {
+                    worst_case_steps(&pattern, subject_len, anchorable) * per_step
+                };
                 if steps > PATTERN_STEP_LIMIT {
                     return Err(mlua::Error::RuntimeError(format!(
                         "string.{name} refused: pattern {:?} on a {subject_len}-byte string could take up to {steps:.1e} matching steps (limit {PATTERN_STEP_LIMIT:.0e}); anchor it with ^, use fewer * + - ? items, or match a shorter string",
@@ -414,6 +480,11 @@ mod tests {
                 "local t = {} for i = 1, 200 do t = {t} end return t",
                 "deeper than 128",
             ),
+            // One 4 MiB string shared 100 000 times: 400 GB written out.
+            (
+                "local s = ('x'):rep(2^22) local t = {} for i = 1, 100000 do t[i] = s end return t",
+                "bytes of strings",
+            ),
         ] {
             let script = LuaScript::compile(source, "transform script").expect("compiles");
             let err = script
@@ -468,6 +539,46 @@ mod tests {
                 .expect_err("refused");
             assert!(err.to_string().contains("refused"), "{call}: {err}");
         }
+    }
+
+    #[test]
+    fn loops_the_hook_cannot_see_are_refused() {
+        for (source, problem) in [
+            // Finalizers run with hooks off.
+            (
+                "setmetatable({}, {__gc = function() while true do end end}) return true",
+                "__gc finalizers are not allowed",
+            ),
+            // A C loop over 4.6e18 nils.
+            (
+                "table.move({}, 1, math.maxinteger // 2, 1, {}) return true",
+                "table.move refused",
+            ),
+            // A long literal pattern: each start compares it all.
+            (
+                r#"local s = ("a"):rep(2^22) return s:match(("a"):rep(2^21) .. "b") ~= nil"#,
+                "string.match refused",
+            ),
+            // A plain find is O(subject × needle) too.
+            (
+                r#"local s = ("a"):rep(2^22) return s:find(("a"):rep(2^20) .. "b", 1, true) ~= nil"#,
+                "string.find refused",
+            ),
+        ] {
+            let script = LuaScript::compile(source, "filter script").expect("compiles");
+            let err = script
+                .evaluate_bool(&json!({}), &budget())
+                .expect_err(source);
+            assert!(err.to_string().contains(problem), "{source}: {err}");
+        }
+        // Metatables without __gc, and small moves, still work.
+        let fine = LuaScript::compile(
+            "local t = setmetatable({}, {__index = function() return 1 end}) \
+             local u = table.move({1, 2, 3}, 1, 3, 1, {}) return t.x == 1 and #u == 3",
+            "filter script",
+        )
+        .expect("compiles");
+        assert_eq!(fine.evaluate_bool(&json!({}), &budget()).ok(), Some(true));
     }
 
     #[test]

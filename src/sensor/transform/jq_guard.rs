@@ -190,16 +190,23 @@ fn guarded_fromjson<'a>(cv: Cv<'a, Guarded>) -> ValXs<'a, Val> {
             "cannot parse as JSON: it nests deeper than {MAX_PARSE_DEPTH} arrays/objects"
         ));
     }
-    let values: Vec<ValX<'a, Val>> = jaq_json::read::parse_many(&text)
-        .map(|parsed| {
-            parsed.map_err(|e| {
-                Exn::from(jaq_json::Error::str(format_args!(
+    // Up to and including the first error: the parser does not move past
+    // the byte it fails on, so it would yield that error forever (and
+    // after an error inside a string it would parse what `json_nesting`
+    // took for string contents).
+    let mut values: Vec<ValX<'a, Val>> = Vec::new();
+    for parsed in jaq_json::read::parse_many(&text) {
+        match parsed {
+            Ok(value) => values.push(Ok(value)),
+            Err(e) => {
+                values.push(Err(Exn::from(jaq_json::Error::str(format_args!(
                     "cannot parse {} as JSON: {e}",
                     cv.1
-                )))
-            })
-        })
-        .collect();
+                )))));
+                break;
+            }
+        }
+    }
     Box::new(values.into_iter())
 }
 
@@ -254,13 +261,26 @@ fn guarded_range<'a>(mut cv: Cv<'a, Guarded>) -> ValXs<'a, Val> {
 /// written out (shared structure counted each time it appears). Walks
 /// without recursion and stops at the first limit, so neither a deep nor a
 /// shared value can make the check itself long or deep.
-pub fn oversized(value: &Val, max_depth: usize, max_values: usize) -> Option<String> {
+pub fn oversized(
+    value: &Val,
+    max_depth: usize,
+    max_values: usize,
+    max_string_bytes: usize,
+) -> Option<String> {
     let mut pending = vec![(value, 0usize)];
     let mut values = 0usize;
+    // Strings are shared too: one long string referenced many times.
+    let mut string_bytes = 0usize;
     while let Some((value, depth)) = pending.pop() {
         values += 1;
         if values > max_values {
             return Some(format!("has more than {max_values} values"));
+        }
+        if let Val::TStr(bytes) | Val::BStr(bytes) = value {
+            string_bytes = string_bytes.saturating_add(bytes.len());
+            if string_bytes > max_string_bytes {
+                return Some(format!("has more than {max_string_bytes} bytes of strings"));
+            }
         }
         let children: Box<dyn Iterator<Item = &Val>> = match value {
             Val::Arr(items) => Box::new(items.iter()),
