@@ -1457,7 +1457,7 @@ spec:
         &[
             error(11, 46, &["one of `header` or `path`, not both"]),
             error(19, 15, &["priority needs `header`", "or `path`"]),
-            error(36, 22, &["\"body..priority\" is not a JSON path"]),
+            error(36, 22, &["priority path \"body..priority\" is not a usable gjson path: empty key (at character 6"]),
         ],
     );
 }

@@ -89,7 +89,7 @@ pub fn resolve_source(
     }
     if let Some(key) = key {
         match json_path::get(input, &key.value) {
-            Some(found) => return Ok(found.clone()),
+            Some(found) => return Ok(found.into_owned()),
             None => why.push(format!(
                 "{} {:?} is not in the event {}",
                 if uses_data { "dataKey" } else { "contextKey" },
@@ -134,13 +134,13 @@ fn place(parameter: &TriggerParameter, value: Value, target: &mut Value) {
         (ParameterOperation::Overwrite, _) | (_, None) => value,
         (ParameterOperation::Append, Some(current)) => Value::String(format!(
             "{}{}",
-            json_path::to_plain_string(current),
+            json_path::to_plain_string(&current),
             json_path::to_plain_string(&value)
         )),
         (ParameterOperation::Prepend, Some(current)) => Value::String(format!(
             "{}{}",
             json_path::to_plain_string(&value),
-            json_path::to_plain_string(current)
+            json_path::to_plain_string(&current)
         )),
     };
     json_path::set(target, dest, value);

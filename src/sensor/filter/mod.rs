@@ -15,7 +15,7 @@
 //!   at start-up by [`DependencyFilter::compile`]; what does not compile is a
 //!   config error with its position, reported by `spillway validate`;
 //! - a transform or filter that fails on an event (data not JSON, a missing
-//!   path, a value of the wrong type, a Lua error or limit, a jq error) is a
+//!   path, a Lua error or limit, a jq error) is a
 //!   [`FilterError`]: that event is rejected — acked without running the
 //!   trigger and counted `reason="error"` in
 //!   `spillway_sensor_events_filtered_total` — never the sensor. Under `or`
@@ -49,11 +49,6 @@ pub enum FilterError {
     InvalidJson(String),
     #[error("{filter} filter: path {path:?} does not exist in the event data")]
     MissingPath { filter: &'static str, path: String },
-    #[error("data filter: the value at {path:?} is not a {expected}")]
-    TypeMismatch {
-        path: String,
-        expected: &'static str,
-    },
     #[error("time filter: event time {0:?} is not RFC 3339")]
     EventTime(String),
     #[error("expr filter: {0}")]
