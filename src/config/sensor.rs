@@ -546,7 +546,7 @@ pub struct ConfigMapKeySelector {
 #[serde(rename_all = "camelCase")]
 pub struct TriggerParameter {
     pub src: Spanned<TriggerParameterSource>,
-    /// Dotted path in the target document, e.g. `order.id`.
+    /// Dotted (sjson) path in the target document, e.g. `order.id`; `\.` for a dot in a key.
     pub dest: Spanned<String>,
     /// Argo: `overwrite` (default), `append` or `prepend` to the value at `dest`.
     pub operation: Option<Spanned<ParameterOperation>>,

@@ -11,8 +11,20 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 
 pub(super) fn eval<'v>(steps: &[Step], value: &'v Value) -> Option<Cow<'v, Value>> {
-    let mut current = Cow::Borrowed(value);
-    for step in steps {
+    // Leading keys and indexes (all of a plain path) borrow: walk them
+    // without the `Cow` bookkeeping.
+    let mut borrowed = value;
+    let mut rest = steps;
+    while let Some((Step::Key { name, index }, tail)) = rest.split_first() {
+        borrowed = match borrowed {
+            Value::Object(map) => map.get(name.as_str())?,
+            Value::Array(items) => items.get((*index)?)?,
+            _ => return None,
+        };
+        rest = tail;
+    }
+    let mut current = Cow::Borrowed(borrowed);
+    for step in rest {
         current = apply(step, current)?;
     }
     Some(current)

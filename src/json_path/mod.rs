@@ -95,12 +95,24 @@ impl fmt::Display for Path {
     }
 }
 
+/// Bytes that make a path more than dotted keys (a table: one load per
+/// byte keeps the check for plain paths cheap).
+const SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let bytes = b"\\*?#@|[{!(";
+    let mut i = 0;
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// The value at gjson `path` in `value`; `None` when it is missing or the
 /// path is not valid (paths from config are checked at load with
 /// [`Path::parse`]). Prefer a parsed [`Path`] on a hot path.
 pub fn get<'v>(value: &'v Value, path: &str) -> Option<Cow<'v, Value>> {
-    const SPECIAL: &[char] = &['\\', '*', '?', '#', '@', '|', '[', '{', '!', '('];
-    if path.is_empty() || path.contains(SPECIAL) {
+    if path.is_empty() || path.bytes().any(|b| SPECIAL[usize::from(b)]) {
         return Path::parse(path).ok()?.get(value);
     }
     // Plain keys and indexes: walk without parsing into steps.
