@@ -52,7 +52,7 @@ pub enum PriorityFrom {
     /// message's, else the request header a webhook event carries in its
     /// data (`header.<Name>`); matched ASCII case-insensitively.
     Header(String),
-    /// A dotted path into the event data (`body.priority`), resolved as
+    /// A gjson path into the event data (`body.priority`), resolved as
     /// Argo data filters resolve theirs ([`crate::json_path::get`]).
     Path(String),
 }
@@ -107,7 +107,7 @@ impl PrioritySource {
             PriorityFrom::Path(path) => crate::json_path::get(data, path),
             PriorityFrom::Header(_) => None,
         };
-        self.resolve(value, read_json, Value::to_string)
+        self.resolve(value.as_deref(), read_json, Value::to_string)
     }
 
     fn resolve<T: ?Sized>(

@@ -1147,6 +1147,119 @@ spec:
     );
 }
 
+/// gjson paths spillway cannot evaluate are refused at load, each at the
+/// path it is in (data filter `path`, `exprs` field `path`, `dataKey`),
+/// never left to silently find nothing.
+#[test]
+fn unsupported_gjson_paths_are_refused_where_they_are_written() {
+    expect_errors(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+      filters:
+        data:
+          - path: body.items.@pretty
+            type: string
+            value: [x]
+          - path: 'body.items.#(sku=="a".price'
+            type: number
+            value: ["1"]
+          - path: body.items.#(sku=="a").price
+            type: number
+            value: ["1"]
+        exprs:
+          - expr: n > 1
+            fields: [{name: n, path: "!true"}]
+  triggers:
+    - template:
+        name: call
+        http:
+          url: http://127.0.0.1:9/x
+          payload:
+            - src: {dependencyName: order, dataKey: body..id}
+              dest: id
+            - src: {dependencyName: order, dataKey: 'body.metadata\.name'}
+              dest: name
+"#,
+        &[
+            error(
+                22,
+                19,
+                &[
+                    "filter path \"body.items.@pretty\"",
+                    "@pretty is not supported",
+                    "at character 12",
+                ],
+            ),
+            error(25, 19, &["'(' is never closed by ')'", "at character 13"]),
+            error(33, 38, &["field path \"!true\"", "JSON literals"]),
+            error(
+                40,
+                53,
+                &["dataKey \"body..id\"", "empty key (at character 6"],
+            ),
+        ],
+    );
+}
+
+/// Argo ignores `comparator` on bool filters; spillway does the same (Argo
+/// configs give Argo results) and says so.
+#[test]
+fn a_comparator_on_a_bool_filter_is_a_warning() {
+    expect_ok(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "12000"
+      endpoint: /orders
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+      filters:
+        data:
+          - {path: body.paid, type: bool, value: ["true"], comparator: "!="}
+  triggers:
+    - template:
+        name: log
+        log: {}
+"#,
+        &[warning(
+            22,
+            72,
+            &["Argo ignores `comparator` on bool filters"],
+        )],
+    );
+}
+
 #[test]
 fn number_filter_points_at_the_bad_value() {
     expect_errors(
@@ -1457,7 +1570,7 @@ spec:
         &[
             error(11, 46, &["one of `header` or `path`, not both"]),
             error(19, 15, &["priority needs `header`", "or `path`"]),
-            error(36, 22, &["\"body..priority\" is not a JSON path"]),
+            error(36, 22, &["priority path \"body..priority\" is not a usable gjson path: empty key (at character 6"]),
         ],
     );
 }

@@ -287,3 +287,95 @@ async fn a_stuck_evaluation_is_abandoned_and_the_pool_fails_fast_until_it_return
     assert_eq!(receiver.bodies().await, vec![json!({"id": "after"})]);
     spillway.terminate().await;
 }
+
+/// Argo data filter rules and gjson paths through the binary: a query
+/// path, an escaped key and an unanchored regex decide which events pass,
+/// a missing query result is an error, and a payload `dataKey`/`dest` use
+/// a query and an escaped dot.
+#[tokio::test]
+async fn argo_data_filters_on_gjson_paths() {
+    let receiver = Receiver::start(true).await;
+    let port = free_port();
+    let downstream = &receiver.url;
+    let yaml = format!(
+        r#"
+apiVersion: argoproj.io/v1alpha1
+kind: EventSource
+metadata:
+  name: shop
+spec:
+  webhook:
+    orders:
+      port: "{port}"
+      endpoint: /orders
+      method: POST
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Sensor
+metadata:
+  name: orders
+spec:
+  dependencies:
+    - name: order
+      eventSourceName: shop
+      eventName: orders
+      filters:
+        data:
+          - path: 'body.items.#(sku=="gift").qty'
+            type: number
+            value: ["1"]
+            comparator: ">="
+          - path: 'body.meta\.source'
+            type: string
+            value: ["shop"]
+  triggers:
+    - template:
+        name: forward
+        http:
+          url: {downstream}
+          method: POST
+          payload:
+            - src: {{dependencyName: order, dataKey: 'body.id'}}
+              dest: id
+            - src: {{dependencyName: order, dataKey: 'body.items.#(qty>0)#.sku|0'}}
+              dest: 'first\.sku'
+"#
+    );
+    let mut spillway = Spillway::start(&yaml).await;
+    let client = common::client();
+    let events = [
+        // Passes: a gift with qty 1, and "shop" matches inside "webshop".
+        json!({"id": "a", "meta.source": "webshop", "items": [{"sku": "pen", "qty": 2}, {"sku": "gift", "qty": 1}]}),
+        // No gift: the query finds nothing, the path is missing → error.
+        json!({"id": "b", "meta.source": "webshop", "items": [{"sku": "pen", "qty": 1}]}),
+        // qty 0 < 1 → no match.
+        json!({"id": "c", "meta.source": "webshop", "items": [{"sku": "gift", "qty": 0}]}),
+        // "mail" does not contain "shop" → no match.
+        json!({"id": "d", "meta.source": "mail", "items": [{"sku": "gift", "qty": 3}]}),
+    ];
+    for event in &events {
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/orders"))
+            .header("content-type", "application/json")
+            .body(event.to_string())
+            .send()
+            .await
+            .expect("POST /orders");
+        assert_eq!(response.status(), 200);
+    }
+    wait_until("every event settled", WAIT, || async {
+        let metrics = spillway.metrics().await;
+        receiver.count().await >= 1
+            && filtered(&metrics, "no_match") >= 2.0
+            && filtered(&metrics, "error") >= 1.0
+    })
+    .await;
+    let metrics = spillway.metrics().await;
+    assert_eq!(filtered(&metrics, "no_match"), 2.0, "c and d");
+    assert_eq!(filtered(&metrics, "error"), 1.0, "b");
+    assert_eq!(
+        receiver.bodies().await,
+        vec![json!({"id": "a", "first.sku": "pen"})]
+    );
+    spillway.terminate().await;
+}

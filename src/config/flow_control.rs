@@ -214,7 +214,7 @@ pub struct Priority {
     /// Header carrying the priority number (0 = most important): the HTTP
     /// request's at a webhook, the bus message's at a sensor.
     pub header: Option<Spanned<String>>,
-    /// Dotted path into the event data as the sensor sees it
+    /// gjson path into the event data as the sensor sees it
     /// (`body.priority` for a webhook's JSON body), as in Argo data filters.
     pub path: Option<Spanned<String>>,
     /// Priority of events without a readable value (default 5).
@@ -425,11 +425,11 @@ impl Priority {
             }
         }
         if let Some(path) = &self.path {
-            if path.value.is_empty() || path.value.split('.').any(str::is_empty) {
+            if let Err(err) = crate::json_path::Path::parse(&path.value) {
                 out.push((
                     path.pos,
                     format!(
-                        "{:?} is not a JSON path (dotted keys, e.g. body.priority)",
+                        "priority path {:?} is not a usable gjson path: {err}",
                         path.value
                     ),
                 ));

@@ -124,8 +124,9 @@ pub struct TimeFilter {
     pub timezone: Option<Spanned<String>>,
 }
 
-/// `{path, type, value, comparator}`: the event's data at `path` (dotted,
-/// e.g. `body.order.total`) must match one of `value`.
+/// `{path, type, value, comparator}`: the event's data at `path` (a gjson
+/// path, e.g. `body.order.total`) against `value`, by Argo's rules
+/// (`sensor::filter::data`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataFilter {
@@ -133,7 +134,8 @@ pub struct DataFilter {
     #[serde(rename = "type")]
     pub kind: Spanned<JsonType>,
     pub value: Spanned<Vec<Spanned<String>>>,
-    /// For numbers: `>=`, `>`, `=`, `!=`, `<`, `<=` (default `=`).
+    /// `>=`, `>`, `=`, `!=`, `<`, `<=` for numbers, `=`/`!=` for strings
+    /// (default `=`); Argo ignores it for bools.
     pub comparator: Option<Spanned<Comparator>>,
 }
 
@@ -569,7 +571,7 @@ pub struct ConfigMapKeySelector {
 #[serde(rename_all = "camelCase")]
 pub struct TriggerParameter {
     pub src: Spanned<TriggerParameterSource>,
-    /// Dotted path in the target document, e.g. `order.id`.
+    /// Dotted (sjson) path in the target document, e.g. `order.id`; `\.` for a dot in a key.
     pub dest: Spanned<String>,
     /// Argo: `overwrite` (default), `append` or `prepend` to the value at `dest`.
     pub operation: Option<Spanned<ParameterOperation>>,
@@ -606,9 +608,9 @@ impl<'de> Deserialize<'de> for ParameterOperation {
 #[serde(rename_all = "camelCase")]
 pub struct TriggerParameterSource {
     pub dependency_name: Spanned<String>,
-    /// Dotted path into the event data (e.g. `body.order.id`).
+    /// gjson path into the event data (e.g. `body.order.id`).
     pub data_key: Option<Spanned<String>>,
-    /// Dotted path into the event context (`id`, `source`, `type`, `subject`, `time`).
+    /// gjson path into the event context (`id`, `source`, `type`, `subject`, `time`).
     pub context_key: Option<Spanned<String>>,
     /// Used when the key is missing.
     pub value: Option<String>,

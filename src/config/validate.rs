@@ -8,7 +8,7 @@ use super::diagnostic::{Diagnostic, Severity};
 use super::eventsource::EventSource;
 use super::flow_control::Problem;
 use super::load::{DocName, Loaded};
-use super::sensor::{Sensor, Trigger, TriggerParameter, TriggerParameterSource};
+use super::sensor::{JsonType, Sensor, Trigger, TriggerParameter, TriggerParameterSource};
 use super::suggest::did_you_mean;
 use super::workflow::{ConfigMap, WorkflowTemplate};
 use super::yaml::Pos;
@@ -349,34 +349,14 @@ fn check_sensor(
             report_problems(file, problems, report);
         }
         for filter in dep.filters.iter().flat_map(|f| f.data.iter().flatten()) {
-            if filter.path.value.trim().is_empty() {
-                report.error(file, filter.path.pos, "filter path must not be empty");
-            }
-            if filter.value.value.is_empty() {
-                report.error(file, filter.value.pos, "filter needs at least one value");
-            }
-            if filter.kind.value == super::sensor::JsonType::Number {
-                for v in &filter.value.value {
-                    if v.value.trim().parse::<f64>().is_err() {
-                        report.error(
-                            file,
-                            v.pos,
-                            format!(
-                                "{:?} is not a number, but the filter type is number",
-                                v.value
-                            ),
-                        );
-                    }
-                }
-            } else if let Some(c) = &filter.comparator {
-                if !matches!(
-                    c.value,
-                    super::sensor::Comparator::Equal | super::sensor::Comparator::NotEqual
-                ) {
-                    report.error(
+            let comparator = filter.comparator.as_ref();
+            if let Some(c) = comparator.filter(|_| filter.kind.value == JsonType::Bool) {
+                if c.value != super::sensor::Comparator::Equal {
+                    report.warning(
                         file,
                         c.pos,
-                        "ordering comparators (<, <=, >, >=) need `type: number`",
+                        "Argo ignores `comparator` on bool filters: this filter passes when the value \
+                         is one of `value` (list the other value instead to negate it)",
                     );
                 }
             }
@@ -669,6 +649,7 @@ fn check_trigger(
     }
     for parameter in parameters {
         check_dependency_name(file, &parameter.src.value, dependencies, report);
+        check_source_paths(file, &parameter.src.value, report);
         if parameter.dest.value.trim().is_empty() {
             report.error(file, parameter.dest.pos, "parameter dest must not be empty");
         }
@@ -678,6 +659,22 @@ fn check_trigger(
     }
     for source in sources {
         check_dependency_name(file, source, dependencies, report);
+        check_source_paths(file, source, report);
+    }
+}
+
+/// `dataKey` and `contextKey` are gjson paths: one spillway cannot
+/// evaluate would never find anything, so it is refused here.
+fn check_source_paths(file: &Path, source: &TriggerParameterSource, report: &mut Report<'_>) {
+    let keys = [
+        ("dataKey", &source.data_key),
+        ("contextKey", &source.context_key),
+    ];
+    for (field, key) in keys {
+        let Some(key) = key else { continue };
+        if let Err(err) = crate::json_path::Path::parse(&key.value) {
+            report.error(file, key.pos, format!("{field} {:?}: {err}", key.value));
+        }
     }
 }
 

@@ -99,26 +99,13 @@ impl Found {
     }
 }
 
-/// gjson's `Result.String()`: strings unquoted, integers as written, other
-/// numbers in Go's shortest non-exponent form (`1e3` is `1000`), null as
-/// the empty string, objects and arrays as JSON text.
-fn gjson_string(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Number(n) if n.is_f64() => {
-            n.as_f64().map_or_else(|| n.to_string(), |f| f.to_string())
-        }
-        other => other.to_string(),
-    }
-}
-
 /// A resolved value as the text Argo holds it in (`ResolveParamValue`'s
-/// string): [`gjson_string`], except that null is `null`.
+/// string): gjson's `Result.String()` ([`json_path::gjson::string`]),
+/// except that null is `null`.
 fn value_text(value: &Value) -> String {
     match value {
         Value::Null => "null".to_string(),
-        other => gjson_string(other),
+        other => json_path::gjson::string(other).into_owned(),
     }
 }
 
@@ -154,7 +141,7 @@ pub fn resolve_source(
     }
     if let Some(key) = key {
         match json_path::get(input, &key.value) {
-            Some(found) => return Ok(Found::Key(found.clone())),
+            Some(found) => return Ok(Found::Key(found.into_owned())),
             None => why.push(format!(
                 "{} {:?} is not in the event {}",
                 if uses_data { "dataKey" } else { "contextKey" },
@@ -200,12 +187,16 @@ fn place(parameter: &TriggerParameter, value: Value, target: &mut Value) {
     let current = json_path::get(target, dest);
     let value = match (operation, current) {
         (ParameterOperation::Overwrite, _) | (_, None) => value,
-        (ParameterOperation::Append, Some(current)) => {
-            Value::String(format!("{}{}", gjson_string(current), value_text(&value)))
-        }
-        (ParameterOperation::Prepend, Some(current)) => {
-            Value::String(format!("{}{}", value_text(&value), gjson_string(current)))
-        }
+        (ParameterOperation::Append, Some(current)) => Value::String(format!(
+            "{}{}",
+            json_path::gjson::string(&current),
+            value_text(&value)
+        )),
+        (ParameterOperation::Prepend, Some(current)) => Value::String(format!(
+            "{}{}",
+            value_text(&value),
+            json_path::gjson::string(&current)
+        )),
     };
     json_path::set(target, dest, value);
 }

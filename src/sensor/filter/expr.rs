@@ -36,7 +36,7 @@ struct Compiled {
     text: String,
     tree: Node<DefaultNumericTypes>,
     /// `(name, path)` pairs.
-    fields: Vec<(String, String)>,
+    fields: Vec<(String, json_path::Path)>,
 }
 
 impl ExprFilters {
@@ -44,25 +44,30 @@ impl ExprFilters {
         let mut problems = Vec::new();
         let mut compiled = Vec::new();
         for expr in exprs {
-            match parse(&expr.expr.value) {
-                Ok(tree) => compiled.push(Compiled {
-                    text: expr.expr.value.clone(),
-                    tree,
-                    fields: expr
-                        .fields
-                        .iter()
-                        .map(|f| (f.name.value.clone(), f.path.value.clone()))
-                        .collect(),
-                }),
-                Err(message) => problems.push((expr.expr.pos, message)),
-            }
+            let mut fields = Vec::new();
             for field in &expr.fields {
                 if field.name.value.trim().is_empty() {
                     problems.push((field.name.pos, "field name must not be empty".to_string()));
                 }
                 if field.path.value.trim().is_empty() {
                     problems.push((field.path.pos, "field path must not be empty".to_string()));
+                    continue;
                 }
+                match json_path::Path::parse(&field.path.value) {
+                    Ok(path) => fields.push((field.name.value.clone(), path)),
+                    Err(err) => problems.push((
+                        field.path.pos,
+                        format!("field path {:?}: {err}", field.path.value),
+                    )),
+                }
+            }
+            match parse(&expr.expr.value) {
+                Ok(tree) => compiled.push(Compiled {
+                    text: expr.expr.value.clone(),
+                    tree,
+                    fields,
+                }),
+                Err(message) => problems.push((expr.expr.pos, message)),
             }
         }
         if problems.is_empty() {
@@ -94,12 +99,12 @@ impl Compiled {
         }
         let mut context = HashMapContext::<DefaultNumericTypes>::new();
         for (name, path) in &self.fields {
-            let value = json_path::get(data, path).ok_or_else(|| FilterError::MissingPath {
+            let value = path.get(data).ok_or_else(|| FilterError::MissingPath {
                 filter: "expr",
-                path: path.clone(),
+                path: path.to_string(),
             })?;
             context
-                .set_value(name.clone(), to_expr_value(value))
+                .set_value(name.clone(), to_expr_value(&value))
                 .map_err(|e| FilterError::Expr(format!("{}: {e}", self.text)))?;
         }
         match self.tree.eval_with_context(&context) {

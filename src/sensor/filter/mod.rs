@@ -19,8 +19,8 @@
 //!   the other kinds run inline on the caller's task (they are bounded by
 //!   the size of the event);
 //! - a transform or filter that fails on an event (data not JSON, a missing
-//!   path, a value of the wrong type, a Lua error or limit, a jq error, the
-//!   evaluation's deadline, a full evaluation queue) is a
+//!   path, a Lua error or limit, a jq error, the evaluation's deadline, a
+//!   full evaluation queue) is a
 //!   [`FilterError`]: that event is rejected — acked without running the
 //!   trigger and counted `reason="error"` in
 //!   `spillway_sensor_events_filtered_total` — never the sensor. Under `or`
@@ -56,11 +56,6 @@ pub enum FilterError {
     InvalidJson(String),
     #[error("{filter} filter: path {path:?} does not exist in the event data")]
     MissingPath { filter: &'static str, path: String },
-    #[error("data filter: the value at {path:?} is not a {expected}")]
-    TypeMismatch {
-        path: String,
-        expected: &'static str,
-    },
     #[error("time filter: event time {0:?} is not RFC 3339")]
     EventTime(String),
     #[error("expr filter: {0}")]
