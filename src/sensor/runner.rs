@@ -421,7 +421,13 @@ impl TriggerRunner {
             let mut held: VecDeque<u64> = messages.iter().map(|m| m.seq).collect();
             for (message, slot) in messages.into_iter().zip(slots.drain(..)) {
                 let ticket = tickets.pop();
-                let Some(mut ready) = self.inner.prepare(message).await else {
+                // Filters and transforms may take up to the evaluation
+                // deadline per event: the batch stays alive meanwhile.
+                let prepared = self
+                    .inner
+                    .keep_alive_during(held.make_contiguous(), self.inner.prepare(message))
+                    .await;
+                let Some(mut ready) = prepared else {
                     held.pop_front();
                     continue;
                 };

@@ -266,8 +266,15 @@ impl TriggerRunner {
             // be kept alive while earlier ones wait for a slot.
             let mut unsorted: VecDeque<u64> = messages.iter().map(|m| m.seq).collect();
             for message in messages {
+                // This event, the batch's later ones and every waiting one
+                // stay alive while its filters and transforms run.
+                let mut keep: Vec<u64> = unsorted.iter().copied().collect();
+                keep.extend(queues.seqs());
                 unsorted.pop_front();
-                let Some((ready, candidates)) = inner.prepare_matching(message).await else {
+                let prepared = inner
+                    .keep_alive_during(&keep, inner.prepare_matching(message))
+                    .await;
+                let Some((ready, candidates)) = prepared else {
                     continue;
                 };
                 let matching: Vec<&String> = candidates.iter().map(|(d, _)| d).collect();

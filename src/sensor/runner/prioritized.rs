@@ -257,12 +257,22 @@ impl TriggerRunner {
         // the lag, so they are added back one by one below.
         let lag = self.inner.consumer.stats().pending;
         let mut unsorted = messages.len();
+        // This event, the batch's later ones and the window stay alive
+        // while filters and transforms run (up to their deadline each).
+        let mut alive: std::collections::VecDeque<u64> = messages.iter().map(|m| m.seq).collect();
         for message in messages {
             let depth = lag
                 .saturating_add(window.len() as u64)
                 .saturating_add(unsorted as u64);
             unsorted -= 1;
-            let Some(ready) = self.inner.prepare(message).await else {
+            let mut keep: Vec<u64> = alive.iter().copied().collect();
+            keep.extend(held(window));
+            alive.pop_front();
+            let prepared = self
+                .inner
+                .keep_alive_during(&keep, self.inner.prepare(message))
+                .await;
+            let Some(ready) = prepared else {
                 continue;
             };
             let priority = self.priority_of(prioritized, &ready);
