@@ -67,6 +67,7 @@
 use super::workers::Workers;
 mod correlated;
 mod filtering;
+use filtering::{Verdict, EVALUATION_BUSY_DELAY};
 mod prioritized;
 
 pub use correlated::{Correlation, WallClock};
@@ -774,9 +775,17 @@ impl RunnerInner {
             return None;
         };
         if let Some(filter) = &dependency.filters {
-            if !self.passes(filter, &mut event, seq).await {
-                self.settle(self.consumer.ack(seq).await, seq);
-                return None;
+            match self.judge(filter, &mut event, seq).await {
+                Verdict::Pass => {}
+                Verdict::Reject => {
+                    self.settle(self.consumer.ack(seq).await, seq);
+                    return None;
+                }
+                Verdict::Busy => {
+                    let result = self.consumer.nak(seq, EVALUATION_BUSY_DELAY).await;
+                    self.settle(result, seq);
+                    return None;
+                }
             }
         }
         Some(Ready {

@@ -85,6 +85,10 @@ pub struct DependencyFilter {
     script: Option<Arc<script::LuaScript>>,
     /// Throttles the warnings about events that could not be evaluated.
     pub errors_logged: LogThrottle,
+    /// Warnings about events put back because the evaluation pool was
+    /// full, at most one per interval (apart from the errors': a burst of
+    /// either must not hide the other).
+    pub busy_logged: LogThrottle,
 }
 
 impl DependencyFilter {
@@ -148,6 +152,7 @@ impl DependencyFilter {
             exprs,
             script,
             errors_logged: LogThrottle::new(ERROR_LOG_INTERVAL),
+            busy_logged: LogThrottle::new(ERROR_LOG_INTERVAL),
         };
         let empty = filter.transform.is_none()
             && filter.context.is_none()

@@ -63,6 +63,7 @@
 //! for its workflow semaphore holds its concurrency slot, so `maxInFlight`
 //! bounds them.
 
+use super::filtering::{Verdict, EVALUATION_BUSY_DELAY};
 use super::{Ready, RunnerInner, Slot, TriggerRunner, BUS_ERROR_BACKOFF, FETCH_WAIT};
 use crate::event::Event;
 use crate::sensor::condition::Condition;
@@ -388,12 +389,19 @@ impl RunnerInner {
             .filter(|d| d.subject == message.subject)
         {
             let mut candidate = event.clone();
-            let passes = match &dependency.filters {
-                None => true,
-                Some(filter) => self.passes(filter, &mut candidate, seq).await,
+            let verdict = match &dependency.filters {
+                None => Verdict::Pass,
+                Some(filter) => self.judge(filter, &mut candidate, seq).await,
             };
-            if passes {
-                candidates.push((dependency.name.clone(), candidate));
+            match verdict {
+                Verdict::Pass => candidates.push((dependency.name.clone(), candidate)),
+                Verdict::Reject => {}
+                Verdict::Busy => {
+                    // Judged again as a whole when it comes back.
+                    let result = self.consumer.nak(seq, EVALUATION_BUSY_DELAY).await;
+                    self.settle(result, seq);
+                    return None;
+                }
             }
         }
         let Some((first, first_event)) = candidates.first().cloned() else {
