@@ -656,6 +656,7 @@ fn check_trigger(
     }
     for parameter in payload {
         check_dependency_name(file, &parameter.src.value, dependencies, report);
+        check_source_paths(file, &parameter.src.value, report);
     }
     for source in sources {
         check_dependency_name(file, source, dependencies, report);
