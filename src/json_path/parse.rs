@@ -382,6 +382,19 @@ impl Parser<'_> {
     }
 }
 
+/// The index of the `"` closing the string opened at `open` (or the end of
+/// `text`), backslash escapes skipped.
+fn closing_quote(text: &[u8], open: usize) -> usize {
+    let mut at = open + 1;
+    while at < text.len() && text[at] != b'"' {
+        if text[at] == b'\\' {
+            at += 1;
+        }
+        at += 1;
+    }
+    at
+}
+
 /// The index of the bracket closing the one at `open` (any of `)]}`;
 /// the caller checks it is the right kind).
 fn matching_close(text: &[u8], open: usize) -> Option<usize> {
@@ -390,15 +403,7 @@ fn matching_close(text: &[u8], open: usize) -> Option<usize> {
     while at < text.len() {
         match text[at] {
             b'\\' => at += 1,
-            b'"' => {
-                at += 1;
-                while at < text.len() && text[at] != b'"' {
-                    if text[at] == b'\\' {
-                        at += 1;
-                    }
-                    at += 1;
-                }
-            }
+            b'"' => at = closing_quote(text, at),
             b'(' | b'[' | b'{' => depth += 1,
             b')' | b']' | b'}' => {
                 depth -= 1;
@@ -422,15 +427,7 @@ fn split_top_level(text: &[u8]) -> Vec<(usize, &[u8])> {
     while at < text.len() {
         match text[at] {
             b'\\' => at += 1,
-            b'"' => {
-                at += 1;
-                while at < text.len() && text[at] != b'"' {
-                    if text[at] == b'\\' {
-                        at += 1;
-                    }
-                    at += 1;
-                }
-            }
+            b'"' => at = closing_quote(text, at),
             b'(' | b'[' | b'{' => depth += 1,
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             b',' if depth == 0 => {
