@@ -41,6 +41,7 @@ fn filter(path: &str, kind: JsonType, value: &str, comparator: Comparator) -> Da
         kind: Spanned::new(kind, at),
         value: Spanned::new(vec![Spanned::new(value.to_string(), at)], at),
         comparator: Some(Spanned::new(comparator, at)),
+        template: None,
     }
 }
 

@@ -377,23 +377,20 @@ spec:
     - name: order
       eventSourceName: shop
       eventName: orders
-      filters:
-        data:
-          - path: body.total
-            type: string
-            value: ["1"]
-            template: "{{ .Input }}"
   triggers:
     - template:
-        name: log
-        log: {}
+        name: call
+        http:
+          url: http://127.0.0.1:9/x
+          secureHeaders:
+            - name: token
 "#,
         &[error(
             25,
-            13,
+            11,
             &[
-                "`template` is not supported",
-                "data filter templates are not supported yet",
+                "`secureHeaders` is not supported",
+                "secureHeaders read Kubernetes secrets",
             ],
         )],
     );

@@ -148,11 +148,6 @@ const NOT_SUPPORTED: &[(&str, &str, &str)] = &[
         "use `jetstream.url` to point at an existing JetStream server",
     ),
     (
-        "DataFilter",
-        "template",
-        "data filter templates are not supported yet; use `exprs` or `script`",
-    ),
-    (
         "TriggerPolicy",
         "k8s",
         "k8s resource policies watch Kubernetes objects; use `status.allow` for http triggers",

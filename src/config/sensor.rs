@@ -137,6 +137,9 @@ pub struct DataFilter {
     /// `>=`, `>`, `=`, `!=`, `<`, `<=` for numbers, `=`/`!=` for strings
     /// (default `=`); Argo ignores it for bools.
     pub comparator: Option<Spanned<Comparator>>,
+    /// A Go template applied to the value at `path` (as text, `.Input`)
+    /// before it is compared; its output is compared as a string.
+    pub template: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

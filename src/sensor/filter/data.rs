@@ -29,6 +29,7 @@ use super::FilterError;
 use crate::config::flow_control::Problem;
 use crate::config::sensor::{Comparator, DataFilter, JsonType, LogicalOperator};
 use crate::json_path::{gjson, Path};
+use crate::triggers::params::template::GoTemplate;
 use regex::Regex;
 use serde_json::Value;
 
@@ -42,6 +43,9 @@ pub struct DataFilters {
 #[derive(Debug)]
 struct Compiled {
     path: Path,
+    /// Argo's `template`: renders the found value's text (`.Input`); the
+    /// output, as a string, is what the test sees.
+    template: Option<GoTemplate>,
     test: Test,
 }
 
@@ -183,20 +187,36 @@ impl Compiled {
                 )
             }
         };
+        let template = filter.template.as_ref().and_then(|t| {
+            GoTemplate::parse(&t.value)
+                .map_err(|err| problems.push((t.pos, format!("filter template: {err}"))))
+                .ok()
+        });
         match path {
-            Some(path) if problems.len() == before => Some(Compiled { path, test }),
+            Some(path) if problems.len() == before => Some(Compiled {
+                path,
+                template,
+                test,
+            }),
             _ => None,
         }
     }
 
     fn evaluate(&self, data: &Value) -> Result<bool, FilterError> {
-        let found = self
+        let mut found = self
             .path
             .get(data)
             .ok_or_else(|| FilterError::MissingPath {
                 filter: "data",
                 path: self.path.to_string(),
             })?;
+        if let Some(template) = &self.template {
+            let input = Value::String(gjson::string(&found).into_owned());
+            let out = template.render(&input).map_err(|err| {
+                FilterError::Template(format!("{:?} on {}: {err}", template.text(), self.path))
+            })?;
+            found = std::borrow::Cow::Owned(Value::String(out));
+        }
         Ok(match &self.test {
             Test::Strings {
                 patterns,
@@ -251,6 +271,7 @@ mod tests {
                 Pos::default(),
             ),
             comparator: comparator.map(|c| Spanned::new(c, Pos::default())),
+            template: None,
         }
     }
 
@@ -264,10 +285,80 @@ mod tests {
             .evaluate(data)
     }
 
+    fn templated(path: &str, kind: JsonType, values: &[&str], template: &str) -> DataFilter {
+        DataFilter {
+            template: Some(Spanned::new(template.to_string(), Pos::default())),
+            ..filter(path, kind, values, None)
+        }
+    }
+
+    /// Argo's `template`: rendered with `.Input` = the value's text, its
+    /// output compared as a string; an empty output is an error.
+    #[test]
+    fn templates_transform_the_value_before_the_test() {
+        let order = json!({"body": {"kind": "order", "version": "v42", "ok": "yes"}});
+        let and = LogicalOperator::And;
+        let cases = [
+            (
+                templated("body.kind", String, &["^ORDER$"], "{{ .Input | upper }}"),
+                Ok(true),
+            ),
+            (
+                templated("body.kind", String, &["^order$"], "{{ .Input | upper }}"),
+                Ok(false),
+            ),
+            (
+                templated(
+                    "body.version",
+                    Number,
+                    &["42"],
+                    r#"{{ .Input | trimPrefix "v" }}"#,
+                ),
+                Ok(true),
+            ),
+            (
+                templated(
+                    "body.version",
+                    Number,
+                    &["41"],
+                    r#"{{ .Input | trimPrefix "v" }}"#,
+                ),
+                Ok(false),
+            ),
+            (
+                templated(
+                    "body.ok",
+                    Bool,
+                    &["true"],
+                    r#"{{ if eq .Input "yes" }}true{{ else }}false{{ end }}"#,
+                ),
+                Ok(true),
+            ),
+        ];
+        for (one, want) in cases {
+            let got = eval(std::slice::from_ref(&one), and, &order).map_err(|e| e.to_string());
+            assert_eq!(got, want, "{:?}", one.template);
+        }
+        let empty = templated(
+            "body.kind",
+            String,
+            &["x"],
+            r#"{{ .Input | trimPrefix "order" }}"#,
+        );
+        let err = eval(&[empty], and, &order).expect_err("empty output");
+        assert!(
+            matches!(&err, FilterError::Template(m) if m.contains("empty")),
+            "{err}"
+        );
+        let broken = templated("body.kind", String, &["x"], "{{ .Input ");
+        let problems = DataFilters::compile(&[broken], and).expect_err("does not parse");
+        assert!(problems[0].1.contains("filter template"), "{problems:?}");
+    }
+
     /// `TestFilterData` in Argo Events' sensors/dependencies/filter_data_test.go,
     /// every case that reaches the filter (nil events, non-JSON and empty
     /// data are decided before it, in `DependencyFilter::apply`; `template`
-    /// is refused at load; an empty path or value list is a config error
+    /// has its own test above; an empty path or value list is a config error
     /// here, see `argo_refusals_are_config_errors`).
     #[test]
     #[allow(clippy::approx_constant)] // 3.14 is Argo's test data, not π

@@ -66,6 +66,8 @@ pub enum FilterError {
     ScriptLimit(String),
     #[error("transform: {0}")]
     Transform(String),
+    #[error("data filter template {0}")]
+    Template(String),
     /// The evaluation pool gave no result (deadline, full queue, no thread).
     #[error(transparent)]
     Evaluation(#[from] EvaluationError),
