@@ -50,7 +50,7 @@ use futures_util::StreamExt;
 use spillway_bus::jetstream::JetStreamBus;
 use spillway_bus::segment::SyncPolicy;
 use spillway_bus::segment_bus::{SegmentBus, SegmentBusOptions};
-use spillway_bus::{Bus, ConsumerConfig, DiscardPolicy, Limits, Message};
+use spillway_bus::{Bus, Consumer, ConsumerConfig, DiscardPolicy, Limits, Message};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use test_server::TestServer;
@@ -139,6 +139,69 @@ fn unlimited() -> Limits {
     }
 }
 
+/// `publish_phase` through a spillway [`Bus`]: each call publishes one
+/// message and waits for its answer.
+async fn publish_through<B: Bus + 'static>(
+    bus: Arc<B>,
+    per_task: usize,
+    label: &'static str,
+) -> (Duration, Vec<Duration>) {
+    let body = payload();
+    publish_phase(per_task, move || {
+        let bus = Arc::clone(&bus);
+        let message = Message {
+            subject: SUBJECT.to_string(),
+            headers: Vec::new(),
+            payload: body.clone(),
+        };
+        async move {
+            if let Err(err) = bus.publish(message).await {
+                panic!("{label} publish failed: {err}");
+            }
+        }
+    })
+    .await
+}
+
+/// Fetches and acks `total` messages through a spillway [`Consumer`];
+/// where the time went: fetching (lock, reads) and acking.
+async fn fetch_and_ack(consumer: &dyn Consumer, total: usize, label: &str) -> (Duration, Duration) {
+    let (mut fetching, mut acking) = (Duration::ZERO, Duration::ZERO);
+    let mut acked = 0;
+    while acked < total {
+        let t = Instant::now();
+        let batch = consumer
+            .fetch(BATCH, Duration::from_secs(5))
+            .await
+            .expect("fetch");
+        fetching += t.elapsed();
+        assert!(!batch.is_empty(), "{label}: stream ran dry at {acked}");
+        let t = Instant::now();
+        for r in batch {
+            consumer.ack(r.seq).await.expect("ack");
+            acked += 1;
+        }
+        acking += t.elapsed();
+    }
+    (fetching, acking)
+}
+
+fn report_consume(
+    label: &str,
+    total: usize,
+    consume: Duration,
+    fetching: Duration,
+    acking: Duration,
+) {
+    let per_msg = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;
+    eprintln!(
+        "  {label}: {total} consumed in {consume:.2?}: fetch {fetching:.2?} ({:.2} µs/msg), ack \
+         {acking:.2?} ({:.2} µs/msg)",
+        per_msg(fetching),
+        per_msg(acking),
+    );
+}
+
 async fn segment_round(per_task: usize) -> Round {
     let total = per_task * publishers();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -152,23 +215,8 @@ async fn segment_round(per_task: usize) -> Round {
         })
         .await
         .expect("consumer");
-    let body = payload();
     let before = bus.log_stats();
-    let publisher = Arc::clone(&bus);
-    let (elapsed, latencies) = publish_phase(per_task, move || {
-        let bus = Arc::clone(&publisher);
-        let message = Message {
-            subject: SUBJECT.to_string(),
-            headers: Vec::new(),
-            payload: body.clone(),
-        };
-        async move {
-            if let Err(err) = bus.publish(message).await {
-                panic!("segment publish failed: {err}");
-            }
-        }
-    })
-    .await;
+    let (elapsed, latencies) = publish_through(Arc::clone(&bus), per_task, "segment bus").await;
     let log = bus.log_stats();
     let syncs = log.syncs - before.syncs;
     eprintln!(
@@ -178,34 +226,10 @@ async fn segment_round(per_task: usize) -> Round {
         (log.sync_time - before.sync_time) / syncs.max(1) as u32,
     );
 
-    // Where consuming spends its time: fetching (lock, reads) or acking.
-    let (mut fetching, mut acking) = (Duration::ZERO, Duration::ZERO);
     let start = Instant::now();
-    let mut acked = 0;
-    while acked < total {
-        let t = Instant::now();
-        let batch = consumer
-            .fetch(BATCH, Duration::from_secs(5))
-            .await
-            .expect("fetch");
-        fetching += t.elapsed();
-        assert!(!batch.is_empty(), "segment bus: stream ran dry at {acked}");
-        let t = Instant::now();
-        for r in batch {
-            consumer.ack(r.seq).await.expect("ack");
-            acked += 1;
-        }
-        acking += t.elapsed();
-    }
+    let (fetching, acking) = fetch_and_ack(&*consumer, total, "segment bus").await;
     let consume = start.elapsed();
-    eprintln!(
-        "  segment bus: {total} consumed in {consume:.2?}: fetch {:.2?} ({:.2} µs/msg), ack {:.2?} \
-         ({:.2} µs/msg)",
-        fetching,
-        fetching.as_secs_f64() * 1e6 / total as f64,
-        acking,
-        acking.as_secs_f64() * 1e6 / total as f64,
-    );
+    report_consume("segment bus", total, consume, fetching, acking);
     assert_eq!(bus.stats().messages, 0, "segment bus: stream not drained");
     bus.close().await;
     Round {
@@ -309,42 +333,11 @@ async fn jetstream_bus_round(url: &str, round: usize, per_task: usize) -> Round 
         })
         .await
         .expect("consumer");
-    let body = payload();
-    let publisher = Arc::clone(&bus);
-    let (elapsed, latencies) = publish_phase(per_task, move || {
-        let bus = Arc::clone(&publisher);
-        let message = Message {
-            subject: SUBJECT.to_string(),
-            headers: Vec::new(),
-            payload: body.clone(),
-        };
-        async move {
-            if let Err(err) = bus.publish(message).await {
-                panic!("JetStreamBus publish failed: {err}");
-            }
-        }
-    })
-    .await;
+    let (elapsed, latencies) = publish_through(Arc::clone(&bus), per_task, "JetStreamBus").await;
     eprintln!("  JetStreamBus: {total} published in {elapsed:.2?}");
 
-    let (mut fetching, mut acking) = (Duration::ZERO, Duration::ZERO);
     let start = Instant::now();
-    let mut acked = 0;
-    while acked < total {
-        let t = Instant::now();
-        let batch = consumer
-            .fetch(BATCH, Duration::from_secs(5))
-            .await
-            .expect("fetch");
-        fetching += t.elapsed();
-        assert!(!batch.is_empty(), "JetStreamBus: stream ran dry at {acked}");
-        let t = Instant::now();
-        for r in batch {
-            consumer.ack(r.seq).await.expect("ack");
-            acked += 1;
-        }
-        acking += t.elapsed();
-    }
+    let (fetching, acking) = fetch_and_ack(&*consumer, total, "JetStreamBus").await;
     // Done when the server has applied the acks: the stream is empty.
     loop {
         bus.refresh_stats().await.expect("stream info");
@@ -354,14 +347,7 @@ async fn jetstream_bus_round(url: &str, round: usize, per_task: usize) -> Round 
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let consume = start.elapsed();
-    eprintln!(
-        "  JetStreamBus: {total} consumed in {consume:.2?}: fetch {:.2?} ({:.2} µs/msg), ack \
-         {:.2?} ({:.2} µs/msg)",
-        fetching,
-        fetching.as_secs_f64() * 1e6 / total as f64,
-        acking,
-        acking.as_secs_f64() * 1e6 / total as f64,
-    );
+    report_consume("JetStreamBus", total, consume, fetching, acking);
     bus.close().await;
     Round {
         publish_rate: total as f64 / elapsed.as_secs_f64(),
