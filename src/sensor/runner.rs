@@ -666,6 +666,17 @@ impl RunnerInner {
     /// Runs `work` to its end, sending `in_progress` for the `held` events
     /// every `keep_alive` meanwhile.
     async fn keep_alive_during<T>(&self, held: &[u64], work: impl Future<Output = T>) -> T {
+        self.keep_alive_during_with(|| held.to_vec(), work).await
+    }
+
+    /// [`Self::keep_alive_during`] for a held set that is costly to list
+    /// (a batch plus a window or queues): listed only when a keep-alive is
+    /// due, not for every event that might need one.
+    async fn keep_alive_during_with<T>(
+        &self,
+        held: impl Fn() -> Vec<u64>,
+        work: impl Future<Output = T>,
+    ) -> T {
         tokio::pin!(work);
         let mut keep_alive =
             tokio::time::interval_at(Instant::now() + self.keep_alive, self.keep_alive);
@@ -673,7 +684,7 @@ impl RunnerInner {
             tokio::select! {
                 done = &mut work => return done,
                 _ = keep_alive.tick() => {
-                    for &seq in held {
+                    for seq in held() {
                         let result = self.consumer.in_progress(seq).await;
                         self.settle(result, seq);
                     }

@@ -269,12 +269,11 @@ impl TriggerRunner {
             for message in messages {
                 // This event, the batch's later ones and every waiting one
                 // stay alive while its filters and transforms run.
-                let mut keep: Vec<u64> = unsorted.iter().copied().collect();
-                keep.extend(queues.seqs());
-                unsorted.pop_front();
+                let held = || unsorted.iter().copied().chain(queues.seqs()).collect();
                 let prepared = inner
-                    .keep_alive_during(&keep, inner.prepare_matching(message))
+                    .keep_alive_during_with(held, inner.prepare_matching(message))
                     .await;
+                unsorted.pop_front();
                 let Some((ready, candidates)) = prepared else {
                     continue;
                 };

@@ -256,22 +256,21 @@ impl TriggerRunner {
         // Read once per batch: the events of this batch have already left
         // the lag, so they are added back one by one below.
         let lag = self.inner.consumer.stats().pending;
-        let mut unsorted = messages.len();
-        // This event, the batch's later ones and the window stay alive
-        // while filters and transforms run (up to their deadline each).
-        let mut alive: std::collections::VecDeque<u64> = messages.iter().map(|m| m.seq).collect();
+        // This event and the batch's later ones: counted in the depth, and
+        // kept alive with the window while filters and transforms run (up
+        // to their deadline each).
+        let mut unsorted: std::collections::VecDeque<u64> =
+            messages.iter().map(|m| m.seq).collect();
         for message in messages {
             let depth = lag
                 .saturating_add(window.len() as u64)
-                .saturating_add(unsorted as u64);
-            unsorted -= 1;
-            let mut keep: Vec<u64> = alive.iter().copied().collect();
-            keep.extend(held(window));
-            alive.pop_front();
+                .saturating_add(unsorted.len() as u64);
+            let keep = || unsorted.iter().copied().chain(held(window)).collect();
             let prepared = self
                 .inner
-                .keep_alive_during(&keep, self.inner.prepare(message))
+                .keep_alive_during_with(keep, self.inner.prepare(message))
                 .await;
+            unsorted.pop_front();
             let Some(ready) = prepared else {
                 continue;
             };
