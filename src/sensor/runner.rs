@@ -793,8 +793,7 @@ impl RunnerInner {
                     return None;
                 }
                 Verdict::Busy => {
-                    let result = self.consumer.nak(seq, EVALUATION_BUSY_DELAY).await;
-                    self.settle(result, seq);
+                    self.put_back(seq, EVALUATION_BUSY_DELAY).await;
                     return None;
                 }
             }

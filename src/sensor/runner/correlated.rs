@@ -397,8 +397,7 @@ impl RunnerInner {
                 Verdict::Reject => {}
                 Verdict::Busy => {
                     // Judged again as a whole when it comes back.
-                    let result = self.consumer.nak(seq, EVALUATION_BUSY_DELAY).await;
-                    self.settle(result, seq);
+                    self.put_back(seq, EVALUATION_BUSY_DELAY).await;
                     return None;
                 }
             }

@@ -294,8 +294,14 @@ impl TriggerRunner {
                 Ok(None) => {}
                 // The fetch asked for no more than the window's room, so
                 // neither can happen; should one, the bus keeps the event.
-                Ok(Some(evicted)) => self.inner.put_back(evicted.item.message.seq).await,
-                Err(QueueFull { item, .. }) => self.inner.put_back(item.message.seq).await,
+                Ok(Some(evicted)) => {
+                    self.inner
+                        .put_back(evicted.item.message.seq, Duration::ZERO)
+                        .await
+                }
+                Err(QueueFull { item, .. }) => {
+                    self.inner.put_back(item.message.seq, Duration::ZERO).await
+                }
             }
         }
     }
@@ -349,9 +355,9 @@ impl RunnerInner {
         self.settle(self.consumer.ack(seq).await, seq);
     }
 
-    /// Gives an event back to the bus for redelivery at once.
-    async fn put_back(&self, seq: u64) {
-        self.settle(self.consumer.nak(seq, Duration::ZERO).await, seq);
+    /// Gives an event back to the bus for redelivery `after` this long.
+    pub(super) async fn put_back(&self, seq: u64, after: Duration) {
+        self.settle(self.consumer.nak(seq, after).await, seq);
     }
 
     /// A pending ticket for the next dispatch when the trigger waits on a
