@@ -109,9 +109,11 @@
 //!   passed over for good once the new consumer has caught up. A restart
 //!   before that delivers it to the new consumer once (at least once errs
 //!   towards an extra delivery).
-//! - If removing a tombstone fails and the name is bound again before a
-//!   retry succeeds, a crash before that retry deletes the new consumer at
-//!   the next open (logged at each step).
+//! - Binding a name whose earlier delete is not finished on disk (removing
+//!   its files failed and no retry has succeeded yet) finishes that delete
+//!   first, and fails with [`BusError::Unavailable`] if it still cannot:
+//!   a tombstone left beside a live consumer would delete it at the next
+//!   open.
 //! - A publish whose future is dropped after the message was queued is
 //!   still stored (the log's contract) and may take the stream one message
 //!   past `max_msgs`; its publisher never learns the seq.
@@ -684,9 +686,7 @@ impl Inner {
 
     /// Writes a new consumer's state and the metadata listing it, in that
     /// order (a crash in between leaves a state file the next open adopts).
-    /// A tombstone left by an earlier delete of the same name is removed
-    /// after the state file is written (a crash in between deletes the
-    /// half-created consumer again, never restores the old one).
+    /// No tombstone of the name is left by then ([`Inner::finish_delete`]).
     fn persist_new_consumer(&self, id: ConsumerId) {
         let mut p = self.persist.lock();
         let (snapshot, manifest) = {
@@ -698,9 +698,7 @@ impl Inner {
         let file = state::consumer_file(&self.dir, name);
         let stored = file
             .store(&state::encode_consumer(&snapshot))
-            .and_then(|()| state::tombstone_file(&self.dir, name).remove())
             .and_then(|()| {
-                p.tombstones.remove(name);
                 StateFile::new(self.dir.join(STREAM_FILE)).store(&state::encode_manifest(&manifest))
             });
         match stored {
@@ -736,15 +734,7 @@ impl Inner {
             // consumer being bound right now has no state file yet, and
             // metadata listing it would make a crash restart it from seq 0.
             let manifest = match &p.stored_manifest {
-                Some(stored) => Manifest {
-                    consumers: stored
-                        .consumers
-                        .iter()
-                        .filter(|c| c.name != name)
-                        .cloned()
-                        .collect(),
-                    ..stored.clone()
-                },
+                Some(stored) => manifest_without(stored, name),
                 None => Manifest {
                     consumers: Vec::new(),
                     ..manifest_of(&st)
@@ -765,10 +755,44 @@ impl Inner {
         Ok(true)
     }
 
+    /// Before `name` is bound again: finishes its earlier delete if removing
+    /// its files had failed (metadata without it, state file, tombstone, in
+    /// that order, as [`Inner::clear_tombstones`] does). Otherwise the new
+    /// consumer would live beside the old tombstone, and a crash before a
+    /// retry removed it would delete the new consumer at the next open.
+    fn finish_delete(&self, name: &str) -> Result<(), BusError> {
+        let mut p = self.persist.lock();
+        if !p.tombstones.contains(name) {
+            return Ok(());
+        }
+        let unlisted = match &p.stored_manifest {
+            Some(stored) if stored.consumers.iter().any(|c| c.name == name) => {
+                let manifest = manifest_without(stored, name);
+                StateFile::new(self.dir.join(STREAM_FILE))
+                    .store(&state::encode_manifest(&manifest))
+                    .map(|()| p.stored_manifest = Some(manifest))
+            }
+            _ => Ok(()),
+        };
+        let finished = unlisted
+            .and_then(|()| state::consumer_file(&self.dir, name).remove())
+            .and_then(|()| state::tombstone_file(&self.dir, name).remove());
+        match finished {
+            Ok(()) => {
+                p.tombstones.remove(name);
+                Ok(())
+            }
+            Err(e) => Err(BusError::Unavailable(format!(
+                "cannot bind consumer {name:?} again yet: its earlier delete is not finished on \
+                 disk ({e})"
+            ))),
+        }
+    }
+
     /// Removes the state file and tombstone of every deleted consumer the
-    /// stored metadata no longer lists (only the tombstone of one bound
-    /// again since: its new state file is on disk). Call only once the
-    /// metadata and every consumer's state are stored.
+    /// stored metadata no longer lists (only the tombstone of one listed
+    /// again, which [`Inner::finish_delete`] rules out; kept as a guard).
+    /// Call only once the metadata and every consumer's state are stored.
     fn clear_tombstones(&self, p: &mut Persist) -> Result<(), StateFileError> {
         let listed: BTreeSet<&str> = p
             .stored_manifest
@@ -792,6 +816,19 @@ impl Inner {
             }
         });
         result
+    }
+}
+
+/// `stored` without consumer `name`.
+fn manifest_without(stored: &Manifest, name: &str) -> Manifest {
+    Manifest {
+        consumers: stored
+            .consumers
+            .iter()
+            .filter(|c| c.name != name)
+            .cloned()
+            .collect(),
+        ..stored.clone()
     }
 }
 
@@ -866,6 +903,9 @@ impl Bus for SegmentBus {
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Arc<dyn Consumer>, BusError> {
         let name = config.name.clone();
+        if self.inner.shared.lock().find_consumer(&name).is_none() {
+            self.inner.finish_delete(&name)?;
+        }
         let (id, wake, created) = {
             let mut st = self.inner.shared.lock();
             if st.closed {

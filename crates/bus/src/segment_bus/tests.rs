@@ -588,6 +588,51 @@ async fn a_crash_in_the_middle_of_a_delete_does_not_bring_the_consumer_back() {
 }
 
 #[tokio::test]
+async fn a_name_is_bound_again_only_once_its_earlier_delete_is_finished_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open_with(dir.path(), unlimited(), manual_sync());
+    held_only_by_gone(&bus).await;
+    bus.close().await;
+    drop(bus);
+    // An interrupted delete whose tombstone cannot be removed (a non-empty
+    // directory stands in for a file the OS refuses to unlink).
+    let tombstone = state::tombstone_file(dir.path(), "gone");
+    std::fs::create_dir(tombstone.path()).unwrap();
+    std::fs::write(tombstone.path().join("stuck"), b"x").unwrap();
+    let (bus, report) = open_with(dir.path(), unlimited(), manual_sync());
+    assert_eq!(report.consumers_deleted, ["gone".to_string()]);
+    assert!(tombstone.path().exists());
+
+    // Binding the name now would leave the tombstone beside the new
+    // consumer, and a crash would delete it at the next open: refused.
+    let err = bus
+        .consumer(ConsumerConfig::new("gone"))
+        .await
+        .err()
+        .expect("bind refused");
+    assert!(
+        matches!(&err, BusError::Unavailable(why) if why.contains("earlier delete")),
+        "{err:?}"
+    );
+    assert_eq!(bus.stats().consumers, 1, "nothing was bound");
+
+    // Once the tombstone can go, the bind finishes the delete first.
+    std::fs::remove_dir_all(tombstone.path()).unwrap();
+    let gone = bus.consumer(ConsumerConfig::new("gone")).await.unwrap();
+    let seq = bus.publish(numbered(1000)).await.unwrap();
+    assert_eq!(seq_list(&drain(&gone).await), [seq]);
+    bus.crash().await;
+    drop(gone);
+    let (bus, report) = open_with(dir.path(), unlimited(), manual_sync());
+    assert!(report.consumers_deleted.is_empty(), "{report:?}");
+    assert!(report.consumers_reset.is_empty(), "{report:?}");
+    assert_eq!(report.consumers, 2);
+    let gone = bus.consumer(ConsumerConfig::new("gone")).await.unwrap();
+    // Delivered before the crash, never acked: redelivered, not lost.
+    assert_eq!(seq_list(&drain(&gone).await), [seq]);
+}
+
+#[tokio::test]
 async fn a_missing_consumer_state_file_redelivers_everything_held() {
     let dir = tempfile::tempdir().unwrap();
     half_acked(dir.path()).await;
