@@ -34,6 +34,8 @@
 //! round of 640 messages, to check that it still works.
 //! `SPILLWAY_BENCH_MESSAGES` (default 100 000), `SPILLWAY_BENCH_ROUNDS`
 //! (default 3) and `SPILLWAY_BENCH_PUBLISHERS` (default 64) change the run.
+//! `SPILLWAY_BENCH_ONLY=segment` runs only the segment bus rounds (no
+//! server; for profiling the segment bus alone).
 //!
 //! What the comparison does not say: a JetStream 2.9 PubAck means the
 //! message is in the server's page cache (file storage syncs on an
@@ -219,9 +221,10 @@ async fn segment_round(per_task: usize) -> Round {
     let (elapsed, latencies) = publish_through(Arc::clone(&bus), per_task, "segment bus").await;
     let log = bus.log_stats();
     let syncs = log.syncs - before.syncs;
+    let writes = log.batches - before.batches;
     eprintln!(
-        "  segment bus: {total} published in {elapsed:.2?}; {syncs} fdatasyncs, {:.1} msgs each, \
-         {:.0?} each on average",
+        "  segment bus: {total} published in {elapsed:.2?}; {writes} writes, {syncs} fdatasyncs, \
+         {:.1} msgs each, {:.0?} each on average",
         total as f64 / syncs.max(1) as f64,
         (log.sync_time - before.sync_time) / syncs.max(1) as u32,
     );
@@ -385,10 +388,26 @@ fn main() {
     let per_task = messages.div_ceil(publishers());
     let total = per_task * publishers();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(env_or("SPILLWAY_BENCH_WORKERS", 2).max(1))
         .enable_all()
         .build()
         .expect("runtime");
+    if std::env::var("SPILLWAY_BENCH_ONLY").as_deref() == Ok("segment") {
+        let rounds: Vec<Round> = (0..rounds)
+            .map(|round| {
+                eprintln!("round {}", round + 1);
+                let r = runtime.block_on(segment_round(per_task));
+                eprintln!("  segment {r:?}");
+                r
+            })
+            .collect();
+        println!(
+            "segment bus only, median of {}: {:?}",
+            rounds.len(),
+            summary(&rounds)
+        );
+        return;
+    }
     let server = TestServer::start();
     let url = server.url();
     let version = std::process::Command::new(
