@@ -6,6 +6,7 @@
 //! delivered, unacked ones, at most `max_ack_pending`): that pair, in a
 //! [`ConsumerSnapshot`], is what a durable backend persists.
 
+use super::seq_map::SeqMap;
 use super::{later, Slot, Stream};
 use crate::{BusError, ConsumerConfig, ConsumerStats};
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,11 +92,11 @@ impl ConsumerState {
 
     /// The oldest not-yet-delivered message this consumer holds; moves the
     /// cursor past messages its filter does not match on the way.
-    fn first_unseen<B>(&mut self, msgs: &BTreeMap<u64, Slot<B>>) -> Option<u64> {
+    fn first_unseen<B>(&mut self, msgs: &SeqMap<Slot<B>>) -> Option<u64> {
         if self.unseen == 0 {
             return None;
         }
-        for (&seq, m) in msgs.range(self.cursor..) {
+        for (seq, m) in msgs.range_from(self.cursor) {
             if self.config.matches(&m.subject) {
                 return Some(seq);
             }
@@ -147,12 +148,7 @@ impl<B> Stream<B> {
             }
         }
         let first = self.consumers.is_empty();
-        let cursor = self
-            .msgs
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.last_seq + 1);
+        let cursor = self.msgs.first_key().unwrap_or(self.last_seq + 1);
         let mut unseen = 0;
         for m in self.msgs.values_mut() {
             if config.matches(&m.subject) {
@@ -173,7 +169,7 @@ impl<B> Stream<B> {
                 .msgs
                 .iter()
                 .filter(|(_, m)| m.holders == 0)
-                .map(|(&seq, _)| seq)
+                .map(|(seq, _)| seq)
                 .collect();
             if !orphans.is_empty() {
                 tracing::debug!(
@@ -266,9 +262,9 @@ impl<B> Stream<B> {
         // or above it is one this consumer has not seen yet and holds.
         let unseen: Vec<u64> = self
             .msgs
-            .range(c.cursor..)
+            .range_from(c.cursor)
             .filter(|(_, m)| c.config.matches(&m.subject))
-            .map(|(&seq, _)| seq)
+            .map(|(seq, _)| seq)
             .collect();
         for seq in c.pending.keys().copied().chain(unseen) {
             self.release_ref(seq, now);
@@ -405,7 +401,7 @@ impl<B> Stream<B> {
         let credit = c.config.max_ack_pending.saturating_sub(c.pending.len());
         let mut want = (max - out.len()).min(credit);
         if want > 0 && c.unseen > 0 {
-            for (&seq, m) in msgs.range(c.cursor..) {
+            for (seq, m) in msgs.range_from(c.cursor) {
                 if want == 0 {
                     break;
                 }

@@ -61,6 +61,7 @@
 
 mod consumer;
 mod meter;
+mod seq_map;
 mod shared;
 
 pub(crate) use consumer::{ConsumerDeleted, ConsumerId, ConsumerSnapshot, ConsumerState};
@@ -71,6 +72,7 @@ pub(crate) use shared::Shared;
 
 use crate::{BusStats, DiscardPolicy, Limits, Message, PublishError};
 use meter::{DrainMeter, LogThrottle};
+use seq_map::SeqMap;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,10 +186,10 @@ pub(crate) struct Stream<B> {
     /// Notified whenever a held message is released or removed, and on close.
     space: Arc<Notify>,
     pub closed: bool,
-    /// Held messages by sequence number. A map rather than a ring so that a
-    /// message released out of order (acks out of order, disjoint filters)
-    /// is freed at once instead of leaving a tombstone behind an old one.
-    pub msgs: BTreeMap<u64, Slot<B>>,
+    /// Held messages by sequence number. A message released out of order
+    /// (acks out of order, disjoint filters) is freed at once; what it
+    /// leaves in the ring is bounded (see [`SeqMap`]).
+    pub msgs: SeqMap<Slot<B>>,
     pub bytes: u64,
     pub last_seq: u64,
     published: u64,
@@ -219,7 +221,7 @@ impl<B> Stream<B> {
             limits,
             space,
             closed: false,
-            msgs: BTreeMap::new(),
+            msgs: SeqMap::new(),
             bytes: 0,
             last_seq: 0,
             published: 0,
@@ -266,7 +268,7 @@ impl<B> Stream<B> {
         let Some(max_age) = self.limits.max_age else {
             return;
         };
-        while let Some((&seq, m)) = self.msgs.first_key_value() {
+        while let Some((seq, m)) = self.msgs.first() {
             if now.saturating_duration_since(m.stored_at) <= max_age {
                 break;
             }
@@ -374,7 +376,7 @@ impl<B> Stream<B> {
             return false;
         }
         while self.over_limit(size).is_some() {
-            let Some(&seq) = self.msgs.keys().next() else {
+            let Some(seq) = self.msgs.first_key() else {
                 return false;
             };
             self.discard_oldest(seq, now, "discard_old");
@@ -401,7 +403,7 @@ impl<B> Stream<B> {
     /// The next instant at which `maintain` may release something.
     pub(crate) fn next_event(&self) -> Option<Instant> {
         let expiry = self.limits.max_age.and_then(|age| {
-            let (_, m) = self.msgs.first_key_value()?;
+            let (_, m) = self.msgs.first()?;
             // Strictly older than max_age: one tick past the boundary.
             Some(later(later(m.stored_at, age), Duration::from_millis(1)))
         });
@@ -566,8 +568,8 @@ impl<B> Stream<B> {
     /// the next seq when nothing is held. Storage below it can be deleted.
     pub(crate) fn retention_floor(&self) -> u64 {
         self.msgs
-            .first_key_value()
-            .map_or(self.last_seq.saturating_add(1), |(&seq, _)| seq)
+            .first_key()
+            .unwrap_or(self.last_seq.saturating_add(1))
     }
 
     pub(crate) fn stats(&self) -> BusStats {
