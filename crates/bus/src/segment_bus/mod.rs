@@ -657,12 +657,18 @@ impl Inner {
         };
         // Held until the append is answered (or this future is dropped): the
         // commit hook has indexed the message by then, if it was stored.
-        let _reservation = (admitted == Admitted::Held).then(|| Reservation {
+        let mut reservation = (admitted == Admitted::Held).then(|| Reservation {
             shared: &self.shared,
             size,
+            stored: false,
         });
         match self.log.append(message).await {
-            Ok(appended) => Ok(appended.seq),
+            Ok(appended) => {
+                if let Some(r) = &mut reservation {
+                    r.stored = true;
+                }
+                Ok(appended.seq)
+            }
             Err(AppendError { error, message }) => {
                 let message = *message;
                 Err(match error {
@@ -836,11 +842,14 @@ fn manifest_without(stored: &Manifest, name: &str) -> Manifest {
 struct Reservation<'a> {
     shared: &'a Shared<Location>,
     size: u64,
+    /// The append succeeded: the commit hook stored the message in the
+    /// reserved room.
+    stored: bool,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.shared.lock().unreserve(self.size);
+        self.shared.lock().unreserve(self.size, self.stored);
     }
 }
 

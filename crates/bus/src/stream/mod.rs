@@ -466,12 +466,15 @@ impl<B> Stream<B> {
         self.reserved_bytes = self.reserved_bytes.saturating_add(size);
     }
 
-    /// Undoes one [`reserve`](Self::reserve).
-    pub(crate) fn unreserve(&mut self, size: u64) {
+    /// Undoes one [`reserve`](Self::reserve). `stored`: the message took
+    /// the reserved room (no room is freed, nobody to wake); otherwise the
+    /// room is free again and a producer may be waiting for it.
+    pub(crate) fn unreserve(&mut self, size: u64, stored: bool) {
         self.reserved_msgs = self.reserved_msgs.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(size);
-        // A failed or finished reservation may be what a producer waits on.
-        self.space.notify_waiters();
+        if !stored {
+            self.space.notify_waiters();
+        }
     }
 
     /// Counts a publish refused for a reason found after [`admit`](Self::admit)
@@ -618,7 +621,7 @@ mod tests {
         assert_eq!(stream.stats().discarded, 0);
 
         // With one reservation gone, deleting the stored message does make room.
-        stream.unreserve(10);
+        stream.unreserve(10, false);
         assert!(matches!(stream.admit("a", 10, now), Ok(Admitted::Held)));
         assert_eq!(stream.stats().discarded, 1);
     }
