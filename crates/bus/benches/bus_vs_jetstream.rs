@@ -208,7 +208,10 @@ async fn segment_round(per_task: usize) -> Round {
     let total = per_task * publishers();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut options = SegmentBusOptions::default();
-    options.log.sync = SyncPolicy::Always;
+    options.log.sync = match std::env::var("SPILLWAY_BENCH_SYNC").as_deref() {
+        Ok("never") => SyncPolicy::Never,
+        _ => SyncPolicy::Always,
+    };
     let (bus, _) = SegmentBus::open(dir.path(), unlimited(), options).expect("open segment bus");
     let consumer = bus
         .consumer(ConsumerConfig {

@@ -223,4 +223,7 @@ pub enum BusError {
     ConsumerDeleted { name: String },
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The backend cannot honour this consumer configuration.
+    #[error("consumer {name:?}: {reason}")]
+    InvalidConsumer { name: String, reason: String },
 }

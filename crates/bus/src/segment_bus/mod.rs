@@ -30,7 +30,11 @@
 //!   [`SegmentBusOptions::state_sync_interval`]
 //!   for each consumer that changed, at [`Bus::close`], when the bus handle
 //!   is dropped, and when a consumer is created (that write is synchronous:
-//!   a durable consumer exists on disk before `consumer()` returns).
+//!   a durable consumer exists on disk before `consumer()` returns, and a
+//!   bind whose write fails is undone and fails with `Unavailable`). A
+//!   state sync in which every consumer's write succeeded also raises the
+//!   stored discard floor to the oldest message then held: what every
+//!   consumer released stays released across a restart.
 //! - **Retention**: after each state sync, segments whose every record is
 //!   below the oldest retained message are deleted (`delete_before`), but
 //!   only once the consumer state that released them is on disk.
@@ -190,7 +194,9 @@ pub struct OpenReport {
     pub held: u64,
     pub held_bytes: u64,
     /// Consumers whose state file was missing or unreadable: everything
-    /// still in the log that matches their filter is redelivered to them.
+    /// at or above the discard floor (every message still held at the last
+    /// state sync, and any acked since) that matches their filter is
+    /// redelivered to them.
     pub consumers_reset: Vec<String>,
     /// Consumers whose deletion a crash interrupted (their tombstone was on
     /// disk): finished now, they are not restored.
@@ -439,7 +445,8 @@ type Restored = Vec<(ConsumerSnapshot, bool)>;
 /// Every known consumer's persisted position (`true`: reset, must be
 /// written back), and the names of deleted consumers whose tombstone is
 /// still on disk. Consumers listed in the metadata without a readable state
-/// file restart at seq 0 (at-least-once); state files of unknown consumers
+/// file restart at the discard floor (at-least-once: every message still
+/// held at the last state sync is redelivered); state files of unknown consumers
 /// that cannot be read are renamed out of the way. A consumer with a
 /// tombstone is not restored, whatever else is on disk, and its state file
 /// is removed; tombstones of consumers found nowhere else are removed.
@@ -518,7 +525,7 @@ fn load_consumers(
                     consumer = %config.name,
                     file = %path.display(),
                     reason = %why,
-                    "consumer state lost; every message still in the log that matches its filter will be redelivered to it"
+                    "consumer state lost; every message at or above the discard floor that matches its filter will be redelivered to it"
                 );
                 report.consumers_reset.push(config.name.clone());
                 restored.push((
@@ -553,6 +560,15 @@ fn load_consumers(
 }
 
 /// What `stream.state` should hold now.
+/// Most delivered, unacked messages a consumer may have: its pending set
+/// (12 bytes an entry) must fit one state file
+/// ([`MAX_STATE_BYTES`](crate::segment::state_file::MAX_STATE_BYTES)).
+pub const MAX_ACK_PENDING: usize = 1 << 20;
+const _: () = assert!(
+    MAX_ACK_PENDING * 12 + (1 << 20) <= crate::segment::state_file::MAX_STATE_BYTES,
+    "a full pending set and 1 MiB of configuration fit one state file"
+);
+
 fn manifest_of(st: &Stream<Location>) -> Manifest {
     Manifest {
         discard_floor: st.discard_floor,
@@ -584,6 +600,21 @@ impl Inner {
                 }
                 error = Some(e);
             }
+        }
+        let mut manifest = manifest;
+        if error.is_none() && floor > manifest.discard_floor {
+            // Every consumer's state as of the snapshot is on disk, and
+            // everything below the oldest message held then was released by
+            // all of them: no state needs it again. Raising the floor keeps
+            // released messages released at the next open — without it,
+            // deleting the last consumer would bring its messages back
+            // (with no consumer, open holds every record above the floor),
+            // and a consumer whose state file is lost would get messages
+            // acked long ago. Kept in memory too, so no later metadata
+            // write lowers it.
+            manifest.discard_floor = floor;
+            let mut st = self.shared.lock();
+            st.discard_floor = st.discard_floor.max(floor);
         }
         if p.stored_manifest.as_ref() != Some(&manifest) {
             let file = StateFile::new(self.dir.join(STREAM_FILE));
@@ -690,30 +721,70 @@ impl Inner {
         }
     }
 
-    /// Writes a new consumer's state and the metadata listing it, in that
-    /// order (a crash in between leaves a state file the next open adopts).
-    /// No tombstone of the name is left by then ([`Inner::finish_delete`]).
-    fn persist_new_consumer(&self, id: ConsumerId) {
+    /// [`Bus::consumer`]: binds `config.name`, creating the consumer if it
+    /// does not exist. A new consumer is on disk before this returns: its
+    /// state file, then the metadata listing it (a crash in between leaves
+    /// a state file the next open adopts). If either write fails the
+    /// consumer is taken out again and the bind fails with `Unavailable`.
+    /// `persist` is held throughout, so no delete, bind or state sync runs
+    /// in between (and the metadata lists no consumer whose state file is
+    /// not written). Blocking file I/O.
+    fn bind(&self, mut config: ConsumerConfig) -> Result<(ConsumerId, Arc<Notify>), BusError> {
+        let name = config.name.clone();
+        if config.max_ack_pending > MAX_ACK_PENDING {
+            return Err(BusError::InvalidConsumer {
+                name,
+                reason: format!(
+                    "max_ack_pending {} is over the segment bus's {MAX_ACK_PENDING} (its \
+                     pending set must fit one state file)",
+                    config.max_ack_pending
+                ),
+            });
+        }
+        // Stored in nanoseconds as a u64 (≈ 584 years): what is read back
+        // after a restart must equal what is bound again.
+        config.ack_wait = config.ack_wait.min(Duration::from_nanos(u64::MAX));
         let mut p = self.persist.lock();
-        let (snapshot, manifest) = {
+        if self.shared.lock().find_consumer(&name).is_none() {
+            self.finish_delete(&mut p, &name)?;
+        }
+        let (id, wake, snapshot, manifest) = {
             let mut st = self.shared.lock();
-            (st.snapshot(id, true), manifest_of(&st))
+            if st.closed {
+                return Err(BusError::Closed);
+            }
+            let now = Instant::now();
+            st.maintain(now);
+            let before = st.consumers.len();
+            let (id, wake) = st.add_consumer(config, now)?;
+            if st.consumers.len() == before {
+                return Ok((id, wake));
+            }
+            (id, wake, st.snapshot(id, true), manifest_of(&st))
         };
-        let Some(snapshot) = snapshot else { return };
-        let name = &snapshot.config.name;
-        let file = state::consumer_file(&self.dir, name);
+        let Some(snapshot) = snapshot else {
+            return Ok((id, wake));
+        };
+        let file = state::consumer_file(&self.dir, &name);
         let stored = file
             .store(&state::encode_consumer(&snapshot))
             .and_then(|()| {
                 StateFile::new(self.dir.join(STREAM_FILE)).store(&state::encode_manifest(&manifest))
             });
         match stored {
-            Ok(()) => p.stored_manifest = Some(manifest),
+            Ok(()) => {
+                p.stored_manifest = Some(manifest);
+                Ok((id, wake))
+            }
             Err(e) => {
-                warn!(consumer = %snapshot.config.name, error = %e, "cannot write the new consumer's state; retrying in the background");
-                if let Some(c) = self.shared.lock().consumers.get_mut(&id) {
-                    c.dirty = true;
+                self.shared.lock().remove_consumer(id, Instant::now());
+                // Unlisted, so an open would adopt it: best effort.
+                if let Err(e2) = file.remove() {
+                    warn!(consumer = %name, error = %e2, "cannot remove the state file of a consumer whose creation failed; the next open adopts it");
                 }
+                Err(BusError::Unavailable(format!(
+                    "cannot create consumer {name:?}: {e}"
+                )))
             }
         }
     }
@@ -728,24 +799,27 @@ impl Inner {
         let Some(id) = self.shared.lock().find_consumer(name).map(|(&id, _)| id) else {
             return Ok(false);
         };
-        state::tombstone_file(&self.dir, name)
-            .store(name.as_bytes())
-            .map_err(|e| BusError::Unavailable(format!("cannot delete consumer {name:?}: {e}")))?;
+        let tombstone = state::tombstone_file(&self.dir, name);
+        if let Err(e) = tombstone.store(name.as_bytes()) {
+            // The store can fail after its rename (at the directory fsync):
+            // a tombstone nobody tracks would delete the consumer at the
+            // next open. Refuse only once it is surely gone; otherwise the
+            // delete is as good as durable, so finish it.
+            if tombstone.remove().is_ok() {
+                return Err(BusError::Unavailable(format!(
+                    "cannot delete consumer {name:?}: {e}"
+                )));
+            }
+            warn!(consumer = %name, error = %e, "the tombstone may be on disk although writing it failed; deleting the consumer");
+        }
         p.tombstones.insert(name.to_string());
         let (manifest, released) = {
             let mut st = self.shared.lock();
             let held = st.msgs.len();
             st.remove_consumer(id, Instant::now());
-            // The stored metadata minus this consumer, not the live list: a
-            // consumer being bound right now has no state file yet, and
-            // metadata listing it would make a crash restart it from seq 0.
-            let manifest = match &p.stored_manifest {
-                Some(stored) => manifest_without(stored, name),
-                None => Manifest {
-                    consumers: Vec::new(),
-                    ..manifest_of(&st)
-                },
-            };
+            // Every live consumer's state file is on disk (a bind holds
+            // `persist` until it is), so the live list is safe to store.
+            let manifest = manifest_of(&st);
             (manifest, held - st.msgs.len())
         };
         info!(consumer = %name, released, "deleted durable consumer");
@@ -766,8 +840,7 @@ impl Inner {
     /// that order, as [`Inner::clear_tombstones`] does). Otherwise the new
     /// consumer would live beside the old tombstone, and a crash before a
     /// retry removed it would delete the new consumer at the next open.
-    fn finish_delete(&self, name: &str) -> Result<(), BusError> {
-        let mut p = self.persist.lock();
+    fn finish_delete(&self, p: &mut Persist, name: &str) -> Result<(), BusError> {
         if !p.tombstones.contains(name) {
             return Ok(());
         }
@@ -912,23 +985,7 @@ impl Bus for SegmentBus {
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Arc<dyn Consumer>, BusError> {
         let name = config.name.clone();
-        if self.inner.shared.lock().find_consumer(&name).is_none() {
-            self.inner.finish_delete(&name)?;
-        }
-        let (id, wake, created) = {
-            let mut st = self.inner.shared.lock();
-            if st.closed {
-                return Err(BusError::Closed);
-            }
-            let now = Instant::now();
-            st.maintain(now);
-            let before = st.consumers.len();
-            let (id, wake) = st.add_consumer(config, now)?;
-            (id, wake, st.consumers.len() > before)
-        };
-        if created {
-            self.inner.persist_new_consumer(id);
-        }
+        let (id, wake) = self.inner.bind(config)?;
         Ok(Arc::new(SegmentConsumer {
             inner: Arc::clone(&self.inner),
             id,

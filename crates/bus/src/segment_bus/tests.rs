@@ -633,6 +633,81 @@ async fn a_name_is_bound_again_only_once_its_earlier_delete_is_finished_on_disk(
 }
 
 #[tokio::test]
+async fn deleting_the_last_consumer_does_not_bring_its_messages_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open(dir.path());
+    let only = bus.consumer(ConsumerConfig::new("only")).await.unwrap();
+    publish_range(&bus, 0..5).await;
+    assert_eq!(drain(&only).await.len(), 5);
+    assert!(bus.delete_consumer("only").await.unwrap());
+    assert_eq!(bus.stats().messages, 0);
+    bus.close().await;
+    drop((bus, only));
+    let (bus, report) = open(dir.path());
+    assert_eq!((report.consumers, report.held), (0, 0), "{report:?}");
+    let next = bus.consumer(ConsumerConfig::new("next")).await.unwrap();
+    assert!(drain(&next).await.is_empty());
+    let seq = bus.publish(numbered(9)).await.unwrap();
+    assert_eq!(seq, 6);
+    assert_eq!(seq_list(&drain(&next).await), [6]);
+}
+
+#[tokio::test]
+async fn a_consumer_that_cannot_be_written_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open(dir.path());
+    // A directory where the state file's temporary copy goes makes the
+    // write fail (as a full disk would).
+    let file = state::consumer_file(dir.path(), "n");
+    let mut tmp = file.path().as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::write(std::path::Path::new(&tmp).join("x"), b"x").unwrap();
+    let err = bus
+        .consumer(ConsumerConfig::new("n"))
+        .await
+        .err()
+        .expect("bind refused");
+    assert!(
+        matches!(&err, BusError::Unavailable(why) if why.contains("cannot create consumer")),
+        "{err:?}"
+    );
+    assert_eq!(bus.stats().consumers, 0);
+    assert!(!file.path().exists());
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let n = bus.consumer(ConsumerConfig::new("n")).await.unwrap();
+    let seq = bus.publish(numbered(1)).await.unwrap();
+    bus.crash().await;
+    drop(n);
+    let (bus, report) = open(dir.path());
+    assert_eq!((report.consumers, report.held), (1, 1), "{report:?}");
+    let n = bus.consumer(ConsumerConfig::new("n")).await.unwrap();
+    assert_eq!(seq_list(&drain(&n).await), [seq]);
+}
+
+#[tokio::test]
+async fn consumer_settings_the_state_file_cannot_hold_are_refused_or_clamped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open(dir.path());
+    let mut big = ConsumerConfig::new("big");
+    big.max_ack_pending = MAX_ACK_PENDING + 1;
+    let err = bus.consumer(big).await.err().expect("refused");
+    assert!(
+        matches!(&err, BusError::InvalidConsumer { name, reason } if name == "big" && reason.contains("max_ack_pending")),
+        "{err:?}"
+    );
+    // An ack_wait of "forever" binds again after a restart.
+    let mut forever = ConsumerConfig::new("forever");
+    forever.ack_wait = Duration::MAX;
+    bus.consumer(forever.clone()).await.unwrap();
+    bus.consumer(forever.clone()).await.unwrap();
+    bus.close().await;
+    drop(bus);
+    let (bus, _) = open(dir.path());
+    bus.consumer(forever).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_missing_consumer_state_file_redelivers_everything_held() {
     let dir = tempfile::tempdir().unwrap();
     half_acked(dir.path()).await;
@@ -640,11 +715,12 @@ async fn a_missing_consumer_state_file_redelivers_everything_held() {
     std::fs::remove_file(file.path()).unwrap();
     let (bus, report) = open(dir.path());
     assert_eq!(report.consumers_reset, vec!["c".to_string()]);
-    // Everything still in the log, acked or not (at least once).
-    assert_eq!(report.held, 10);
+    // Everything held at the last state sync: the unacked half (acked
+    // messages below the discard floor the sync raised are not needed).
+    assert_eq!(report.held, 5);
     let c = bus.consumer(ConsumerConfig::new("c")).await.unwrap();
     let got = drain(&c).await;
-    assert_eq!(seq_list(&got), (1..=10).collect::<Vec<_>>());
+    assert_eq!(seq_list(&got), (6..=10).collect::<Vec<_>>());
     check_payloads(&got, |seq| seq - 1);
     // The reset state was written back at open.
     assert!(file.load().unwrap().is_some());
@@ -663,7 +739,7 @@ async fn a_corrupt_consumer_state_file_is_treated_as_missing() {
     assert_eq!(report.consumers_reset, vec!["c".to_string()]);
     assert!(report.unreadable_state_files.is_empty());
     let c = bus.consumer(ConsumerConfig::new("c")).await.unwrap();
-    assert_eq!(drain(&c).await.len(), 10);
+    assert_eq!(seq_list(&drain(&c).await), (6..=10).collect::<Vec<_>>());
     assert!(file.load().is_ok());
 }
 
