@@ -10,6 +10,7 @@ pub mod config;
 pub mod event;
 pub mod failpoint;
 pub mod json_path;
+pub mod open_files;
 pub mod priority;
 pub mod publish;
 pub mod scenario;

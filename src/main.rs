@@ -615,10 +615,15 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Open files `spillway run` asks for: segment files of the embedded bus
+/// (one per 64 MiB retained) and webhook connections.
+const RUN_OPEN_FILES: u64 = 65_536;
+
 fn run(files: Vec<PathBuf>, options: spillway::topology::RunOptions) -> ExitCode {
     let Some(config) = load(&files) else {
         return ExitCode::from(2);
     };
+    spillway::open_files::raise_limit(RUN_OPEN_FILES);
     let Some(runtime) = runtime() else {
         return ExitCode::from(1);
     };

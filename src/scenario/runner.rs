@@ -97,32 +97,9 @@ fn free_port() -> Result<u16, RunnerError> {
 }
 
 /// Most open files asked for: the storm's client sockets and the
-/// webhook's server sockets share this process.
+/// webhook's server sockets share this process (a common soft limit of
+/// 1024 would make the run fail on `accept`, not on backpressure).
 const WANTED_OPEN_FILES: u64 = 16_384;
-
-/// Raises the soft open-files limit towards [`WANTED_OPEN_FILES`] (never
-/// above the hard limit): a storm with thousands of outstanding requests
-/// and the webhook answering them live in one process, and a common soft
-/// limit of 1024 would make the run fail on `accept`, not on backpressure.
-/// Best effort: a refusal is logged.
-fn raise_open_files_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let current = getrlimit(Resource::Nofile);
-    let wanted = match current.maximum {
-        Some(hard) => WANTED_OPEN_FILES.min(hard),
-        None => WANTED_OPEN_FILES,
-    };
-    if current.current.is_some_and(|soft| soft >= wanted) || current.current.is_none() {
-        return;
-    }
-    let raised = Rlimit {
-        current: Some(wanted),
-        maximum: current.maximum,
-    };
-    if let Err(err) = setrlimit(Resource::Nofile, raised) {
-        tracing::warn!("cannot raise the open-files limit to {wanted}: {err}");
-    }
-}
 
 /// `nproc` and the load average, in words.
 pub fn machine() -> String {
@@ -143,7 +120,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Finished, RunnerError> {
     settings.scale.check()?;
-    raise_open_files_limit();
+    crate::open_files::raise_limit(WANTED_OPEN_FILES);
     let scale = settings.scale;
     let profile = scenario.profile(scale)?;
     let (base_for, peak_for) = scenario.phases(scale);
