@@ -5,7 +5,9 @@ use super::error::{AppendError, LogError};
 use super::prealloc::{self, Preparer};
 use super::record::Record;
 use super::recovery::{self, RecordMeta, RecoveryReport};
-use super::segment::{DeleteReport, Location, Segment, Segments, SEGMENT_HEADER_LEN};
+use super::segment::{
+    self, no_fault, DeleteReport, Location, Segment, Segments, SEGMENT_HEADER_LEN,
+};
 use super::state_file::StateFile;
 use super::writer::{Appended, CommitHook, Queue, Shared, SyncPolicy, Writer};
 use crate::Message;
@@ -147,6 +149,8 @@ impl SegmentLog {
         std::fs::create_dir_all(&dir).map_err(LogError::io("create directory", &dir))?;
         prealloc::remove_leftovers(&dir)
             .map_err(LogError::io("remove leftover preallocated files in", &dir))?;
+        segment::remove_unfinished(&dir)
+            .map_err(LogError::io("remove unfinished segment files in", &dir))?;
         let recovered = recovery::recover(&dir, &mut visit)?;
         let mut report = recovered.report;
         let mut segments = recovered.segments;
@@ -179,7 +183,7 @@ impl SegmentLog {
         let active = match segments.last() {
             Some(s) => Arc::clone(s),
             None => {
-                let s = Arc::new(Segment::create(&dir, next_seq)?);
+                let s = Arc::new(Segment::create(&dir, next_seq, &no_fault)?);
                 segments.push(Arc::clone(&s));
                 s
             }

@@ -34,6 +34,11 @@
 //!   reopened, when recovery decides from what is actually on disk. Records
 //!   of a failed batch that did reach the disk are then found and
 //!   delivered (at-least-once: the publisher saw an error and may retry).
+//! - **A failed roll loses nothing.** If no file of the new segment's name
+//!   was made, records keep going to the current segment; if the name
+//!   exists, the new segment is used (or the log turns read-only): seqs ≥ N
+//!   are never appended to an older segment while a file named N exists,
+//!   since recovery would cut them off as out of range and reuse them.
 //! - **Cancellation**: dropping an `append` future after it was queued does
 //!   not withdraw the message; it is written and the commit hook sees it.
 //! - **Shutdown**: `close()` stops new appends, lets the writer write and
@@ -43,7 +48,8 @@
 use super::error::{AppendError, LogError};
 use super::prealloc::{Preparer, Spare};
 use super::record;
-use super::segment::{Location, Segment, Segments, SEGMENT_HEADER_LEN};
+use super::segment::{CreateError, CreateStep, Location, Segment, Segments, SEGMENT_HEADER_LEN};
+use super::state_file::sync_dir;
 use super::state_file::StateFile;
 use crate::Message;
 use parking_lot::{Condvar, Mutex};
@@ -126,6 +132,9 @@ pub(crate) struct Shared {
     pub inject_write_errors: std::sync::atomic::AtomicU32,
     #[cfg(test)]
     pub inject_sync_errors: std::sync::atomic::AtomicU32,
+    /// Tests: steps of making a new segment that fail, one entry each.
+    #[cfg(test)]
+    pub inject_create_errors: Mutex<Vec<CreateStep>>,
 }
 
 impl Shared {
@@ -650,8 +659,14 @@ impl Writer {
     }
 
     /// Seals the active segment and starts a new one at `next_seq`, from
-    /// `spare` if there is one. On failure keeps writing to the current one
-    /// and retries with the next batch.
+    /// `spare` if there is one. If no file of the new segment's name was
+    /// made, keeps writing to the current one and retries with the next
+    /// batch. If the name exists (the rename happened but the directory
+    /// fsync failed), the new segment is adopted whatever else failed: seqs
+    /// ≥ its base must never go to an older segment (see
+    /// [`CreateError`](super::segment::CreateError)); its directory entry is
+    /// synced once more before its first record, and the log turns
+    /// read-only if that fails too.
     fn roll(&mut self, spare: Option<Spare>) {
         if self.policy != SyncPolicy::Never {
             self.sync_dirty();
@@ -661,27 +676,44 @@ impl Writer {
         }
         self.cut_zero_tail();
         let preallocated = spare.is_some();
+        let shared = Arc::clone(&self.shared);
+        let fault = move |step| injected_create_fault(&shared, step);
         let created = match spare {
-            Some(spare) => Segment::install(&self.dir, self.next_seq, spare),
-            None => Segment::create(&self.dir, self.next_seq),
+            Some(spare) => Segment::install(&self.dir, self.next_seq, spare, &fault),
+            None => Segment::create(&self.dir, self.next_seq, &fault),
         };
         match created {
-            Ok(seg) => {
-                let seg = Arc::new(seg);
-                self.segments.push(Arc::clone(&seg));
-                self.active = seg;
-                self.active_prealloc = preallocated;
-                self.end = SEGMENT_HEADER_LEN;
-                self.dirty_since = None;
-                self.roll_failures = 0;
+            Ok(seg) => self.adopt(seg, preallocated),
+            Err(CreateError::Unsynced { segment, error }) => {
+                self.adopt(segment, preallocated);
+                match fault(CreateStep::SyncDir).and_then(|()| sync_dir(&self.dir)) {
+                    Ok(()) => {
+                        warn!(%error, "new segment's directory entry synced on the second try");
+                    }
+                    Err(e) => self.fail(format!(
+                        "{error}; retrying: {e}; the new segment's name may not survive a crash"
+                    )),
+                }
             }
-            Err(e) => {
+            Err(e @ CreateError::Uncertain { .. }) => self.fail(e.to_string()),
+            Err(CreateError::NotCreated(e)) => {
                 self.roll_failures += 1;
                 if self.roll_failures.is_power_of_two() {
                     warn!(error = %e, failures = self.roll_failures, "cannot start a new segment; still appending to the current one");
                 }
             }
         }
+    }
+
+    /// Makes `seg` the active segment.
+    fn adopt(&mut self, seg: Segment, preallocated: bool) {
+        let seg = Arc::new(seg);
+        self.segments.push(Arc::clone(&seg));
+        self.active = seg;
+        self.active_prealloc = preallocated;
+        self.end = SEGMENT_HEADER_LEN;
+        self.dirty_since = None;
+        self.roll_failures = 0;
     }
 
     /// Cuts the unused zeros off a preallocated active segment (when it is
@@ -715,6 +747,22 @@ impl Writer {
     }
 }
 
+/// The [`Fault`](super::segment::Fault) the writer makes segments with:
+/// none, except the failures a test injected.
+fn injected_create_fault(shared: &Shared, step: CreateStep) -> std::io::Result<()> {
+    #[cfg(test)]
+    {
+        let mut steps = shared.inject_create_errors.lock();
+        if let Some(i) = steps.iter().position(|s| *s == step) {
+            steps.remove(i);
+            return Err(std::io::Error::other(format!("injected {step:?} failure")));
+        }
+    }
+    #[cfg(not(test))]
+    let _ = (shared, step);
+    Ok(())
+}
+
 #[cfg(test)]
 fn take_injected(counter: &std::sync::atomic::AtomicU32) -> bool {
     counter
@@ -726,6 +774,7 @@ fn take_injected(counter: &std::sync::atomic::AtomicU32) -> bool {
 // Tests hold the writer's gate across awaits on purpose (multi-thread runtime).
 #[allow(clippy::await_holding_lock)]
 mod tests {
+    use super::super::segment::segment_file_name;
     use super::super::test_util::{crash, msg, open, plain, seqs};
     use super::super::{LogConfig, SegmentLog};
     use super::*;
@@ -1053,5 +1102,94 @@ mod tests {
         assert!(take_injected(&c));
         assert!(take_injected(&c));
         assert!(!take_injected(&c));
+    }
+
+    /// Every batch after the first rolls to a new segment.
+    fn roll_every_batch() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1,
+            ..plain()
+        }
+    }
+
+    /// Appends `msg(1)`, injects `steps` into the next roll, appends
+    /// `msg(2)` (answered), then `msg(3)` if the log is still writable.
+    async fn roll_with_faults(
+        dir: &std::path::Path,
+        steps: &[CreateStep],
+    ) -> (SegmentLog, Result<Appended, AppendError>) {
+        let (log, _, _) = open(dir, roll_every_batch());
+        assert_eq!(log.append(msg(1)).await.unwrap().location.segment, 1);
+        log.test_shared()
+            .inject_create_errors
+            .lock()
+            .extend_from_slice(steps);
+        let second = log.append(msg(2)).await;
+        assert!(log.test_shared().inject_create_errors.lock().is_empty());
+        (log, second)
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_roll_that_made_no_file_keeps_appending_to_the_current_segment() {
+        for step in [CreateStep::Header, CreateStep::Rename] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, second) = roll_with_faults(dir.path(), &[step]).await;
+            let second = second.unwrap();
+            assert_eq!((second.seq, second.location.segment), (2, 1), "{step:?}");
+            // No file of the failed segment's name (nor its temporary).
+            assert_eq!(names(dir.path()), vec![segment_file_name(1)], "{step:?}");
+            let third = log.append(msg(3)).await.unwrap();
+            assert_eq!((third.seq, third.location.segment), (3, 3));
+            crash(log);
+            let (log, report, metas) = open(dir.path(), roll_every_batch());
+            assert_eq!(seqs(&metas), vec![1, 2, 3], "{step:?}: nothing acked lost");
+            assert_eq!((report.next_seq, report.corrupt_regions), (4, 0));
+            assert_eq!(log.append(msg(4)).await.unwrap().seq, 4);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_roll_whose_rename_happened_adopts_the_new_segment() {
+        for step in [CreateStep::RenameReported, CreateStep::SyncDir] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, second) = roll_with_faults(dir.path(), &[step]).await;
+            let second = second.unwrap();
+            assert_eq!((second.seq, second.location.segment), (2, 2), "{step:?}");
+            assert_eq!(log.failed(), None);
+            let third = log.append(msg(3)).await.unwrap();
+            assert_eq!((third.seq, third.location.segment), (3, 3));
+            crash(log);
+            let (_log, report, metas) = open(dir.path(), roll_every_batch());
+            assert_eq!(seqs(&metas), vec![1, 2, 3], "{step:?}");
+            assert_eq!((report.next_seq, report.corrupt_regions), (4, 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_segment_whose_entry_cannot_be_synced_fails_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let steps = [CreateStep::SyncDir, CreateStep::SyncDir];
+        let (log, second) = roll_with_faults(dir.path(), &steps).await;
+        let err = second.unwrap_err();
+        assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        assert!(log.failed().is_some());
+        let err = log.append(msg(3)).await.unwrap_err();
+        assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        assert!(log.close().await.is_err());
+        drop(log);
+        // Seq 2 was never acked: handing it out again is safe.
+        let (log, report, metas) = open(dir.path(), roll_every_batch());
+        assert_eq!((seqs(&metas), report.next_seq), (vec![1], 2));
+        let a = log.append(msg(4)).await.unwrap();
+        assert_eq!((a.seq, a.location.segment), (2, 2));
     }
 }
