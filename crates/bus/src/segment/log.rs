@@ -12,13 +12,14 @@ use super::state_file::StateFile;
 use super::writer::{Appended, CommitHook, Queue, Shared, SyncPolicy, Writer};
 use crate::Message;
 use parking_lot::Mutex;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// File (in the data dir) holding the sequence high-water mark.
 pub const HWM_FILE: &str = "seq.hwm";
@@ -219,10 +220,32 @@ impl SegmentLog {
             active_prealloc: false,
         };
         let (exited_tx, exited) = watch::channel(false);
+        let (thread_queue, thread_shared) = (Arc::clone(&queue), Arc::clone(&shared));
+        let thread_dir = dir.clone();
         let thread = std::thread::Builder::new()
             .name("spillway-seglog".into())
             .spawn(move || {
-                writer.run();
+                // A panic (a bug, or a panicking commit hook) must not leave
+                // publishers waiting forever for a writer that is gone: fail
+                // the log, refuse new appends and answer every queued one.
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| writer.run()));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(no message)");
+                    let reason: Arc<str> = format!("writer thread panicked: {what}").into();
+                    error!(dir = %thread_dir.display(), %reason, "segment log is now read-only until reopened");
+                    let _ = thread_shared.failed.set(reason);
+                    if let Some(reason) = thread_shared.failed() {
+                        thread_queue.fail_all(&reason);
+                        *thread_shared.close_error.lock() = Some(LogError::Failed { reason });
+                    }
+                    let _ = exited_tx.send(true);
+                    // Still a panic for whoever joins the thread.
+                    std::panic::resume_unwind(panic);
+                }
                 let _ = exited_tx.send(true);
             })
             .map_err(LogError::io("start the writer thread for", &dir))?;
@@ -311,7 +334,10 @@ impl SegmentLog {
         if let Some(thread) = thread {
             if thread.join().is_err() {
                 return Err(LogError::Failed {
-                    reason: "the writer thread panicked".into(),
+                    reason: self
+                        .shared
+                        .failed()
+                        .unwrap_or_else(|| "the writer thread panicked".into()),
                 });
             }
         }

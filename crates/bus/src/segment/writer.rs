@@ -39,6 +39,14 @@
 //!   exists, the new segment is used (or the log turns read-only): seqs ≥ N
 //!   are never appended to an older segment while a file named N exists,
 //!   since recovery would cut them off as out of range and reuse them.
+//! - **A dead writer answers everyone.** If the writer thread panics (a
+//!   bug, or a panicking commit hook), the log turns read-only ("writer
+//!   thread panicked: …"): the batch in flight, every queued append and
+//!   every later one get [`LogError::Failed`], and `close` returns it.
+//!   The records of that batch may be on disk (at-least-once, as above).
+//! - **Seqs never wrap.** `u64::MAX` is never handed out; once the next seq
+//!   would be `u64::MAX` (a stray segment named near it), appends get
+//!   [`LogError::SeqsExhausted`].
 //! - **Cancellation**: dropping an `append` future after it was queued does
 //!   not withdraw the message; it is written and the commit hook sees it.
 //! - **Shutdown**: `close()` stops new appends, lets the writer write and
@@ -240,6 +248,25 @@ impl Queue {
         self.state.lock().reqs.len()
     }
 
+    /// After the writer thread died: refuses new appends and answers every
+    /// queued one with [`LogError::Failed`] (nobody else ever would).
+    pub fn fail_all(&self, reason: &Arc<str>) {
+        let reqs = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            st.bytes = 0;
+            std::mem::take(&mut st.reqs)
+        };
+        self.space.close();
+        self.cond.notify_all();
+        // Answered outside the lock: a reply wakes a publisher.
+        for mut req in reqs {
+            req.answer(Err(LogError::Failed {
+                reason: Arc::clone(reason),
+            }));
+        }
+    }
+
     /// Stops accepting appends and wakes the writer (and waiting publishers).
     pub fn close(&self) {
         self.state.lock().closed = true;
@@ -270,11 +297,13 @@ impl Queue {
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut st = self.state.lock();
-            if st.closed {
-                return fail(LogError::Closed, message);
-            }
+            // Failed first: a dead writer's queue is closed too, and the
+            // publisher should learn why.
             if let Some(reason) = shared.failed() {
                 return fail(LogError::Failed { reason }, message);
+            }
+            if st.closed {
+                return fail(LogError::Closed, message);
             }
             st.reqs.push_back(Request {
                 message: Some(message),
@@ -406,7 +435,8 @@ impl Writer {
         let mut linger = None;
         loop {
             let deadline = match (self.policy, self.dirty_since) {
-                (SyncPolicy::Interval(d), Some(since)) => Some(since + d),
+                // A huge interval overflows `Instant`: no deadline then.
+                (SyncPolicy::Interval(d), Some(since)) => since.checked_add(d),
                 _ => None,
             };
             match self.queue.take(
@@ -494,6 +524,13 @@ impl Writer {
             }
             return;
         }
+        if self.next_seq == u64::MAX {
+            // Checked before rolling: no segment is made for nothing.
+            for req in batch.iter_mut() {
+                req.answer(Err(LogError::SeqsExhausted));
+            }
+            return;
+        }
         // Roll lazily, when there is something to write: no empty segment is
         // left behind at close, and the batch that filled a segment is
         // answered without waiting for the new one. A plain segment (the one
@@ -536,6 +573,12 @@ impl Writer {
                 results.push(Err(LogError::Closed));
                 continue;
             };
+            if seq == u64::MAX {
+                // Never handed out, so `seq += 1` cannot overflow and
+                // `next_seq == u64::MAX` means exhausted.
+                results.push(Err(LogError::SeqsExhausted));
+                continue;
+            }
             let offset = self.end + buf.len() as u64;
             match record::encode(seq, now, message, buf) {
                 Ok(len) => {
@@ -1191,5 +1234,115 @@ mod tests {
         assert_eq!((seqs(&metas), report.next_seq), (vec![1], 2));
         let a = log.append(msg(4)).await.unwrap();
         assert_eq!((a.seq, a.location.segment), (2, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_commit_hook_fails_the_log_instead_of_hanging_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // The hook stops in batch "s.2" until the test has queued more
+        // appends behind it, then panics.
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let hook_chans = Mutex::new((entered_tx, go_rx));
+        let config = LogConfig {
+            on_commit: Some(Arc::new(move |batch: &[Committed<'_>]| {
+                if batch.iter().any(|c| c.message.subject == "s.2") {
+                    let chans = hook_chans.lock();
+                    let _ = chans.0.send(());
+                    let _ = chans.1.recv();
+                    panic!("hook bug");
+                }
+            })),
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config);
+        let log = Arc::new(log);
+        assert_eq!(log.append(msg(1)).await.unwrap().seq, 1);
+        let in_hook = spawn_appends(&log, 2..3);
+        tokio::task::spawn_blocking(move || entered_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let queued = spawn_appends(&log, 3..5);
+        wait_queued(&log, 2).await;
+        go_tx.send(()).unwrap();
+        // Bounded only so that a regression fails instead of hanging.
+        let limit = Duration::from_secs(30);
+        let within = |t| tokio::time::timeout(limit, t);
+        for t in in_hook.into_iter().chain(queued) {
+            let err = within(t).await.expect("append hangs").unwrap().unwrap_err();
+            assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        }
+        let reason = log.failed().expect("the log failed");
+        assert!(
+            reason.contains("writer thread panicked: hook bug"),
+            "{reason}"
+        );
+        let err = tokio::time::timeout(limit, log.append(msg(5)))
+            .await
+            .expect("append hangs")
+            .unwrap_err();
+        assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        assert_eq!(*err.message, msg(5));
+        let closed = tokio::time::timeout(limit, log.close())
+            .await
+            .expect("close hangs");
+        assert!(matches!(closed, Err(LogError::Failed { .. })), "{closed:?}");
+        assert!(matches!(log.close().await, Err(LogError::Failed { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_huge_sync_interval_means_no_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            sync: SyncPolicy::Interval(Duration::MAX),
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config.clone());
+        for i in 1..=3 {
+            assert_eq!(log.append(msg(i)).await.unwrap().seq, i);
+        }
+        assert_eq!(log.failed(), None);
+        log.close().await.unwrap();
+        assert_eq!(log.stats().syncs, 1, "synced at close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn running_out_of_seqs_is_an_error_not_an_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            min_next_seq: u64::MAX - 1,
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config.clone());
+        let log = Arc::new(log);
+        // One batch of three with one seq left.
+        let gate = log.test_queue().gate.lock();
+        let tasks = spawn_appends(&log, 0..3);
+        wait_queued(&log, 3).await;
+        drop(gate);
+        let mut ok = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(a) => ok.push(a.seq),
+                Err(e) => assert!(matches!(e.error, LogError::SeqsExhausted), "{e:?}"),
+            }
+        }
+        assert_eq!(ok, vec![u64::MAX - 1]);
+        assert_eq!(log.next_seq(), u64::MAX);
+        let err = log.append(msg(9)).await.unwrap_err();
+        assert!(matches!(err.error, LogError::SeqsExhausted), "{err:?}");
+        assert_eq!(log.failed(), None, "reads and close still work");
+        log.close().await.unwrap();
+        drop(log);
+
+        // A stray segment file named u64::MAX: the same refusal.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(segment_file_name(u64::MAX)), b"").unwrap();
+        let (log, report, _) = open(dir.path(), plain());
+        assert_eq!(report.next_seq, u64::MAX);
+        let err = log.append(msg(1)).await.unwrap_err();
+        assert!(matches!(err.error, LogError::SeqsExhausted), "{err:?}");
+        log.close().await.unwrap();
     }
 }
