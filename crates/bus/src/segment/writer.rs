@@ -143,6 +143,9 @@ pub(crate) struct Shared {
     /// Tests: steps of making a new segment that fail, one entry each.
     #[cfg(test)]
     pub inject_create_errors: Mutex<Vec<CreateStep>>,
+    /// Tests: iterations of the writer's main loop.
+    #[cfg(test)]
+    pub writer_loops: AtomicU64,
 }
 
 impl Shared {
@@ -217,6 +220,9 @@ pub(crate) struct Queue {
     /// Tests hold this to keep the writer from taking a batch.
     #[cfg(test)]
     pub gate: Mutex<()>,
+    /// Tests: times the writer waited with no deadline (idle, parked).
+    #[cfg(test)]
+    pub untimed_waits: AtomicU64,
 }
 
 enum Take {
@@ -241,6 +247,8 @@ impl Queue {
             capacity,
             #[cfg(test)]
             gate: Mutex::new(()),
+            #[cfg(test)]
+            untimed_waits: AtomicU64::new(0),
         }
     }
 
@@ -389,7 +397,11 @@ impl Queue {
                         return if st.closed { Take::Closed } else { Take::Idle };
                     }
                 }
-                None => self.cond.wait(&mut st),
+                None => {
+                    #[cfg(test)]
+                    self.untimed_waits.fetch_add(1, Ordering::Relaxed);
+                    self.cond.wait(&mut st)
+                }
             }
         }
     }
@@ -434,7 +446,13 @@ impl Writer {
         let mut results = Vec::new();
         let mut linger = None;
         loop {
+            #[cfg(test)]
+            self.shared.writer_loops.fetch_add(1, Ordering::Relaxed);
             let deadline = match (self.policy, self.dirty_since) {
+                // Once failed nothing is synced any more: a deadline (long
+                // past, as the failed sync left `dirty_since` set) would
+                // make `take` return at once, forever: a busy loop.
+                _ if self.shared.failed().is_some() => None,
                 // A huge interval overflows `Instant`: no deadline then.
                 (SyncPolicy::Interval(d), Some(since)) => since.checked_add(d),
                 _ => None,
@@ -495,7 +513,16 @@ impl Writer {
             return;
         }
         let started = Instant::now();
-        match self.active.file.sync_data() {
+        #[cfg(test)]
+        let injected = take_injected(&self.shared.inject_sync_errors);
+        #[cfg(not(test))]
+        let injected = false;
+        let synced = if injected {
+            Err(std::io::Error::other("injected fdatasync error"))
+        } else {
+            self.active.file.sync_data()
+        };
+        match synced {
             Ok(()) => {
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                 self.shared
@@ -1344,5 +1371,41 @@ mod tests {
         let err = log.append(msg(1)).await.unwrap_err();
         assert!(matches!(err.error, LogError::SeqsExhausted), "{err:?}");
         log.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_interval_sync_leaves_the_writer_parked_not_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            // The deadline passes as soon as anything is written.
+            sync: SyncPolicy::Interval(Duration::ZERO),
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config);
+        let shared = log.test_shared();
+        let queue = log.test_queue();
+        // Polls are bounded only so that a regression fails, not hangs.
+        let wait_until = |waits: u64| async move {
+            for _ in 0..10_000 {
+                if queue.untimed_waits.load(Ordering::Relaxed) >= waits {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            false
+        };
+        // Loop 1 waits idle (untimed wait 1) and takes the batch; loop 2's
+        // deadline has passed: the sync fails; loop 3 waits idle for good
+        // (untimed wait 2).
+        assert!(wait_until(1).await, "the writer never went idle");
+        shared.inject_sync_errors.store(1, Ordering::Release);
+        log.append(msg(1)).await.unwrap();
+        let parked = wait_until(2).await;
+        assert!(log.failed().is_some());
+        assert!(parked, "the writer never went idle after the failed sync");
+        assert_eq!(shared.writer_loops.load(Ordering::Relaxed), 3);
+        assert_eq!(queue.untimed_waits.load(Ordering::Relaxed), 2);
+        assert!(matches!(log.close().await, Err(LogError::Failed { .. })));
+        assert_eq!(shared.writer_loops.load(Ordering::Relaxed), 3);
     }
 }
