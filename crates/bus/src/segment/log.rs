@@ -8,7 +8,7 @@ use super::recovery::{self, RecordMeta, RecoveryReport};
 use super::segment::{
     self, no_fault, DeleteReport, Location, Segment, Segments, SEGMENT_HEADER_LEN,
 };
-use super::state_file::StateFile;
+use super::state_file::{create_dir_durable, StateFile};
 use super::writer::{Appended, CommitHook, Queue, Shared, SyncPolicy, Writer};
 use crate::Message;
 use parking_lot::Mutex;
@@ -133,7 +133,9 @@ impl std::fmt::Debug for SegmentLog {
 }
 
 impl SegmentLog {
-    /// Opens (creating if needed) the log in `dir`: runs recovery, handing
+    /// Opens (creating if needed, with its entry synced in the parent
+    /// directory so that the directory itself survives a crash) the log in
+    /// `dir`: runs recovery, handing
     /// each valid record's metadata to `visit` in seq order, and starts the
     /// writer thread. Blocking (file I/O): call it before serving, or from
     /// `spawn_blocking`.
@@ -147,7 +149,7 @@ impl SegmentLog {
         mut visit: impl FnMut(&RecordMeta<'_>),
     ) -> Result<(SegmentLog, RecoveryReport), LogError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(LogError::io("create directory", &dir))?;
+        create_dir_durable(&dir).map_err(LogError::io("create directory", &dir))?;
         prealloc::remove_leftovers(&dir)
             .map_err(LogError::io("remove leftover preallocated files in", &dir))?;
         segment::remove_unfinished(&dir)
