@@ -27,7 +27,7 @@
 //!   is written under `<base>.seg.tmp` (ignored by recovery, deleted on
 //!   open) and renamed into place. So a failed roll leaves no file named
 //!   `<base>.seg` unless the rename happened, in which case the writer
-//!   adopts the new segment ([`CreateError`]). The invariant the writer
+//!   adopts the new segment (`CreateError`). The invariant the writer
 //!   keeps: **never append seqs ≥ N to an older segment while a file named
 //!   N exists** (recovery bounds each segment's seqs by the next name, and
 //!   would cut such records off and reuse their seqs).
