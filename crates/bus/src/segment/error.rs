@@ -28,6 +28,12 @@ pub enum LogError {
     /// is actually on disk). Reads keep working.
     #[error("segment log is read-only until reopened: {reason}")]
     Failed { reason: Arc<str> },
+    /// Every sequence number has been handed out (the next would be
+    /// `u64::MAX`, which is never used): the log refuses appends. Only a
+    /// stray segment file named near `u64::MAX` or a huge
+    /// [`LogConfig::min_next_seq`](super::LogConfig::min_next_seq) gets here.
+    #[error("segment log has no sequence numbers left")]
+    SeqsExhausted,
     /// The message cannot be stored in this format (too large, too many
     /// headers).
     #[error("message cannot be stored: {0}")]

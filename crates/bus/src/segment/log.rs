@@ -5,18 +5,21 @@ use super::error::{AppendError, LogError};
 use super::prealloc::{self, Preparer};
 use super::record::Record;
 use super::recovery::{self, RecordMeta, RecoveryReport};
-use super::segment::{DeleteReport, Location, Segment, Segments, SEGMENT_HEADER_LEN};
-use super::state_file::StateFile;
+use super::segment::{
+    self, no_fault, DeleteReport, Location, Segment, Segments, SEGMENT_HEADER_LEN,
+};
+use super::state_file::{create_dir_durable, StateFile};
 use super::writer::{Appended, CommitHook, Queue, Shared, SyncPolicy, Writer};
 use crate::Message;
 use parking_lot::Mutex;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// File (in the data dir) holding the sequence high-water mark.
 pub const HWM_FILE: &str = "seq.hwm";
@@ -130,7 +133,9 @@ impl std::fmt::Debug for SegmentLog {
 }
 
 impl SegmentLog {
-    /// Opens (creating if needed) the log in `dir`: runs recovery, handing
+    /// Opens (creating if needed, with its entry synced in the parent
+    /// directory so that the directory itself survives a crash) the log in
+    /// `dir`: runs recovery, handing
     /// each valid record's metadata to `visit` in seq order, and starts the
     /// writer thread. Blocking (file I/O): call it before serving, or from
     /// `spawn_blocking`.
@@ -144,9 +149,11 @@ impl SegmentLog {
         mut visit: impl FnMut(&RecordMeta<'_>),
     ) -> Result<(SegmentLog, RecoveryReport), LogError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(LogError::io("create directory", &dir))?;
+        create_dir_durable(&dir).map_err(LogError::io("create directory", &dir))?;
         prealloc::remove_leftovers(&dir)
             .map_err(LogError::io("remove leftover preallocated files in", &dir))?;
+        segment::remove_unfinished(&dir)
+            .map_err(LogError::io("remove unfinished segment files in", &dir))?;
         let recovered = recovery::recover(&dir, &mut visit)?;
         let mut report = recovered.report;
         let mut segments = recovered.segments;
@@ -179,7 +186,7 @@ impl SegmentLog {
         let active = match segments.last() {
             Some(s) => Arc::clone(s),
             None => {
-                let s = Arc::new(Segment::create(&dir, next_seq)?);
+                let s = Arc::new(Segment::create(&dir, next_seq, &no_fault)?);
                 segments.push(Arc::clone(&s));
                 s
             }
@@ -215,10 +222,32 @@ impl SegmentLog {
             active_prealloc: false,
         };
         let (exited_tx, exited) = watch::channel(false);
+        let (thread_queue, thread_shared) = (Arc::clone(&queue), Arc::clone(&shared));
+        let thread_dir = dir.clone();
         let thread = std::thread::Builder::new()
             .name("spillway-seglog".into())
             .spawn(move || {
-                writer.run();
+                // A panic (a bug, or a panicking commit hook) must not leave
+                // publishers waiting forever for a writer that is gone: fail
+                // the log, refuse new appends and answer every queued one.
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| writer.run()));
+                if let Err(panic) = run {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(no message)");
+                    let reason: Arc<str> = format!("writer thread panicked: {what}").into();
+                    error!(dir = %thread_dir.display(), %reason, "segment log is now read-only until reopened");
+                    let _ = thread_shared.failed.set(reason);
+                    if let Some(reason) = thread_shared.failed() {
+                        thread_queue.fail_all(&reason);
+                        *thread_shared.close_error.lock() = Some(LogError::Failed { reason });
+                    }
+                    let _ = exited_tx.send(true);
+                    // Still a panic for whoever joins the thread.
+                    std::panic::resume_unwind(panic);
+                }
                 let _ = exited_tx.send(true);
             })
             .map_err(LogError::io("start the writer thread for", &dir))?;
@@ -307,7 +336,10 @@ impl SegmentLog {
         if let Some(thread) = thread {
             if thread.join().is_err() {
                 return Err(LogError::Failed {
-                    reason: "the writer thread panicked".into(),
+                    reason: self
+                        .shared
+                        .failed()
+                        .unwrap_or_else(|| "the writer thread panicked".into()),
                 });
             }
         }

@@ -85,8 +85,10 @@ impl Preparer {
                             let _ = std::fs::remove_file(&path);
                             break;
                         }
+                        // `prepare` already deleted the file if it made it;
+                        // if it did not (e.g. the 101st taken name), the file
+                        // is someone else's and stays.
                         Err(e) => {
-                            let _ = std::fs::remove_file(&path);
                             warn!(file = %path.display(), error = %e, "cannot preallocate segments; appending to plain segments instead");
                             break;
                         }
@@ -138,13 +140,22 @@ impl Drop for Preparer {
 }
 
 /// Writes `len` zeros to a new file at `path` and syncs it; `None` if
-/// stopped meanwhile.
+/// stopped meanwhile (the caller deletes the file then). On error, deletes
+/// the file if it created it, and only then: an error from the create itself
+/// (`AlreadyExists`) means the file is not ours.
 fn prepare(path: &Path, len: u64, stop: &AtomicBool) -> std::io::Result<Option<Spare>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(path)?;
+    fill(file, path, len, stop).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// The part of [`prepare`] after the file exists.
+fn fill(file: File, path: &Path, len: u64, stop: &AtomicBool) -> std::io::Result<Option<Spare>> {
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut off = 0u64;
     while off < len {
@@ -204,5 +215,25 @@ mod tests {
         assert_eq!(left, vec![spare.path.clone()]);
         assert_eq!(remove_leftovers(dir.path()).unwrap(), 1);
         assert!(!spare.path.exists());
+    }
+
+    #[test]
+    fn files_it_did_not_create_are_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every name the preparer tries, up to and past its 100 retries,
+        // is taken by someone else.
+        for n in 1..=101 {
+            std::fs::write(dir.path().join(format!("prealloc-{n}.tmp")), b"theirs").unwrap();
+        }
+        let mut p = Preparer::start(dir.path(), 4096);
+        // It gives up on its own after the 101st name: wait for that, not
+        // for `stop` (which could end it earlier).
+        let thread = p.thread.lock().take().unwrap();
+        thread.join().unwrap();
+        assert!(p.take().is_none());
+        for n in 1..=101 {
+            let path = dir.path().join(format!("prealloc-{n}.tmp"));
+            assert_eq!(std::fs::read(&path).unwrap(), b"theirs", "{n}");
+        }
     }
 }

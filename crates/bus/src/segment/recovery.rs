@@ -21,8 +21,10 @@
 //!   is all zeros (a preallocated end whose cut a crash interrupted): that
 //!   holds no records and is truncated. Zero tails are logged at `info`,
 //!   anything else at `warn`.
-//! - A last segment too short for its header (a crash while rolling) is
-//!   rewritten empty. Any other unreadable segment header is reported with
+//! - A last segment too short for its header is rewritten empty. (Earlier
+//!   versions could leave one when a crash interrupted a roll; segments are
+//!   now created under a temporary name and renamed once their header is
+//!   durable.) Any other unreadable segment header is reported with
 //!   `warn!` and counted, and the segment's records are scanned anyway (they
 //!   carry their own CRCs); the last segment's header is repaired. A header
 //!   of another format version is an error ([`LogError::UnsupportedVersion`]):

@@ -23,6 +23,14 @@
 //! - A new segment's header and directory entry are synced before any
 //!   record is written to it, so an acked record is never in a file whose
 //!   name a crash could lose.
+//! - A segment's name appears only once its header is durable: the header
+//!   is written under `<base>.seg.tmp` (ignored by recovery, deleted on
+//!   open) and renamed into place. So a failed roll leaves no file named
+//!   `<base>.seg` unless the rename happened, in which case the writer
+//!   adopts the new segment (`CreateError`). The invariant the writer
+//!   keeps: **never append seqs ≥ N to an older segment while a file named
+//!   N exists** (recovery bounds each segment's seqs by the next name, and
+//!   would cut such records off and reuse their seqs).
 
 use super::error::LogError;
 use super::record::{self, Record, RECORD_HEADER_LEN};
@@ -162,6 +170,148 @@ pub(crate) fn check_header(h: &[u8], base: u64) -> Result<(), HeaderError> {
     Ok(())
 }
 
+/// Suffix of a segment file whose header is being written: it becomes
+/// `<base>.seg` by a rename once its header is durable. Recovery ignores
+/// such files (they hold no records) and open deletes them.
+const UNFINISHED_SUFFIX: &str = ".seg.tmp";
+
+/// A step of [`Segment::create`] / [`Segment::install`], at which tests
+/// inject failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CreateStep {
+    /// Writing and syncing the header, under the temporary name.
+    Header,
+    /// The rename to `<base>.seg` fails without taking effect.
+    Rename,
+    /// The rename takes effect but reports an error anyway.
+    RenameReported,
+    /// The directory fsync after the rename (also the writer's retry).
+    SyncDir,
+}
+
+/// Fault injection for [`CreateStep`]s: `Err` makes the step fail.
+pub(crate) type Fault<'a> = &'a dyn Fn(CreateStep) -> std::io::Result<()>;
+
+/// The [`Fault`] of production code: no step is made to fail.
+pub(crate) fn no_fault(_: CreateStep) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Why a new segment could not be made, by what it left on disk: the writer
+/// must never append seqs ≥ `base` to an older segment while a file named
+/// `<base>.seg` exists (recovery bounds the older segment's seqs by that
+/// name and would cut those records off).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CreateError {
+    /// No file named `<base>.seg` was created or replaced; the temporary
+    /// file was deleted as far as possible.
+    #[error(transparent)]
+    NotCreated(LogError),
+    /// `<base>.seg` is the new segment (the rename took effect), but its
+    /// directory entry may not be durable yet: adopt `segment` and sync the
+    /// directory before writing a record to it.
+    #[error("{error}")]
+    Unsynced { segment: Segment, error: LogError },
+    /// The rename failed and whether it took effect is unknown (the new
+    /// name cannot be examined): neither segment can be trusted.
+    #[error("{error}; cannot tell whether the rename took effect (stat: {check})")]
+    Uncertain {
+        error: LogError,
+        check: std::io::Error,
+    },
+}
+
+impl From<CreateError> for LogError {
+    fn from(e: CreateError) -> LogError {
+        match e {
+            CreateError::NotCreated(error)
+            | CreateError::Unsynced { error, .. }
+            | CreateError::Uncertain { error, .. } => error,
+        }
+    }
+}
+
+/// Makes `file`, open at `tmp` in `dir`, segment `base`: header, sync,
+/// rename to `<base>.seg`, directory sync. See [`CreateError`].
+fn place(
+    dir: &Path,
+    base: u64,
+    file: File,
+    tmp: &Path,
+    fault: Fault<'_>,
+) -> Result<Segment, CreateError> {
+    let path = dir.join(segment_file_name(base));
+    let not_created = |error: LogError| {
+        // Not `<base>.seg`, so harmless if this fails: open deletes it.
+        let _ = std::fs::remove_file(tmp);
+        CreateError::NotCreated(error)
+    };
+    fault(CreateStep::Header)
+        .and_then(|()| file.write_all_at(&encode_header(base), 0))
+        .and_then(|()| file.sync_data())
+        .map_err(|e| not_created(LogError::io("write segment header", tmp)(e)))?;
+    let renamed = fault(CreateStep::Rename)
+        .and_then(|()| std::fs::rename(tmp, &path))
+        .and_then(|()| fault(CreateStep::RenameReported));
+    let segment = |file| Segment {
+        base,
+        path: path.clone(),
+        file,
+        len: AtomicU64::new(SEGMENT_HEADER_LEN),
+    };
+    if let Err(e) = renamed {
+        let error = LogError::io("rename into place", &path)(e);
+        // A rename is atomic, but an error does not prove it did not happen
+        // (e.g. on network file systems): ask the file system.
+        return match is_same_file(&file, &path) {
+            Ok(false) => Err(not_created(error)),
+            Ok(true) => Err(CreateError::Unsynced {
+                segment: segment(file),
+                error,
+            }),
+            Err(e) => Err(CreateError::Uncertain { error, check: e }),
+        };
+    }
+    let segment = segment(file);
+    match fault(CreateStep::SyncDir).and_then(|()| sync_dir(dir)) {
+        Ok(()) => Ok(segment),
+        Err(e) => Err(CreateError::Unsynced {
+            segment,
+            error: LogError::io("fsync directory", dir)(e),
+        }),
+    }
+}
+
+/// Whether `path` names the open `file` (`false` if nothing is there).
+fn is_same_file(file: &File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = file.metadata()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(there) => Ok(there.dev() == ours.dev() && there.ino() == ours.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the temporary files of segments whose creation a crash
+/// interrupted (they hold only a header); returns how many.
+pub(crate) fn remove_unfinished(dir: &Path) -> std::io::Result<u64> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name
+            .strip_suffix(UNFINISHED_SUFFIX)
+            .is_some_and(|digits| parse_segment_name(&format!("{digits}.{SEGMENT_EXT}")).is_some())
+        {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// One open segment file.
 #[derive(Debug)]
 pub(crate) struct Segment {
@@ -194,50 +344,36 @@ impl Segment {
         })
     }
 
-    /// Creates (or empties) segment `base` in `dir` and makes its header and
-    /// directory entry durable.
-    pub fn create(dir: &Path, base: u64) -> Result<Segment, LogError> {
-        let path = dir.join(segment_file_name(base));
+    /// Creates segment `base` in `dir` and makes its header and directory
+    /// entry durable. The header is written and synced under a temporary
+    /// name (`<base>.seg.tmp`, which recovery ignores and open deletes) and
+    /// only then renamed to `<base>.seg`, so a failure before the rename
+    /// leaves no file of the segment's name behind (see [`CreateError`]).
+    /// `fault` injects failures in tests; pass [`no_fault`] otherwise.
+    pub fn create(dir: &Path, base: u64, fault: Fault<'_>) -> Result<Segment, CreateError> {
+        let tmp = dir.join(format!("{base:020}{UNFINISHED_SUFFIX}"));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
-            .map_err(LogError::io("create segment", &path))?;
-        let seg = Segment {
-            base,
-            path,
-            file,
-            len: AtomicU64::new(0),
-        };
-        seg.rewrite_header()?;
-        sync_dir(dir).map_err(LogError::io("fsync directory", dir))?;
-        Ok(seg)
+            .open(&tmp)
+            .map_err(|e| CreateError::NotCreated(LogError::io("create segment", &tmp)(e)))?;
+        place(dir, base, file, &tmp, fault)
     }
 
     /// Turns a preallocated `spare` into segment `base` of `dir`: header,
     /// sync, rename, directory sync. Replaces an existing file of that name
-    /// (an empty active segment being swapped for a preallocated one).
+    /// (an empty active segment being swapped for a preallocated one). A
+    /// failure before the rename deletes the spare (best effort: open
+    /// deletes leftover spares too).
     pub fn install(
         dir: &Path,
         base: u64,
         spare: super::prealloc::Spare,
-    ) -> Result<Segment, LogError> {
-        let path = dir.join(segment_file_name(base));
-        spare
-            .file
-            .write_all_at(&encode_header(base), 0)
-            .and_then(|()| spare.file.sync_data())
-            .map_err(LogError::io("write segment header", &spare.path))?;
-        std::fs::rename(&spare.path, &path).map_err(LogError::io("rename into place", &path))?;
-        sync_dir(dir).map_err(LogError::io("fsync directory", dir))?;
-        Ok(Segment {
-            base,
-            path,
-            file: spare.file,
-            len: AtomicU64::new(SEGMENT_HEADER_LEN),
-        })
+        fault: Fault<'_>,
+    ) -> Result<Segment, CreateError> {
+        place(dir, base, spare.file, &spare.path, fault)
     }
 
     /// Empties the file down to a fresh header, durably.
@@ -489,7 +625,7 @@ mod tests {
         let mut locs = Vec::new();
         let mut segs = Vec::new();
         for (base, seqs) in [(1u64, 1..3u64), (3, 3..5), (5, 5..6)] {
-            let seg = Segment::create(dir.path(), base).unwrap();
+            let seg = Segment::create(dir.path(), base, &no_fault).unwrap();
             let mut off = SEGMENT_HEADER_LEN;
             for seq in seqs {
                 let mut buf = Vec::new();
@@ -565,5 +701,114 @@ mod tests {
         assert_eq!(table.usage().0, 1);
         assert!(dir.path().join(segment_file_name(5)).exists());
         assert_eq!(table.read(5, locs[4].1).unwrap().seq, 5);
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn fail_at(step: CreateStep) -> impl Fn(CreateStep) -> std::io::Result<()> {
+        move |s| {
+            if s == step {
+                Err(std::io::Error::other("injected"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn assert_header(seg: &Segment, base: u64) {
+        let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+        seg.file.read_exact_at(&mut h, 0).unwrap();
+        assert_eq!(check_header(&h, base), Ok(()));
+        assert_eq!(seg.len.load(Ordering::Acquire), SEGMENT_HEADER_LEN);
+    }
+
+    #[test]
+    fn a_failed_create_leaves_the_segment_name_only_if_it_renamed() {
+        for step in [CreateStep::Header, CreateStep::Rename] {
+            let dir = tempfile::tempdir().unwrap();
+            let r = Segment::create(dir.path(), 5, &fail_at(step));
+            assert!(matches!(r, Err(CreateError::NotCreated(_))), "{step:?}");
+            assert!(names_in(dir.path()).is_empty(), "{step:?}");
+        }
+        for step in [CreateStep::RenameReported, CreateStep::SyncDir] {
+            let dir = tempfile::tempdir().unwrap();
+            let r = Segment::create(dir.path(), 5, &fail_at(step));
+            let Err(CreateError::Unsynced { segment, .. }) = r else {
+                panic!("{step:?}: {r:?}");
+            };
+            assert_eq!(names_in(dir.path()), vec![segment_file_name(5)]);
+            assert_header(&segment, 5);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let seg = Segment::create(dir.path(), 5, &no_fault).unwrap();
+        assert_eq!(names_in(dir.path()), vec![segment_file_name(5)]);
+        assert_header(&seg, 5);
+    }
+
+    fn spare(dir: &Path) -> super::super::prealloc::Spare {
+        let path = dir.join("prealloc-1.tmp");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        super::super::prealloc::Spare { file, path }
+    }
+
+    #[test]
+    fn a_failed_install_deletes_the_spare_and_keeps_the_old_file() {
+        let len = |dir: &Path| {
+            std::fs::metadata(dir.join(segment_file_name(5)))
+                .unwrap()
+                .len()
+        };
+        for step in [CreateStep::Header, CreateStep::Rename] {
+            let dir = tempfile::tempdir().unwrap();
+            // The empty active segment a spare would replace.
+            Segment::create(dir.path(), 5, &no_fault).unwrap();
+            let spare = spare(dir.path());
+            let r = Segment::install(dir.path(), 5, spare, &fail_at(step));
+            assert!(matches!(r, Err(CreateError::NotCreated(_))), "{step:?}");
+            assert_eq!(names_in(dir.path()), vec![segment_file_name(5)]);
+            assert_eq!(len(dir.path()), SEGMENT_HEADER_LEN, "{step:?}");
+        }
+        for step in [CreateStep::RenameReported, CreateStep::SyncDir] {
+            let dir = tempfile::tempdir().unwrap();
+            Segment::create(dir.path(), 5, &no_fault).unwrap();
+            let spare = spare(dir.path());
+            let r = Segment::install(dir.path(), 5, spare, &fail_at(step));
+            let Err(CreateError::Unsynced { segment, .. }) = r else {
+                panic!("{step:?}: {r:?}");
+            };
+            assert_eq!(names_in(dir.path()), vec![segment_file_name(5)]);
+            assert_eq!(len(dir.path()), 4096, "{step:?}: the spare replaced it");
+            assert_header(&segment, 5);
+        }
+    }
+
+    #[test]
+    fn unfinished_segments_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "00000000000000000005.seg.tmp",
+            "5.seg.tmp",
+            "prealloc-1.tmp",
+            "00000000000000000005.seg",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_unfinished(dir.path()).unwrap(), 1);
+        assert_eq!(
+            names_in(dir.path()),
+            vec!["00000000000000000005.seg", "5.seg.tmp", "prealloc-1.tmp"]
+        );
     }
 }

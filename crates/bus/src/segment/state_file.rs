@@ -181,9 +181,63 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and its missing parents, and makes each new directory's own
+/// entry durable by syncing its parent: syncing the files inside a
+/// directory does not make the directory itself survive a crash. Does
+/// nothing to a directory that exists.
+pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    create_dir_durable_with(dir, sync_dir)
+}
+
+/// [`create_dir_durable`], syncing directories with `sync` (tests record).
+fn create_dir_durable_with(
+    dir: &Path,
+    mut sync: impl FnMut(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    // The ancestors about to be created, deepest first.
+    let mut missing = Vec::new();
+    for p in dir.ancestors() {
+        if p.as_os_str().is_empty() || p.try_exists()? {
+            break;
+        }
+        missing.push(p);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for p in missing.iter().rev() {
+        let parent = match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => q,
+            _ => Path::new("."),
+        };
+        sync(parent)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_created_directory_is_synced_in_its_parent() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/c");
+        let mut synced = Vec::new();
+        create_dir_durable_with(&dir, |p| {
+            synced.push(p.to_path_buf());
+            sync_dir(p)
+        })
+        .unwrap();
+        assert!(dir.is_dir());
+        let r = root.path();
+        assert_eq!(synced, vec![r.to_path_buf(), r.join("a"), r.join("a/b")]);
+        // An existing directory: nothing to do.
+        create_dir_durable_with(&dir, |p| panic!("synced {}", p.display())).unwrap();
+        create_dir_durable(&root.path().join("a/d")).unwrap();
+        assert!(root.path().join("a/d").is_dir());
+    }
 
     #[test]
     fn missing_is_none() {

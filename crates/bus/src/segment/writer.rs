@@ -34,6 +34,19 @@
 //!   reopened, when recovery decides from what is actually on disk. Records
 //!   of a failed batch that did reach the disk are then found and
 //!   delivered (at-least-once: the publisher saw an error and may retry).
+//! - **A failed roll loses nothing.** If no file of the new segment's name
+//!   was made, records keep going to the current segment; if the name
+//!   exists, the new segment is used (or the log turns read-only): seqs ≥ N
+//!   are never appended to an older segment while a file named N exists,
+//!   since recovery would cut them off as out of range and reuse them.
+//! - **A dead writer answers everyone.** If the writer thread panics (a
+//!   bug, or a panicking commit hook), the log turns read-only ("writer
+//!   thread panicked: …"): the batch in flight, every queued append and
+//!   every later one get [`LogError::Failed`], and `close` returns it.
+//!   The records of that batch may be on disk (at-least-once, as above).
+//! - **Seqs never wrap.** `u64::MAX` is never handed out; once the next seq
+//!   would be `u64::MAX` (a stray segment named near it), appends get
+//!   [`LogError::SeqsExhausted`].
 //! - **Cancellation**: dropping an `append` future after it was queued does
 //!   not withdraw the message; it is written and the commit hook sees it.
 //! - **Shutdown**: `close()` stops new appends, lets the writer write and
@@ -43,7 +56,8 @@
 use super::error::{AppendError, LogError};
 use super::prealloc::{Preparer, Spare};
 use super::record;
-use super::segment::{Location, Segment, Segments, SEGMENT_HEADER_LEN};
+use super::segment::{CreateError, CreateStep, Location, Segment, Segments, SEGMENT_HEADER_LEN};
+use super::state_file::sync_dir;
 use super::state_file::StateFile;
 use crate::Message;
 use parking_lot::{Condvar, Mutex};
@@ -71,9 +85,11 @@ pub enum SyncPolicy {
     /// records. Seqs are still never reused (see the module docs of
     /// [`segment`](super)).
     Interval(Duration),
-    /// Answer after the write and leave flushing to the OS (and to close).
-    /// A process crash loses nothing; an OS crash or power loss can lose
-    /// whatever the kernel had not written back yet (typically up to ~30 s).
+    /// Answer after the write and leave flushing to the OS, except that each
+    /// segment is synced once when it is sealed (at roll) and the active one
+    /// at close, so a clean close leaves every record durable. A process
+    /// crash loses nothing; an OS crash or power loss can lose whatever the
+    /// kernel had not written back yet (typically up to ~30 s).
     Never,
 }
 
@@ -126,6 +142,12 @@ pub(crate) struct Shared {
     pub inject_write_errors: std::sync::atomic::AtomicU32,
     #[cfg(test)]
     pub inject_sync_errors: std::sync::atomic::AtomicU32,
+    /// Tests: steps of making a new segment that fail, one entry each.
+    #[cfg(test)]
+    pub inject_create_errors: Mutex<Vec<CreateStep>>,
+    /// Tests: iterations of the writer's main loop.
+    #[cfg(test)]
+    pub writer_loops: AtomicU64,
 }
 
 impl Shared {
@@ -200,6 +222,9 @@ pub(crate) struct Queue {
     /// Tests hold this to keep the writer from taking a batch.
     #[cfg(test)]
     pub gate: Mutex<()>,
+    /// Tests: times the writer waited with no deadline (idle, parked).
+    #[cfg(test)]
+    pub untimed_waits: AtomicU64,
 }
 
 enum Take {
@@ -224,11 +249,32 @@ impl Queue {
             capacity,
             #[cfg(test)]
             gate: Mutex::new(()),
+            #[cfg(test)]
+            untimed_waits: AtomicU64::new(0),
         }
     }
 
     pub fn len(&self) -> usize {
         self.state.lock().reqs.len()
+    }
+
+    /// After the writer thread died: refuses new appends and answers every
+    /// queued one with [`LogError::Failed`] (nobody else ever would).
+    pub fn fail_all(&self, reason: &Arc<str>) {
+        let reqs = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            st.bytes = 0;
+            std::mem::take(&mut st.reqs)
+        };
+        self.space.close();
+        self.cond.notify_all();
+        // Answered outside the lock: a reply wakes a publisher.
+        for mut req in reqs {
+            req.answer(Err(LogError::Failed {
+                reason: Arc::clone(reason),
+            }));
+        }
     }
 
     /// Stops accepting appends and wakes the writer (and waiting publishers).
@@ -261,11 +307,13 @@ impl Queue {
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut st = self.state.lock();
-            if st.closed {
-                return fail(LogError::Closed, message);
-            }
+            // Failed first: a dead writer's queue is closed too, and the
+            // publisher should learn why.
             if let Some(reason) = shared.failed() {
                 return fail(LogError::Failed { reason }, message);
+            }
+            if st.closed {
+                return fail(LogError::Closed, message);
             }
             st.reqs.push_back(Request {
                 message: Some(message),
@@ -351,7 +399,11 @@ impl Queue {
                         return if st.closed { Take::Closed } else { Take::Idle };
                     }
                 }
-                None => self.cond.wait(&mut st),
+                None => {
+                    #[cfg(test)]
+                    self.untimed_waits.fetch_add(1, Ordering::Relaxed);
+                    self.cond.wait(&mut st)
+                }
             }
         }
     }
@@ -396,8 +448,15 @@ impl Writer {
         let mut results = Vec::new();
         let mut linger = None;
         loop {
+            #[cfg(test)]
+            self.shared.writer_loops.fetch_add(1, Ordering::Relaxed);
             let deadline = match (self.policy, self.dirty_since) {
-                (SyncPolicy::Interval(d), Some(since)) => Some(since + d),
+                // Once failed nothing is synced any more: a deadline (long
+                // past, as the failed sync left `dirty_since` set) would
+                // make `take` return at once, forever: a busy loop.
+                _ if self.shared.failed().is_some() => None,
+                // A huge interval overflows `Instant`: no deadline then.
+                (SyncPolicy::Interval(d), Some(since)) => since.checked_add(d),
                 _ => None,
             };
             match self.queue.take(
@@ -450,13 +509,22 @@ impl Writer {
         let _ = self.shared.failed.set(reason.into());
     }
 
-    /// Syncs written-but-unsynced records (Interval, close, roll).
+    /// Syncs written-but-unsynced records (Interval deadline, roll, close).
     fn sync_dirty(&mut self) {
         if self.dirty_since.is_none() || self.shared.failed().is_some() {
             return;
         }
         let started = Instant::now();
-        match self.active.file.sync_data() {
+        #[cfg(test)]
+        let injected = take_injected(&self.shared.inject_sync_errors);
+        #[cfg(not(test))]
+        let injected = false;
+        let synced = if injected {
+            Err(std::io::Error::other("injected fdatasync error"))
+        } else {
+            self.active.file.sync_data()
+        };
+        match synced {
             Ok(()) => {
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                 self.shared
@@ -482,6 +550,13 @@ impl Writer {
                 req.answer(Err(LogError::Failed {
                     reason: Arc::clone(&reason),
                 }));
+            }
+            return;
+        }
+        if self.next_seq == u64::MAX {
+            // Checked before rolling: no segment is made for nothing.
+            for req in batch.iter_mut() {
+                req.answer(Err(LogError::SeqsExhausted));
             }
             return;
         }
@@ -527,6 +602,12 @@ impl Writer {
                 results.push(Err(LogError::Closed));
                 continue;
             };
+            if seq == u64::MAX {
+                // Never handed out, so `seq += 1` cannot overflow and
+                // `next_seq == u64::MAX` means exhausted.
+                results.push(Err(LogError::SeqsExhausted));
+                continue;
+            }
             let offset = self.end + buf.len() as u64;
             match record::encode(seq, now, message, buf) {
                 Ok(len) => {
@@ -650,38 +731,62 @@ impl Writer {
     }
 
     /// Seals the active segment and starts a new one at `next_seq`, from
-    /// `spare` if there is one. On failure keeps writing to the current one
-    /// and retries with the next batch.
+    /// `spare` if there is one. If no file of the new segment's name was
+    /// made, keeps writing to the current one and retries with the next
+    /// batch. If the name exists (the rename happened but the directory
+    /// fsync failed), the new segment is adopted whatever else failed: seqs
+    /// ≥ its base must never go to an older segment (see
+    /// [`CreateError`](super::segment::CreateError)); its directory entry is
+    /// synced once more before its first record, and the log turns
+    /// read-only if that fails too.
     fn roll(&mut self, spare: Option<Spare>) {
-        if self.policy != SyncPolicy::Never {
-            self.sync_dirty();
-            if self.shared.failed().is_some() {
-                return;
-            }
+        // Under every policy, `Never` included: once sealed a segment is
+        // never synced again (close syncs only the active one), and one
+        // fdatasync per segment costs nothing worth saving.
+        self.sync_dirty();
+        if self.shared.failed().is_some() {
+            return;
         }
         self.cut_zero_tail();
         let preallocated = spare.is_some();
+        let shared = Arc::clone(&self.shared);
+        let fault = move |step| injected_create_fault(&shared, step);
         let created = match spare {
-            Some(spare) => Segment::install(&self.dir, self.next_seq, spare),
-            None => Segment::create(&self.dir, self.next_seq),
+            Some(spare) => Segment::install(&self.dir, self.next_seq, spare, &fault),
+            None => Segment::create(&self.dir, self.next_seq, &fault),
         };
         match created {
-            Ok(seg) => {
-                let seg = Arc::new(seg);
-                self.segments.push(Arc::clone(&seg));
-                self.active = seg;
-                self.active_prealloc = preallocated;
-                self.end = SEGMENT_HEADER_LEN;
-                self.dirty_since = None;
-                self.roll_failures = 0;
+            Ok(seg) => self.adopt(seg, preallocated),
+            Err(CreateError::Unsynced { segment, error }) => {
+                self.adopt(segment, preallocated);
+                match fault(CreateStep::SyncDir).and_then(|()| sync_dir(&self.dir)) {
+                    Ok(()) => {
+                        warn!(%error, "new segment's directory entry synced on the second try");
+                    }
+                    Err(e) => self.fail(format!(
+                        "{error}; retrying: {e}; the new segment's name may not survive a crash"
+                    )),
+                }
             }
-            Err(e) => {
+            Err(e @ CreateError::Uncertain { .. }) => self.fail(e.to_string()),
+            Err(CreateError::NotCreated(e)) => {
                 self.roll_failures += 1;
                 if self.roll_failures.is_power_of_two() {
                     warn!(error = %e, failures = self.roll_failures, "cannot start a new segment; still appending to the current one");
                 }
             }
         }
+    }
+
+    /// Makes `seg` the active segment.
+    fn adopt(&mut self, seg: Segment, preallocated: bool) {
+        let seg = Arc::new(seg);
+        self.segments.push(Arc::clone(&seg));
+        self.active = seg;
+        self.active_prealloc = preallocated;
+        self.end = SEGMENT_HEADER_LEN;
+        self.dirty_since = None;
+        self.roll_failures = 0;
     }
 
     /// Cuts the unused zeros off a preallocated active segment (when it is
@@ -715,6 +820,22 @@ impl Writer {
     }
 }
 
+/// The [`Fault`](super::segment::Fault) the writer makes segments with:
+/// none, except the failures a test injected.
+fn injected_create_fault(shared: &Shared, step: CreateStep) -> std::io::Result<()> {
+    #[cfg(test)]
+    {
+        let mut steps = shared.inject_create_errors.lock();
+        if let Some(i) = steps.iter().position(|s| *s == step) {
+            steps.remove(i);
+            return Err(std::io::Error::other(format!("injected {step:?} failure")));
+        }
+    }
+    #[cfg(not(test))]
+    let _ = (shared, step);
+    Ok(())
+}
+
 #[cfg(test)]
 fn take_injected(counter: &std::sync::atomic::AtomicU32) -> bool {
     counter
@@ -726,6 +847,7 @@ fn take_injected(counter: &std::sync::atomic::AtomicU32) -> bool {
 // Tests hold the writer's gate across awaits on purpose (multi-thread runtime).
 #[allow(clippy::await_holding_lock)]
 mod tests {
+    use super::super::segment::segment_file_name;
     use super::super::test_util::{crash, msg, open, plain, seqs};
     use super::super::{LogConfig, SegmentLog};
     use super::*;
@@ -1053,5 +1175,257 @@ mod tests {
         assert!(take_injected(&c));
         assert!(take_injected(&c));
         assert!(!take_injected(&c));
+    }
+
+    /// Every batch after the first rolls to a new segment.
+    fn roll_every_batch() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1,
+            ..plain()
+        }
+    }
+
+    /// Appends `msg(1)`, injects `steps` into the next roll, appends
+    /// `msg(2)` (answered), then `msg(3)` if the log is still writable.
+    async fn roll_with_faults(
+        dir: &std::path::Path,
+        steps: &[CreateStep],
+    ) -> (SegmentLog, Result<Appended, AppendError>) {
+        let (log, _, _) = open(dir, roll_every_batch());
+        assert_eq!(log.append(msg(1)).await.unwrap().location.segment, 1);
+        log.test_shared()
+            .inject_create_errors
+            .lock()
+            .extend_from_slice(steps);
+        let second = log.append(msg(2)).await;
+        assert!(log.test_shared().inject_create_errors.lock().is_empty());
+        (log, second)
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_roll_that_made_no_file_keeps_appending_to_the_current_segment() {
+        for step in [CreateStep::Header, CreateStep::Rename] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, second) = roll_with_faults(dir.path(), &[step]).await;
+            let second = second.unwrap();
+            assert_eq!((second.seq, second.location.segment), (2, 1), "{step:?}");
+            // No file of the failed segment's name (nor its temporary).
+            assert_eq!(names(dir.path()), vec![segment_file_name(1)], "{step:?}");
+            let third = log.append(msg(3)).await.unwrap();
+            assert_eq!((third.seq, third.location.segment), (3, 3));
+            crash(log);
+            let (log, report, metas) = open(dir.path(), roll_every_batch());
+            assert_eq!(seqs(&metas), vec![1, 2, 3], "{step:?}: nothing acked lost");
+            assert_eq!((report.next_seq, report.corrupt_regions), (4, 0));
+            assert_eq!(log.append(msg(4)).await.unwrap().seq, 4);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_roll_whose_rename_happened_adopts_the_new_segment() {
+        for step in [CreateStep::RenameReported, CreateStep::SyncDir] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, second) = roll_with_faults(dir.path(), &[step]).await;
+            let second = second.unwrap();
+            assert_eq!((second.seq, second.location.segment), (2, 2), "{step:?}");
+            assert_eq!(log.failed(), None);
+            let third = log.append(msg(3)).await.unwrap();
+            assert_eq!((third.seq, third.location.segment), (3, 3));
+            crash(log);
+            let (_log, report, metas) = open(dir.path(), roll_every_batch());
+            assert_eq!(seqs(&metas), vec![1, 2, 3], "{step:?}");
+            assert_eq!((report.next_seq, report.corrupt_regions), (4, 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_segment_whose_entry_cannot_be_synced_fails_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let steps = [CreateStep::SyncDir, CreateStep::SyncDir];
+        let (log, second) = roll_with_faults(dir.path(), &steps).await;
+        let err = second.unwrap_err();
+        assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        assert!(log.failed().is_some());
+        let err = log.append(msg(3)).await.unwrap_err();
+        assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        assert!(log.close().await.is_err());
+        drop(log);
+        // Seq 2 was never acked: handing it out again is safe.
+        let (log, report, metas) = open(dir.path(), roll_every_batch());
+        assert_eq!((seqs(&metas), report.next_seq), (vec![1], 2));
+        let a = log.append(msg(4)).await.unwrap();
+        assert_eq!((a.seq, a.location.segment), (2, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_commit_hook_fails_the_log_instead_of_hanging_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // The hook stops in batch "s.2" until the test has queued more
+        // appends behind it, then panics.
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let hook_chans = Mutex::new((entered_tx, go_rx));
+        let config = LogConfig {
+            on_commit: Some(Arc::new(move |batch: &[Committed<'_>]| {
+                if batch.iter().any(|c| c.message.subject == "s.2") {
+                    let chans = hook_chans.lock();
+                    let _ = chans.0.send(());
+                    let _ = chans.1.recv();
+                    panic!("hook bug");
+                }
+            })),
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config);
+        let log = Arc::new(log);
+        assert_eq!(log.append(msg(1)).await.unwrap().seq, 1);
+        let in_hook = spawn_appends(&log, 2..3);
+        tokio::task::spawn_blocking(move || entered_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let queued = spawn_appends(&log, 3..5);
+        wait_queued(&log, 2).await;
+        go_tx.send(()).unwrap();
+        // Bounded only so that a regression fails instead of hanging.
+        let limit = Duration::from_secs(30);
+        let within = |t| tokio::time::timeout(limit, t);
+        for t in in_hook.into_iter().chain(queued) {
+            let err = within(t).await.expect("append hangs").unwrap().unwrap_err();
+            assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        }
+        let reason = log.failed().expect("the log failed");
+        assert!(
+            reason.contains("writer thread panicked: hook bug"),
+            "{reason}"
+        );
+        let err = tokio::time::timeout(limit, log.append(msg(5)))
+            .await
+            .expect("append hangs")
+            .unwrap_err();
+        assert!(matches!(err.error, LogError::Failed { .. }), "{err:?}");
+        assert_eq!(*err.message, msg(5));
+        let closed = tokio::time::timeout(limit, log.close())
+            .await
+            .expect("close hangs");
+        assert!(matches!(closed, Err(LogError::Failed { .. })), "{closed:?}");
+        assert!(matches!(log.close().await, Err(LogError::Failed { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_huge_sync_interval_means_no_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            sync: SyncPolicy::Interval(Duration::MAX),
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config.clone());
+        for i in 1..=3 {
+            assert_eq!(log.append(msg(i)).await.unwrap().seq, i);
+        }
+        assert_eq!(log.failed(), None);
+        log.close().await.unwrap();
+        assert_eq!(log.stats().syncs, 1, "synced at close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn running_out_of_seqs_is_an_error_not_an_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            min_next_seq: u64::MAX - 1,
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config.clone());
+        let log = Arc::new(log);
+        // One batch of three with one seq left.
+        let gate = log.test_queue().gate.lock();
+        let tasks = spawn_appends(&log, 0..3);
+        wait_queued(&log, 3).await;
+        drop(gate);
+        let mut ok = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(a) => ok.push(a.seq),
+                Err(e) => assert!(matches!(e.error, LogError::SeqsExhausted), "{e:?}"),
+            }
+        }
+        assert_eq!(ok, vec![u64::MAX - 1]);
+        assert_eq!(log.next_seq(), u64::MAX);
+        let err = log.append(msg(9)).await.unwrap_err();
+        assert!(matches!(err.error, LogError::SeqsExhausted), "{err:?}");
+        assert_eq!(log.failed(), None, "reads and close still work");
+        log.close().await.unwrap();
+        drop(log);
+
+        // A stray segment file named u64::MAX: the same refusal.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(segment_file_name(u64::MAX)), b"").unwrap();
+        let (log, report, _) = open(dir.path(), plain());
+        assert_eq!(report.next_seq, u64::MAX);
+        let err = log.append(msg(1)).await.unwrap_err();
+        assert!(matches!(err.error, LogError::SeqsExhausted), "{err:?}");
+        log.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_interval_sync_leaves_the_writer_parked_not_spinning() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            // The deadline passes as soon as anything is written.
+            sync: SyncPolicy::Interval(Duration::ZERO),
+            ..plain()
+        };
+        let (log, _, _) = open(dir.path(), config);
+        let shared = log.test_shared();
+        let queue = log.test_queue();
+        // Polls are bounded only so that a regression fails, not hangs.
+        let wait_until = |waits: u64| async move {
+            for _ in 0..10_000 {
+                if queue.untimed_waits.load(Ordering::Relaxed) >= waits {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            false
+        };
+        // Loop 1 waits idle (untimed wait 1) and takes the batch; loop 2's
+        // deadline has passed: the sync fails; loop 3 waits idle for good
+        // (untimed wait 2).
+        assert!(wait_until(1).await, "the writer never went idle");
+        shared.inject_sync_errors.store(1, Ordering::Release);
+        log.append(msg(1)).await.unwrap();
+        let parked = wait_until(2).await;
+        assert!(log.failed().is_some());
+        assert!(parked, "the writer never went idle after the failed sync");
+        assert_eq!(shared.writer_loops.load(Ordering::Relaxed), 3);
+        assert_eq!(queue.untimed_waits.load(Ordering::Relaxed), 2);
+        assert!(matches!(log.close().await, Err(LogError::Failed { .. })));
+        assert_eq!(shared.writer_loops.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn never_syncs_each_sealed_segment_so_a_clean_close_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            sync: SyncPolicy::Never,
+            ..roll_every_batch()
+        };
+        let (log, _, _) = open(dir.path(), config);
+        for i in 1..=3 {
+            assert_eq!(log.append(msg(i)).await.unwrap().location.segment, i);
+        }
+        // Segments 1 and 2 were sealed by a roll, each synced then.
+        assert_eq!(log.stats().syncs, 2);
+        log.close().await.unwrap();
+        assert_eq!(log.stats().syncs, 3, "close syncs the active one");
     }
 }

@@ -251,7 +251,8 @@ struct Persist {
 }
 
 impl SegmentBus {
-    /// Opens (creating if needed) the bus in `dir`, enforcing `limits`:
+    /// Opens (creating if needed, durably: a new directory's entry is synced
+    /// in its parent) the bus in `dir`, enforcing `limits`:
     /// recovers the log, restores the durable consumers and their positions,
     /// and starts the state-sync thread. Blocking (file I/O, a scan of the
     /// whole log): call it before serving, or from `spawn_blocking`.
@@ -267,7 +268,8 @@ impl SegmentBus {
                 "cannot open the segment bus in {shown}: {what}: {e}"
             ))
         };
-        std::fs::create_dir_all(&dir).map_err(|e| fail("create directory", &e))?;
+        crate::segment::state_file::create_dir_durable(&dir)
+            .map_err(|e| fail("create directory", &e))?;
         let mut report = OpenReport::default();
 
         let manifest = load_manifest(&dir, &mut report).map_err(|e| fail("read", &e))?;
