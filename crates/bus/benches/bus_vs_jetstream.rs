@@ -35,7 +35,9 @@
 //! `SPILLWAY_BENCH_MESSAGES` (default 100 000), `SPILLWAY_BENCH_ROUNDS`
 //! (default 3) and `SPILLWAY_BENCH_PUBLISHERS` (default 64) change the run.
 //! `SPILLWAY_BENCH_ONLY=segment` runs only the segment bus rounds (no
-//! server; for profiling the segment bus alone).
+//! server; for profiling the segment bus alone), `SPILLWAY_BENCH_SYNC=never`
+//! runs them with `SyncPolicy::Never` (the publish path's CPU ceiling), and
+//! `SPILLWAY_BENCH_WORKERS` (default 2) sizes the tokio runtime.
 //!
 //! What the comparison does not say: a JetStream 2.9 PubAck means the
 //! message is in the server's page cache (file storage syncs on an
