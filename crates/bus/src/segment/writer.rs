@@ -302,7 +302,15 @@ impl Queue {
         let permits = encoded_len.min(self.capacity) as u32;
         let permit = match Arc::clone(&self.space).acquire_many_owned(permits).await {
             Ok(p) => p,
-            Err(_) => return fail(LogError::Closed, message),
+            // The queue also closes when the log fails (a writer panic):
+            // say why rather than "closed".
+            Err(_) => {
+                let error = match shared.failed() {
+                    Some(reason) => LogError::Failed { reason },
+                    None => LogError::Closed,
+                };
+                return fail(error, message);
+            }
         };
         let (tx, rx) = oneshot::channel();
         let wake = {

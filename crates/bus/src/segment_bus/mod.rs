@@ -76,10 +76,13 @@
 //!   is rebuilt from the consumer files. `open` fails only on I/O errors
 //!   (and an unknown segment format), with the path in the message.
 //! - **Bounded memory** (guarantee 4): no payload is kept in memory. Each
-//!   retained message costs one index entry of 80 bytes (`seq` key, the
-//!   stream's slot and its [`Location`]) in a B-tree that in-order appends
-//!   leave about 55 % full: about 152 bytes in all (measured by
-//!   `memory_per_retained_message_is_small_and_bounded`), plus its subject
+//!   retained message costs one index entry of 80 bytes (`seq`, the
+//!   stream's slot and its [`Location`]) in a ring indexed by seq, at most
+//!   half of whose entries are holes left by out-of-order releases and
+//!   whose capacity is at most twice its entries: about 105 bytes in all
+//!   when released in order (measured by
+//!   `memory_per_retained_message_is_small_and_bounded`), at most 240
+//!   bytes with holes, plus its subject
 //!   string once per distinct subject. Retained messages are bounded by
 //!   `max_msgs` (and `max_bytes`): set one of them, the index has no other
 //!   bound. Each consumer adds about 113 bytes per pending (delivered,
@@ -690,18 +693,12 @@ impl Inner {
         };
         // Held until the append is answered (or this future is dropped): the
         // commit hook has indexed the message by then, if it was stored.
-        let mut reservation = (admitted == Admitted::Held).then(|| Reservation {
+        let _reservation = (admitted == Admitted::Held).then(|| Reservation {
             shared: &self.shared,
             size,
-            stored: false,
         });
         match self.log.append(message).await {
-            Ok(appended) => {
-                if let Some(r) = &mut reservation {
-                    r.stored = true;
-                }
-                Ok(appended.seq)
-            }
+            Ok(appended) => Ok(appended.seq),
             Err(AppendError { error, message }) => {
                 let message = *message;
                 Err(match error {
@@ -727,12 +724,31 @@ impl Inner {
     /// does not exist. A new consumer is on disk before this returns: its
     /// state file, then the metadata listing it (a crash in between leaves
     /// a state file the next open adopts). If either write fails the
-    /// consumer is taken out again and the bind fails with `Unavailable`.
-    /// `persist` is held throughout, so no delete, bind or state sync runs
-    /// in between (and the metadata lists no consumer whose state file is
-    /// not written). Blocking file I/O.
+    /// consumer is taken out again and the bind fails with `Unavailable` —
+    /// except the first consumer of the stream: adding it released the
+    /// messages it does not want (held only because there was no
+    /// consumer), which cannot be undone, so it stays, marked for the
+    /// state sync to write; until then a restart finds no consumer and
+    /// holds every record, so nothing is lost. Creating holds `persist`
+    /// throughout, so no delete, bind or state sync runs in between (and
+    /// the metadata lists no consumer whose state file is not written).
+    /// Binding an existing consumer takes the stream lock only. Blocking
+    /// file I/O.
     fn bind(&self, mut config: ConsumerConfig) -> Result<(ConsumerId, Arc<Notify>), BusError> {
         let name = config.name.clone();
+        // Stored in nanoseconds as a u64 (≈ 584 years): what is read back
+        // after a restart must equal what is bound again.
+        config.ack_wait = config.ack_wait.min(Duration::from_nanos(u64::MAX));
+        {
+            let mut st = self.shared.lock();
+            if st.find_consumer(&name).is_some() {
+                if st.closed {
+                    return Err(BusError::Closed);
+                }
+                // The existing one, or ConsumerMismatch: nothing to write.
+                return st.add_consumer(config, Instant::now());
+            }
+        }
         if config.max_ack_pending > MAX_ACK_PENDING {
             return Err(BusError::InvalidConsumer {
                 name,
@@ -743,14 +759,11 @@ impl Inner {
                 ),
             });
         }
-        // Stored in nanoseconds as a u64 (≈ 584 years): what is read back
-        // after a restart must equal what is bound again.
-        config.ack_wait = config.ack_wait.min(Duration::from_nanos(u64::MAX));
         let mut p = self.persist.lock();
         if self.shared.lock().find_consumer(&name).is_none() {
             self.finish_delete(&mut p, &name)?;
         }
-        let (id, wake, snapshot, manifest) = {
+        let (id, wake, snapshot, manifest, first) = {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(BusError::Closed);
@@ -762,7 +775,8 @@ impl Inner {
             if st.consumers.len() == before {
                 return Ok((id, wake));
             }
-            (id, wake, st.snapshot(id, true), manifest_of(&st))
+            let first = before == 0;
+            (id, wake, st.snapshot(id, true), manifest_of(&st), first)
         };
         let Some(snapshot) = snapshot else {
             return Ok((id, wake));
@@ -779,6 +793,18 @@ impl Inner {
                 Ok((id, wake))
             }
             Err(e) => {
+                // The metadata write may have failed after its rename: make
+                // the next state sync write it whatever it compares to.
+                p.stored_manifest = None;
+                if first {
+                    warn!(consumer = %name, error = %e, "cannot write the first consumer's state; kept, and written by the next state sync (until then a restart holds every record)");
+                    if let Some(c) = self.shared.lock().consumers.get_mut(&id) {
+                        c.dirty = true;
+                    }
+                    return Ok((id, wake));
+                }
+                // Not the first: adding it changed nothing but the holder
+                // counts its removal takes back.
                 self.shared.lock().remove_consumer(id, Instant::now());
                 // Unlisted, so an open would adopt it: best effort.
                 if let Err(e2) = file.remove() {
@@ -917,14 +943,11 @@ fn manifest_without(stored: &Manifest, name: &str) -> Manifest {
 struct Reservation<'a> {
     shared: &'a Shared<Location>,
     size: u64,
-    /// The append succeeded: the commit hook stored the message in the
-    /// reserved room.
-    stored: bool,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.shared.lock().unreserve(self.size, self.stored);
+        self.shared.lock().unreserve(self.size);
     }
 }
 

@@ -652,17 +652,25 @@ async fn deleting_the_last_consumer_does_not_bring_its_messages_back_after_a_res
     assert_eq!(seq_list(&drain(&next).await), [6]);
 }
 
+/// Makes writing consumer `name`'s state file fail (as a full disk would)
+/// by putting a directory where its temporary copy goes; returns that path.
+fn block_state_file(dir: &Path, name: &str) -> PathBuf {
+    let file = state::consumer_file(dir, name);
+    let mut tmp = file.path().as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::write(tmp.join("x"), b"x").unwrap();
+    tmp
+}
+
 #[tokio::test]
 async fn a_consumer_that_cannot_be_written_is_not_created() {
     let dir = tempfile::tempdir().unwrap();
     let (bus, _) = open(dir.path());
-    // A directory where the state file's temporary copy goes makes the
-    // write fail (as a full disk would).
+    let keep = bus.consumer(ConsumerConfig::new("keep")).await.unwrap();
     let file = state::consumer_file(dir.path(), "n");
-    let mut tmp = file.path().as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    std::fs::write(std::path::Path::new(&tmp).join("x"), b"x").unwrap();
+    let tmp = block_state_file(dir.path(), "n");
     let err = bus
         .consumer(ConsumerConfig::new("n"))
         .await
@@ -672,17 +680,40 @@ async fn a_consumer_that_cannot_be_written_is_not_created() {
         matches!(&err, BusError::Unavailable(why) if why.contains("cannot create consumer")),
         "{err:?}"
     );
-    assert_eq!(bus.stats().consumers, 0);
+    assert_eq!(bus.stats().consumers, 1);
     assert!(!file.path().exists());
     std::fs::remove_dir_all(&tmp).unwrap();
     let n = bus.consumer(ConsumerConfig::new("n")).await.unwrap();
     let seq = bus.publish(numbered(1)).await.unwrap();
     bus.crash().await;
-    drop(n);
+    drop((n, keep));
     let (bus, report) = open(dir.path());
-    assert_eq!((report.consumers, report.held), (1, 1), "{report:?}");
+    assert_eq!((report.consumers, report.held), (2, 1), "{report:?}");
     let n = bus.consumer(ConsumerConfig::new("n")).await.unwrap();
     assert_eq!(seq_list(&drain(&n).await), [seq]);
+}
+
+#[tokio::test]
+async fn a_first_consumer_that_cannot_be_written_keeps_every_held_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, _) = open_with(dir.path(), unlimited(), manual_sync());
+    // Held only because there is no consumer yet; "a.*" wants none of them.
+    let seqs = publish_range(&bus, 0..3).await;
+    let tmp = block_state_file(dir.path(), "first");
+    let mut config = ConsumerConfig::new("first");
+    config.filter_subjects = vec!["a.>".into()];
+    // Adding it released what it does not want: undoing that is not
+    // possible, so it stays and is written later.
+    let first = bus.consumer(config.clone()).await.unwrap();
+    assert_eq!(bus.stats().consumers, 1);
+    bus.crash().await;
+    drop(first);
+    // It never reached the disk: no consumer, so every record is held.
+    let (bus, report) = open_with(dir.path(), unlimited(), manual_sync());
+    assert_eq!((report.consumers, report.held), (0, 3), "{report:?}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let all = bus.consumer(ConsumerConfig::new("all")).await.unwrap();
+    assert_eq!(seq_list(&drain(&all).await), seqs);
 }
 
 #[tokio::test]

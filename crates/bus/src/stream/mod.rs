@@ -466,15 +466,15 @@ impl<B> Stream<B> {
         self.reserved_bytes = self.reserved_bytes.saturating_add(size);
     }
 
-    /// Undoes one [`reserve`](Self::reserve). `stored`: the message took
-    /// the reserved room (no room is freed, nobody to wake); otherwise the
-    /// room is free again and a producer may be waiting for it.
-    pub(crate) fn unreserve(&mut self, size: u64, stored: bool) {
+    /// Undoes one [`reserve`](Self::reserve).
+    pub(crate) fn unreserve(&mut self, size: u64) {
         self.reserved_msgs = self.reserved_msgs.saturating_sub(1);
         self.reserved_bytes = self.reserved_bytes.saturating_sub(size);
-        if !stored {
-            self.space.notify_waiters();
-        }
+        // Wakes even when the message was stored: a release while it was
+        // counted twice (stored and reserved) woke a producer too early,
+        // and the message may not have been stored at all (its consumers
+        // went away). A wake too many is cheap; one too few is not.
+        self.space.notify_waiters();
     }
 
     /// Counts a publish refused for a reason found after [`admit`](Self::admit)
@@ -621,7 +621,7 @@ mod tests {
         assert_eq!(stream.stats().discarded, 0);
 
         // With one reservation gone, deleting the stored message does make room.
-        stream.unreserve(10, false);
+        stream.unreserve(10);
         assert!(matches!(stream.admit("a", 10, now), Ok(Admitted::Held)));
         assert_eq!(stream.stats().discarded, 1);
     }

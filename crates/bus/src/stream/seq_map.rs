@@ -53,9 +53,9 @@ impl<V> SeqMap<V> {
 
     fn position(&self, seq: u64) -> Option<usize> {
         let first = self.entries.front()?.seq;
-        let direct = usize::try_from(seq.checked_sub(first)?).ok()?;
-        if self.entries.get(direct).is_some_and(|e| e.seq == seq) {
-            return Some(direct);
+        let direct = usize::try_from(seq.checked_sub(first)?).ok();
+        if let Some(i) = direct.filter(|&i| self.entries.get(i).is_some_and(|e| e.seq == seq)) {
+            return Some(i);
         }
         self.entries.binary_search_by_key(&seq, |e| e.seq).ok()
     }
@@ -145,8 +145,9 @@ impl<V> SeqMap<V> {
     }
 
     /// Restores the invariants after a removal: live entries at both ends,
-    /// holes at most as many as live entries (or a few), capacity at most
-    /// four times the entries.
+    /// holes at most half as many as live entries (or a few), capacity at
+    /// most twice the entries (or a few): at most three slots per live
+    /// entry.
     fn tidy(&mut self) {
         while self.entries.front().is_some_and(|e| e.value.is_none()) {
             self.entries.pop_front();
@@ -155,13 +156,15 @@ impl<V> SeqMap<V> {
             self.entries.pop_back();
         }
         let holes = self.entries.len() - self.live;
-        if holes > self.live && holes >= MIN_HOLES_TO_COMPACT {
+        if 2 * holes > self.live && holes >= MIN_HOLES_TO_COMPACT {
             self.entries.retain(|e| e.value.is_some());
         }
+        // Growth doubles at full capacity, so shrinking to 1.5× cannot
+        // alternate with it.
         let cap = self.entries.capacity();
-        if cap > MIN_CAPACITY && cap > 4 * self.entries.len() {
-            self.entries
-                .shrink_to((2 * self.entries.len()).max(MIN_CAPACITY));
+        let len = self.entries.len();
+        if cap > MIN_CAPACITY && cap > 2 * len {
+            self.entries.shrink_to((len + len / 2).max(MIN_CAPACITY));
         }
     }
 }
@@ -230,7 +233,7 @@ mod tests {
                     prop_assert_eq!(map.get(&seq), model.get(&seq));
                     prop_assert_eq!(map.contains_key(&seq), model.contains_key(&seq));
                 }
-                prop_assert!(map.entries.len() <= 2 * map.live + MIN_HOLES_TO_COMPACT);
+                prop_assert!(2 * map.entries.len() <= 3 * map.live + 2 * MIN_HOLES_TO_COMPACT);
             }
             for v in map.values_mut() {
                 *v += 1;
@@ -252,7 +255,7 @@ mod tests {
             }
         }
         assert_eq!(map.len(), 100);
-        assert!(map.entries.len() <= 2 * 100 + MIN_HOLES_TO_COMPACT);
+        assert!(map.entries.len() <= 150 + MIN_HOLES_TO_COMPACT);
         assert!(map.entries.capacity() <= 1024, "{}", map.entries.capacity());
         assert_eq!(map.get(&99_001), Some(&99_001));
         assert_eq!(map.get(&99_002), None);
