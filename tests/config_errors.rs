@@ -954,6 +954,64 @@ spec:
     assert_eq!(config.bus.replicas, 3);
 }
 
+#[test]
+fn sync_interval_sets_the_embedded_bus_policy_and_says_what_it_risks() {
+    use spillway_bus::segment::SyncPolicy;
+    use std::time::Duration;
+    let bus = |body: &str| {
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: EventBus\nmetadata:\n  name: default\nspec:\n  jetstream:\n{body}"
+        )
+    };
+    let config = expect_ok(&bus("    settings: |\n      max_msgs: 10\n"), &[]);
+    assert_eq!(config.bus.sync, SyncPolicy::Always);
+    let config = expect_ok(
+        &bus("    settings: |\n      sync_interval: 100ms\n"),
+        &[warning(
+            8,
+            22,
+            &["an OS crash or power loss can lose up to 100ms"],
+        )],
+    );
+    assert_eq!(
+        config.bus.sync,
+        SyncPolicy::Interval(Duration::from_millis(100))
+    );
+    let config = expect_ok(
+        &bus("    streamConfig: |\n      syncInterval: never\n"),
+        &[warning(8, 21, &["the OS decides when to write them"])],
+    );
+    assert_eq!(config.bus.sync, SyncPolicy::Never);
+    let config = expect_ok(&bus("    settings: |\n      sync_interval: always\n"), &[]);
+    assert_eq!(config.bus.sync, SyncPolicy::Always);
+    expect_ok(
+        &bus("    url: nats://127.0.0.1:4222\n    settings: |\n      sync_interval: 1s\n"),
+        &[warning(9, 22, &["applies to the embedded bus"])],
+    );
+    expect_errors(
+        &bus("    settings: |\n      sync_interval: sometimes\n"),
+        &[error(
+            8,
+            22,
+            &[
+                "invalid sync_interval \"sometimes\"",
+                "`always`, `never` or a duration",
+            ],
+        )],
+    );
+    expect_errors(
+        &bus("    settings: |\n      sync_interval: 0s\n"),
+        &[error(8, 22, &["above zero"])],
+    );
+    expect_errors(
+        &bus("    settings: |\n      sync_interval: always\n    streamConfig: |\n      syncInterval: never\n"),
+        &[
+            error(10, 21, &["`sync_interval` is set twice"]),
+            warning(10, 21, &["the OS decides when to write them"]),
+        ],
+    );
+}
+
 // ---------------------------------------------------- several errors, one run
 
 #[test]

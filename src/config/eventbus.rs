@@ -3,6 +3,10 @@
 //! (`max_msgs`, `max_bytes`, …) and Argo's `streamConfig` with camelCase keys
 //! (`maxMsgs`, `maxBytes`, …). Both are YAML embedded in a string (a mapping
 //! is accepted too); errors inside them point at the line in the outer file.
+//!
+//! `sync_interval` (`syncInterval`) is spillway's: when the embedded bus
+//! forces appended events to disk. The name and values follow nats-server's
+//! `jetstream { sync_interval }` (`always`, or a duration), plus `never`.
 
 use super::decode::Spanned;
 use super::values::{one_of, ByteSize, GoDuration, ObjectMeta};
@@ -60,6 +64,8 @@ pub struct SettingsLimits {
     pub max_payload: Option<Spanned<ByteSize>>,
     /// Stream replicas on a JetStream cluster (see [`StreamConfigLimits::replicas`]).
     pub replicas: Option<Spanned<i64>>,
+    /// The embedded bus's sync policy (see [`SyncInterval`]).
+    pub sync_interval: Option<Spanned<SyncInterval>>,
 }
 
 /// Limits in Argo's camelCase `streamConfig` form.
@@ -78,6 +84,38 @@ pub struct StreamConfigLimits {
     /// config says 3; spillway defaults to 1 so a single server works).
     /// The embedded bus is one machine and ignores it, with a warning.
     pub replicas: Option<Spanned<i64>>,
+    /// The embedded bus's sync policy (see [`SyncInterval`]).
+    pub sync_interval: Option<Spanned<SyncInterval>>,
+}
+
+/// When the embedded bus forces appended events to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncInterval {
+    /// `always` (the default): an `fdatasync` covers every event before its
+    /// producer is answered.
+    Always,
+    /// A duration: answer after the write, `fdatasync` at most this long
+    /// after it.
+    Every(std::time::Duration),
+    /// `never`: leave flushing to the OS.
+    Never,
+}
+
+impl<'de> Deserialize<'de> for SyncInterval {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.trim().to_ascii_lowercase().as_str() {
+            "always" => Ok(SyncInterval::Always),
+            "never" => Ok(SyncInterval::Never),
+            _ => match super::values::parse_duration(&text) {
+                Ok(d) if !d.is_zero() => Ok(SyncInterval::Every(d)),
+                _ => Err(de::Error::custom(format!(
+                    "invalid sync_interval {text:?}; expected `always`, `never` or a duration \
+                     above zero like 100ms or 2m"
+                ))),
+            },
+        }
+    }
 }
 
 /// `discard: new` (reject, the default) or `old` (delete the oldest).

@@ -8,7 +8,7 @@
 use super::alerts::AlertRules;
 use super::decode::decode;
 use super::diagnostic::{Diagnostic, Diagnostics, Severity};
-use super::eventbus::{Discard, EventBus, SettingsLimits, StreamConfigLimits};
+use super::eventbus::{Discard, EventBus, SettingsLimits, StreamConfigLimits, SyncInterval};
 use super::fetch::FetchLimits;
 use super::suggest::did_you_mean;
 use super::yaml::{parse_documents, Node, Pos, Value};
@@ -212,11 +212,15 @@ fn load_document(file: &Path, text: &str, doc: &Node, loaded: &mut Loaded, diags
                      is one machine and ignores it",
                 );
             }
+            if let Some(pos) = stream.sync_pos {
+                sync_warning(url.is_some(), stream.sync, pos, diags);
+            }
             loaded.config.bus = BusConfig {
                 name: name.as_ref().map(|n| n.name.clone()).unwrap_or_default(),
                 url,
                 limits: stream.limits,
                 replicas: stream.replicas,
+                sync: stream.sync,
             };
         }
     }
@@ -430,6 +434,45 @@ struct StreamSettings {
     replicas: usize,
     /// Where `replicas` was set, if it was.
     replicas_pos: Option<Pos>,
+    sync: spillway_bus::segment::SyncPolicy,
+    /// Where `sync_interval` was set, if it was.
+    sync_pos: Option<Pos>,
+}
+
+/// What a `sync_interval` other than `always` risks, or that a JetStream
+/// server ignores it (its own `jetstream { sync_interval }` decides).
+fn sync_warning(
+    jetstream: bool,
+    sync: spillway_bus::segment::SyncPolicy,
+    pos: Pos,
+    diags: &Diagnostics,
+) {
+    use spillway_bus::segment::SyncPolicy;
+    if jetstream {
+        diags.warning(
+            pos,
+            "`sync_interval` applies to the embedded bus; a JetStream server syncs as its own \
+             `jetstream { sync_interval }` says",
+        );
+        return;
+    }
+    match sync {
+        SyncPolicy::Always => {}
+        SyncPolicy::Interval(d) => diags.warning(
+            pos,
+            format!(
+                "producers are answered before their events are on disk: an OS crash or power \
+                 loss can lose up to {} of accepted events (a process crash loses none)",
+                humantime::format_duration(d)
+            ),
+        ),
+        SyncPolicy::Never => diags.warning(
+            pos,
+            "producers are answered before their events are on disk and the OS decides when \
+             to write them: an OS crash or power loss can lose accepted events (a process \
+             crash loses none)",
+        ),
+    }
 }
 
 /// Most replicas JetStream allows for a stream.
@@ -443,6 +486,8 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<StreamSetti
         limits: spillway_bus::Limits::default(),
         replicas: 1,
         replicas_pos: None,
+        sync: spillway_bus::segment::SyncPolicy::Always,
+        sync_pos: None,
     };
     let mut ok = true;
     let mut set_by: Vec<(&'static str, Pos)> = Vec::new();
@@ -481,6 +526,7 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<StreamSetti
                         max_age: s.max_age,
                         discard: s.discard,
                         replicas: s.replicas,
+                        sync_interval: s.sync_interval,
                     },
                     diags,
                     &mut note,
@@ -501,6 +547,7 @@ fn bus_limits(text: &str, doc: &Node, diags: &Diagnostics) -> Option<StreamSetti
                     max_age: s.max_age,
                     discard: s.discard,
                     replicas: s.replicas,
+                    sync_interval: s.sync_interval,
                 },
                 diags,
                 &mut note,
@@ -525,6 +572,7 @@ struct LimitFields {
     max_age: Option<super::Spanned<super::values::GoDuration>>,
     discard: Option<super::Spanned<Discard>>,
     replicas: Option<super::Spanned<i64>>,
+    sync_interval: Option<super::Spanned<SyncInterval>>,
 }
 
 fn apply(
@@ -579,6 +627,15 @@ fn apply(
                 ),
             );
         }
+    }
+    if let Some(v) = fields.sync_interval {
+        note("sync_interval", v.pos, diags);
+        stream.sync_pos = Some(v.pos);
+        stream.sync = match v.value {
+            SyncInterval::Always => spillway_bus::segment::SyncPolicy::Always,
+            SyncInterval::Every(d) => spillway_bus::segment::SyncPolicy::Interval(d),
+            SyncInterval::Never => spillway_bus::segment::SyncPolicy::Never,
+        };
     }
     if let Some(v) = fields.discard {
         note("discard", v.pos, diags);

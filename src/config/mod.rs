@@ -62,6 +62,8 @@ pub struct BusConfig {
     pub limits: spillway_bus::Limits,
     /// JetStream stream replicas (1 unless the EventBus says otherwise).
     pub replicas: usize,
+    /// When the embedded bus syncs (`sync_interval`; `Always` by default).
+    pub sync: spillway_bus::segment::SyncPolicy,
 }
 
 impl Default for BusConfig {
@@ -71,6 +73,7 @@ impl Default for BusConfig {
             url: None,
             limits: spillway_bus::Limits::default(),
             replicas: 1,
+            sync: spillway_bus::segment::SyncPolicy::Always,
         }
     }
 }

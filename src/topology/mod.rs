@@ -149,10 +149,20 @@ pub async fn run_until(
         }
         None => {
             let dir = options.data_dir.clone();
-            let (bus, lock) = tokio::task::spawn_blocking(move || open_embedded_bus(&dir, limits))
-                .await
-                .map_err(|e| RunError::Config(format!("opening the embedded bus: {e}")))??;
-            let backend = format!("embedded and durable in {}", options.data_dir.display());
+            let sync = config.bus.sync;
+            let (bus, lock) =
+                tokio::task::spawn_blocking(move || open_embedded_bus(&dir, limits, sync))
+                    .await
+                    .map_err(|e| RunError::Config(format!("opening the embedded bus: {e}")))??;
+            let backend = match sync {
+                spillway_bus::segment::SyncPolicy::Always => {
+                    format!("embedded and durable in {}", options.data_dir.display())
+                }
+                other => format!(
+                    "embedded in {} (sync_interval {other:?}: not every accepted event is on disk)",
+                    options.data_dir.display()
+                ),
+            };
             (bus.clone(), Some(bus), Some(lock), backend)
         }
     };
@@ -599,6 +609,7 @@ struct Workflows<'a> {
 fn open_embedded_bus(
     dir: &std::path::Path,
     limits: spillway_bus::Limits,
+    sync: spillway_bus::segment::SyncPolicy,
 ) -> Result<(Arc<SegmentBus>, std::fs::File), RunError> {
     let unusable = |what: &str, e: std::io::Error| {
         RunError::Config(format!("--data-dir {}: {what}: {e}", dir.display()))
@@ -617,7 +628,9 @@ fn open_embedded_bus(
             dir.display()
         )));
     }
-    let (bus, report) = SegmentBus::open(dir, limits, SegmentBusOptions::default())?;
+    let mut options = SegmentBusOptions::default();
+    options.log.sync = sync;
+    let (bus, report) = SegmentBus::open(dir, limits, options)?;
     let recovery = &report.recovery;
     if recovery.corrupt_regions > 0 || recovery.bytes_truncated > 0 {
         tracing::warn!(
@@ -1143,5 +1156,32 @@ fn refuse_unsupported(config: &Config) -> Result<(), RunError> {
         Ok(())
     } else {
         Err(RunError::Config(problems.join("\n")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spillway_bus::segment::SyncPolicy;
+
+    /// `sync_interval` reaches the segment log: `always` syncs per publish,
+    /// `never` not at all.
+    #[tokio::test]
+    async fn the_embedded_bus_syncs_as_the_eventbus_says() {
+        for (sync, synced) in [(SyncPolicy::Always, true), (SyncPolicy::Never, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (bus, _lock) =
+                open_embedded_bus(dir.path(), spillway_bus::Limits::default(), sync).unwrap();
+            let before = bus.log_stats().syncs;
+            bus.publish(spillway_bus::Message {
+                subject: "s".into(),
+                headers: Vec::new(),
+                payload: bytes::Bytes::from_static(b"x"),
+            })
+            .await
+            .unwrap();
+            assert_eq!(bus.log_stats().syncs > before, synced, "{sync:?}");
+            bus.close().await;
+        }
     }
 }
