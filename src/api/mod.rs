@@ -37,6 +37,9 @@ pub struct AdminState {
     /// `embedded` or `jetstream`.
     pub backend: &'static str,
     pub bus: Arc<dyn Bus>,
+    /// The embedded bus, when it is the one in use (its log's metrics and
+    /// read-only state).
+    pub embedded: Option<Arc<spillway_bus::segment_bus::SegmentBus>>,
     pub triggers: Vec<TriggerHandle>,
     /// Every configured event of every EventSource (their outcome counters
     /// are looked up by these names; the metric families cannot be listed).
@@ -63,6 +66,10 @@ impl AdminState {
         self.metrics.refresh_process();
         self.metrics
             .refresh_bus(&self.stream, &self.bus.limits(), &self.bus.stats());
+        if let Some(embedded) = &self.embedded {
+            self.metrics
+                .refresh_log(&self.stream, &embedded.log_stats());
+        }
         self.metrics
             .set_backlog_events(self.backlog.store().events());
         for t in &self.triggers {
@@ -118,8 +125,18 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    let failed = state
+        .embedded
+        .as_ref()
+        .and_then(|bus| bus.log_stats().failed);
     if state.draining.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if let Some(reason) = failed {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("event bus is read-only until restarted: {reason}\n"),
+        )
+            .into_response()
     } else if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -240,6 +240,7 @@ impl NotificationOutcome {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+type FloatCounter = Counter<f64, AtomicU64>;
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 type TotalsFamily<L> = Family<L, TotalsHistogram, fn() -> TotalsHistogram>;
 
@@ -315,6 +316,12 @@ pub struct Metrics {
     bus_published: Family<StreamLabels, Counter>,
     bus_rejected: Family<ReasonLabels, Counter>,
     bus_discarded: Family<StreamLabels, Counter>,
+    bus_log_syncs: Family<StreamLabels, Counter>,
+    bus_log_sync_seconds: Family<StreamLabels, FloatCounter>,
+    bus_log_write_errors: Family<StreamLabels, Counter>,
+    bus_log_segments: Family<StreamLabels, Gauge>,
+    bus_log_disk_bytes: Family<StreamLabels, Gauge>,
+    bus_log_failed: Family<StreamLabels, Gauge>,
     consumer_lag: Family<TriggerLabels, Gauge>,
     consumer_ack_pending: Family<TriggerLabels, Gauge>,
     oldest_unacked_age: Family<TriggerLabels, FloatGauge>,
@@ -361,6 +368,12 @@ impl Metrics {
             bus_published: Family::default(),
             bus_rejected: Family::default(),
             bus_discarded: Family::default(),
+            bus_log_syncs: Family::default(),
+            bus_log_sync_seconds: Family::default(),
+            bus_log_write_errors: Family::default(),
+            bus_log_segments: Family::default(),
+            bus_log_disk_bytes: Family::default(),
+            bus_log_failed: Family::default(),
             consumer_lag: Family::default(),
             consumer_ack_pending: Family::default(),
             oldest_unacked_age: Family::default(),
@@ -418,6 +431,36 @@ impl Metrics {
             "bus_discarded",
             "Messages deleted by discard: old or max_age before every consumer released them",
             m.bus_discarded.clone(),
+        );
+        registry.register(
+            "bus_log_syncs",
+            "fdatasync calls of the embedded bus's segment log (one per group commit under sync_interval: always)",
+            m.bus_log_syncs.clone(),
+        );
+        registry.register(
+            "bus_log_sync_seconds",
+            "Time spent in those fdatasync calls (divide by bus_log_syncs for the mean)",
+            m.bus_log_sync_seconds.clone(),
+        );
+        registry.register(
+            "bus_log_write_errors",
+            "Failed writes and syncs of the embedded bus's segment log",
+            m.bus_log_write_errors.clone(),
+        );
+        registry.register(
+            "bus_log_segments",
+            "Segment files of the embedded bus (one open file each)",
+            m.bus_log_segments.clone(),
+        );
+        registry.register(
+            "bus_log_disk_bytes",
+            "Bytes of records and headers in the embedded bus's segment files",
+            m.bus_log_disk_bytes.clone(),
+        );
+        registry.register(
+            "bus_log_failed",
+            "1 once the embedded bus's log turned read-only after a failed write or sync (every publish fails until a restart)",
+            m.bus_log_failed.clone(),
         );
         registry.register(
             "consumer_lag",
@@ -790,6 +833,36 @@ impl Metrics {
         }
     }
 
+    /// Mirrors the embedded bus's segment log into the `bus_log_*` series.
+    pub fn refresh_log(&self, stream: &str, stats: &spillway_bus::segment::LogStats) {
+        let _guard = self.refresh_lock.lock();
+        let labels = StreamLabels {
+            stream: stream.to_string(),
+        };
+        advance(&self.bus_log_syncs.get_or_create(&labels), stats.syncs);
+        let seconds = self.bus_log_sync_seconds.get_or_create(&labels);
+        let delta = stats.sync_time.as_secs_f64() - seconds.get();
+        if delta > 0.0 {
+            seconds.inc_by(delta);
+        }
+        advance(
+            &self.bus_log_write_errors.get_or_create(&labels),
+            stats.write_errors,
+        );
+        set_gauge(
+            &self.bus_log_segments.get_or_create(&labels),
+            stats.segments,
+        );
+        set_gauge(
+            &self.bus_log_disk_bytes.get_or_create(&labels),
+            stats.disk_bytes,
+        );
+        set_gauge(
+            &self.bus_log_failed.get_or_create(&labels),
+            u64::from(stats.failed.is_some()),
+        );
+    }
+
     /// Mirrors one trigger's consumer and window into its series.
     pub fn refresh_trigger(
         &self,
@@ -903,5 +976,34 @@ mod tests {
         assert!(metrics
             .encode()
             .contains(r#"spillway_bus_published_total{stream="default"} 7"#));
+    }
+
+    #[test]
+    fn the_segment_log_is_mirrored_into_bus_log_series() {
+        let metrics = Metrics::new();
+        let mut stats = spillway_bus::segment::LogStats {
+            syncs: 4,
+            sync_time: Duration::from_millis(500),
+            segments: 3,
+            disk_bytes: 4096,
+            ..Default::default()
+        };
+        metrics.refresh_log("default", &stats);
+        stats.syncs = 6;
+        stats.sync_time = Duration::from_millis(750);
+        stats.write_errors = 1;
+        stats.failed = Some("fdatasync failed".into());
+        metrics.refresh_log("default", &stats);
+        let text = metrics.encode();
+        for line in [
+            r#"spillway_bus_log_syncs_total{stream="default"} 6"#,
+            r#"spillway_bus_log_sync_seconds_total{stream="default"} 0.75"#,
+            r#"spillway_bus_log_write_errors_total{stream="default"} 1"#,
+            r#"spillway_bus_log_segments{stream="default"} 3"#,
+            r#"spillway_bus_log_disk_bytes{stream="default"} 4096"#,
+            r#"spillway_bus_log_failed{stream="default"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

@@ -242,6 +242,7 @@ pub async fn run_until(
             "embedded"
         },
         bus: Arc::clone(&bus),
+        embedded: embedded.clone(),
         triggers: handles,
         sources: config
             .event_sources
