@@ -30,10 +30,12 @@ impl<'de> Deserialize<'de> for GoDuration {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if let Ok(secs) = trimmed.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
+        if secs < 0.0 {
+            return Err(format!("duration {text:?} must not be negative"));
         }
-        return Err(format!("duration {text:?} must not be negative"));
+        // Not `from_secs_f64`: it panics past u64::MAX seconds (and on NaN).
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("duration {text:?} is out of range"));
     }
     humantime::parse_duration(trimmed).map_err(|_| {
         format!(
@@ -300,6 +302,10 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("soon").is_err());
+        // Would panic in Duration::from_secs_f64.
+        for huge in ["1e20", "inf", "NaN"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
     }
 
     #[test]

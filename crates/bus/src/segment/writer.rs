@@ -540,10 +540,13 @@ impl Writer {
                     .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 self.dirty_since = None;
             }
-            Err(e) => self.fail(format!(
-                "fdatasync {} failed ({e}); acknowledged records may be lost",
-                self.active.path.display()
-            )),
+            Err(e) => {
+                self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.fail(format!(
+                    "fdatasync {} failed ({e}); acknowledged records may be lost",
+                    self.active.path.display()
+                ));
+            }
         }
     }
 

@@ -121,6 +121,10 @@
 //!   first, and fails with [`BusError::Unavailable`] if it still cannot:
 //!   a tombstone left beside a live consumer would delete it at the next
 //!   open.
+//! - While a consumer is being created (its state file being written), a
+//!   publish it alone wants is admitted as held; if the creation then
+//!   fails, that message is released, and under `discard: old` at a full
+//!   stream the oldest message it displaced stays discarded.
 //! - A publish whose future is dropped after the message was queued is
 //!   still stored (the log's contract) and may take the stream one message
 //!   past `max_msgs`; its publisher never learns the seq.
@@ -251,6 +255,11 @@ struct Persist {
     failures: u64,
     /// Consecutive failed removals of deleted consumers' files.
     tidy_failures: u64,
+    /// Consumers whose state file was never written (a first consumer
+    /// whose creation write failed): left out of the metadata until it is,
+    /// so that a restart finds no consumer and holds every record rather
+    /// than resetting one that never existed on disk.
+    unwritten: BTreeSet<String>,
 }
 
 impl SegmentBus {
@@ -358,6 +367,7 @@ impl SegmentBus {
                 tombstones,
                 failures: 0,
                 tidy_failures: 0,
+                unwritten: BTreeSet::new(),
             }),
         });
         // Writes reset consumers and rebuilt metadata, deletes what nobody holds.
@@ -565,6 +575,39 @@ fn load_consumers(
 }
 
 /// What `stream.state` should hold now.
+/// Refuses a consumer whose state could not fit one state file even empty
+/// of pending messages plus `max_ack_pending` of them: every state write
+/// would fail, so no ack would ever be durable.
+fn check_fits_state_file(config: &ConsumerConfig) -> Result<(), BusError> {
+    let invalid = |reason: String| {
+        Err(BusError::InvalidConsumer {
+            name: config.name.clone(),
+            reason,
+        })
+    };
+    if config.max_ack_pending > MAX_ACK_PENDING {
+        return invalid(format!(
+            "max_ack_pending {} is over the segment bus's {MAX_ACK_PENDING} (its pending set \
+             must fit one state file)",
+            config.max_ack_pending
+        ));
+    }
+    let empty = state::encode_consumer(&ConsumerSnapshot {
+        config: config.clone(),
+        cursor: 0,
+        pending: Vec::new(),
+    })
+    .len();
+    let max = crate::segment::state_file::MAX_STATE_BYTES;
+    if empty.saturating_add(config.max_ack_pending.saturating_mul(12)) > max {
+        return invalid(format!(
+            "its configuration ({empty} bytes) and a full pending set do not fit one state \
+             file of {max} bytes; use fewer or shorter filter subjects"
+        ));
+    }
+    Ok(())
+}
+
 /// Most delivered, unacked messages a consumer may have: its pending set
 /// (12 bytes an entry) must fit one state file
 /// ([`MAX_STATE_BYTES`](crate::segment::state_file::MAX_STATE_BYTES)).
@@ -574,10 +617,17 @@ const _: () = assert!(
     "a full pending set and 1 MiB of configuration fit one state file"
 );
 
-fn manifest_of(st: &Stream<Location>) -> Manifest {
+/// The metadata for the live state: every consumer whose state file has
+/// been written (see [`Persist::unwritten`]).
+fn manifest_of(st: &Stream<Location>, p: &Persist) -> Manifest {
     Manifest {
         discard_floor: st.discard_floor,
-        consumers: st.consumers.values().map(|c| c.config.clone()).collect(),
+        consumers: st
+            .consumers
+            .values()
+            .filter(|c| !p.unwritten.contains(&c.config.name))
+            .map(|c| c.config.clone())
+            .collect(),
     }
 }
 
@@ -586,27 +636,34 @@ impl Inner {
     /// segments that state released. Serialised by `persist`.
     fn sync_state(&self) -> Result<(), BusError> {
         let mut p = self.persist.lock();
-        let (snapshots, manifest, floor) = {
+        let (snapshots, floor) = {
             let mut st = self.shared.lock();
             let ids: Vec<ConsumerId> = st.consumers.keys().copied().collect();
             let snapshots: Vec<(ConsumerId, ConsumerSnapshot)> = ids
                 .into_iter()
                 .filter_map(|id| st.snapshot(id, false).map(|s| (id, s)))
                 .collect();
-            (snapshots, manifest_of(&st), st.retention_floor())
+            (snapshots, st.retention_floor())
         };
         let mut error = None;
         for (id, snapshot) in &snapshots {
             let file = state::consumer_file(&self.dir, &snapshot.config.name);
-            if let Err(e) = file.store(&state::encode_consumer(snapshot)) {
-                // Try again next time.
-                if let Some(c) = self.shared.lock().consumers.get_mut(id) {
-                    c.dirty = true;
+            match file.store(&state::encode_consumer(snapshot)) {
+                Ok(()) => {
+                    p.unwritten.remove(&snapshot.config.name);
                 }
-                error = Some(e);
+                Err(e) => {
+                    // Try again next time.
+                    if let Some(c) = self.shared.lock().consumers.get_mut(id) {
+                        c.dirty = true;
+                    }
+                    error = Some(e);
+                }
             }
         }
-        let mut manifest = manifest;
+        // Built after the writes: lists exactly the consumers on disk (a
+        // consumer bound meanwhile cannot be: binds hold `persist`).
+        let mut manifest = manifest_of(&self.shared.lock(), &p);
         if error.is_none() && floor > manifest.discard_floor {
             // Every consumer's state as of the snapshot is on disk, and
             // everything below the oldest message held then was released by
@@ -729,38 +786,21 @@ impl Inner {
     /// messages it does not want (held only because there was no
     /// consumer), which cannot be undone, so it stays, marked for the
     /// state sync to write; until then a restart finds no consumer and
-    /// holds every record, so nothing is lost. Creating holds `persist`
-    /// throughout, so no delete, bind or state sync runs in between (and
-    /// the metadata lists no consumer whose state file is not written).
-    /// Binding an existing consumer takes the stream lock only. Blocking
-    /// file I/O.
+    /// holds every record, so nothing is lost (and the metadata leaves it
+    /// out until it is written: [`Persist::unwritten`]). A bind holds
+    /// `persist` throughout, so no delete, bind or state sync runs in
+    /// between, and a bind of a name being created waits until it is on
+    /// disk. Blocking file I/O.
     fn bind(&self, mut config: ConsumerConfig) -> Result<(ConsumerId, Arc<Notify>), BusError> {
         let name = config.name.clone();
         // Stored in nanoseconds as a u64 (≈ 584 years): what is read back
         // after a restart must equal what is bound again.
         config.ack_wait = config.ack_wait.min(Duration::from_nanos(u64::MAX));
-        {
-            let mut st = self.shared.lock();
-            if st.find_consumer(&name).is_some() {
-                if st.closed {
-                    return Err(BusError::Closed);
-                }
-                // The existing one, or ConsumerMismatch: nothing to write.
-                return st.add_consumer(config, Instant::now());
-            }
-        }
-        if config.max_ack_pending > MAX_ACK_PENDING {
-            return Err(BusError::InvalidConsumer {
-                name,
-                reason: format!(
-                    "max_ack_pending {} is over the segment bus's {MAX_ACK_PENDING} (its \
-                     pending set must fit one state file)",
-                    config.max_ack_pending
-                ),
-            });
-        }
+        // Even to bind an existing consumer: one being created right now is
+        // not on disk until its creator releases `persist`.
         let mut p = self.persist.lock();
         if self.shared.lock().find_consumer(&name).is_none() {
+            check_fits_state_file(&config)?;
             self.finish_delete(&mut p, &name)?;
         }
         let (id, wake, snapshot, manifest, first) = {
@@ -776,7 +816,7 @@ impl Inner {
                 return Ok((id, wake));
             }
             let first = before == 0;
-            (id, wake, st.snapshot(id, true), manifest_of(&st), first)
+            (id, wake, st.snapshot(id, true), manifest_of(&st, &p), first)
         };
         let Some(snapshot) = snapshot else {
             return Ok((id, wake));
@@ -797,6 +837,8 @@ impl Inner {
                 // the next state sync write it whatever it compares to.
                 p.stored_manifest = None;
                 if first {
+                    // Not listed in metadata until its state file is written.
+                    p.unwritten.insert(name.clone());
                     warn!(consumer = %name, error = %e, "cannot write the first consumer's state; kept, and written by the next state sync (until then a restart holds every record)");
                     if let Some(c) = self.shared.lock().consumers.get_mut(&id) {
                         c.dirty = true;
@@ -847,7 +889,8 @@ impl Inner {
             st.remove_consumer(id, Instant::now());
             // Every live consumer's state file is on disk (a bind holds
             // `persist` until it is), so the live list is safe to store.
-            let manifest = manifest_of(&st);
+            p.unwritten.remove(name);
+            let manifest = manifest_of(&st, &p);
             (manifest, held - st.msgs.len())
         };
         info!(consumer = %name, released, "deleted durable consumer");

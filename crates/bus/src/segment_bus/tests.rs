@@ -706,6 +706,8 @@ async fn a_first_consumer_that_cannot_be_written_keeps_every_held_message() {
     // possible, so it stays and is written later.
     let first = bus.consumer(config.clone()).await.unwrap();
     assert_eq!(bus.stats().consumers, 1);
+    // A state sync that still cannot write it must not list it either.
+    assert!(bus.sync_state().is_err());
     bus.crash().await;
     drop(first);
     // It never reached the disk: no consumer, so every record is held.
@@ -727,6 +729,14 @@ async fn consumer_settings_the_state_file_cannot_hold_are_refused_or_clamped() {
         matches!(&err, BusError::InvalidConsumer { name, reason } if name == "big" && reason.contains("max_ack_pending")),
         "{err:?}"
     );
+    let mut wide = ConsumerConfig::new("wide");
+    wide.filter_subjects = vec!["x".repeat(16 << 20)];
+    let err = bus.consumer(wide).await.err().expect("refused");
+    assert!(
+        matches!(&err, BusError::InvalidConsumer { reason, .. } if reason.contains("do not fit one state file")),
+        "{err:?}"
+    );
+    assert_eq!(bus.stats().consumers, 0);
     // An ack_wait of "forever" binds again after a restart.
     let mut forever = ConsumerConfig::new("forever");
     forever.ack_wait = Duration::MAX;
