@@ -24,17 +24,7 @@ async fn kill_9_loses_no_accepted_event_and_redelivers_unacked_ones() {
     let data = tempfile::tempdir().expect("tempdir");
     let config = pipeline(port, &receiver.url);
     let mut first = Spillway::start_in(&config, data.path()).await;
-    let client = common::client();
-    for i in 0..6 {
-        let response = client
-            .post(format!("http://127.0.0.1:{port}/orders"))
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"id":"o-{i}"}}"#))
-            .send()
-            .await
-            .expect("POST /orders");
-        assert_eq!(response.status(), 200, "event {i}");
-    }
+    post_orders(port, 6).await;
     // 4 are in flight at the downstream (maxInFlight), 2 wait in the bus.
     wait_until("4 calls in flight", WAIT, || async {
         receiver.arrivals() >= 4
@@ -158,17 +148,7 @@ async fn a_sensor_removed_from_the_config_does_not_pin_the_bus() {
         &common::http_trigger("hold", &hold.url),
     );
     let mut first = Spillway::start_in(&format!("{kept}\n---\n{audit}"), data.path()).await;
-    let client = common::client();
-    for i in 0..3 {
-        let response = client
-            .post(format!("http://127.0.0.1:{port}/orders"))
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"id":"o-{i}"}}"#))
-            .send()
-            .await
-            .expect("POST /orders");
-        assert_eq!(response.status(), 200, "event {i}");
-    }
+    post_orders(port, 3).await;
     // The audit trigger's adaptive window starts at one call: one event in
     // its call, two waiting in the bus, all three unacked.
     wait_until("forwarded, and held by the audit sensor", WAIT, || async {
@@ -218,4 +198,20 @@ async fn a_sensor_removed_from_the_config_does_not_pin_the_bus() {
     );
     assert!(!log.contains(r#"deleted durable consumer "orders-forward""#));
     assert!(second.terminate().await.success());
+}
+
+/// POSTs orders `o-0` … `o-{n-1}` to the webhook on `port`; each must be
+/// accepted (`200`).
+async fn post_orders(port: u16, n: usize) {
+    let client = common::client();
+    for i in 0..n {
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/orders"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"id":"o-{i}"}}"#))
+            .send()
+            .await
+            .expect("POST /orders");
+        assert_eq!(response.status(), 200, "event {i}");
+    }
 }

@@ -143,6 +143,14 @@ fn unlimited() -> Limits {
     }
 }
 
+/// The durable consumer both spillway backends drain the stream with.
+fn bench_consumer() -> ConsumerConfig {
+    ConsumerConfig {
+        max_ack_pending: MAX_ACK_PENDING,
+        ..ConsumerConfig::new("bench")
+    }
+}
+
 /// `publish_phase` through a spillway [`Bus`]: each call publishes one
 /// message and waits for its answer.
 async fn publish_through<B: Bus + 'static>(
@@ -215,13 +223,7 @@ async fn segment_round(per_task: usize) -> Round {
         _ => SyncPolicy::Always,
     };
     let (bus, _) = SegmentBus::open(dir.path(), unlimited(), options).expect("open segment bus");
-    let consumer = bus
-        .consumer(ConsumerConfig {
-            max_ack_pending: MAX_ACK_PENDING,
-            ..ConsumerConfig::new("bench")
-        })
-        .await
-        .expect("consumer");
+    let consumer = bus.consumer(bench_consumer()).await.expect("consumer");
     let before = bus.log_stats();
     let (elapsed, latencies) = publish_through(Arc::clone(&bus), per_task, "segment bus").await;
     let log = bus.log_stats();
@@ -334,13 +336,7 @@ async fn jetstream_bus_round(url: &str, round: usize, per_task: usize) -> Round 
     let bus = JetStreamBus::connect(url, &name, unlimited(), &[] as &[&str])
         .await
         .expect("connect the JetStream bus");
-    let consumer = bus
-        .consumer(ConsumerConfig {
-            max_ack_pending: MAX_ACK_PENDING,
-            ..ConsumerConfig::new("bench")
-        })
-        .await
-        .expect("consumer");
+    let consumer = bus.consumer(bench_consumer()).await.expect("consumer");
     let (elapsed, latencies) = publish_through(Arc::clone(&bus), per_task, "JetStreamBus").await;
     eprintln!("  JetStreamBus: {total} published in {elapsed:.2?}");
 
