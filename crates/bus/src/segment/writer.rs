@@ -154,6 +154,16 @@ impl Shared {
     pub fn failed(&self) -> Option<Arc<str>> {
         self.failed.get().cloned()
     }
+
+    /// Why a closed queue refuses an append: the failure if the log failed
+    /// (a dead writer's queue is closed too, and the publisher should learn
+    /// why), else [`LogError::Closed`].
+    fn refusal(&self) -> LogError {
+        match self.failed() {
+            Some(reason) => LogError::Failed { reason },
+            None => LogError::Closed,
+        }
+    }
 }
 
 /// A queued append. If it is dropped unanswered (a bug), the publisher
@@ -302,26 +312,13 @@ impl Queue {
         let permits = encoded_len.min(self.capacity) as u32;
         let permit = match Arc::clone(&self.space).acquire_many_owned(permits).await {
             Ok(p) => p,
-            // The queue also closes when the log fails (a writer panic):
-            // say why rather than "closed".
-            Err(_) => {
-                let error = match shared.failed() {
-                    Some(reason) => LogError::Failed { reason },
-                    None => LogError::Closed,
-                };
-                return fail(error, message);
-            }
+            Err(_) => return fail(shared.refusal(), message),
         };
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut st = self.state.lock();
-            // Failed first: a dead writer's queue is closed too, and the
-            // publisher should learn why.
-            if let Some(reason) = shared.failed() {
-                return fail(LogError::Failed { reason }, message);
-            }
-            if st.closed {
-                return fail(LogError::Closed, message);
+            if st.closed || shared.failed().is_some() {
+                return fail(shared.refusal(), message);
             }
             st.reqs.push_back(Request {
                 message: Some(message),

@@ -924,9 +924,7 @@ impl Inner {
             }
             _ => Ok(()),
         };
-        let finished = unlisted
-            .and_then(|()| state::consumer_file(&self.dir, name).remove())
-            .and_then(|()| state::tombstone_file(&self.dir, name).remove());
+        let finished = unlisted.and_then(|()| self.remove_deleted_files(name));
         match finished {
             Ok(()) => {
                 p.tombstones.remove(name);
@@ -937,6 +935,15 @@ impl Inner {
                  disk ({e})"
             ))),
         }
+    }
+
+    /// Removes deleted consumer `name`'s state file, then its tombstone (the
+    /// other order could leave a state file with nothing saying it is
+    /// deleted).
+    fn remove_deleted_files(&self, name: &str) -> Result<(), StateFileError> {
+        state::consumer_file(&self.dir, name)
+            .remove()
+            .and_then(|()| state::tombstone_file(&self.dir, name).remove())
     }
 
     /// Removes the state file and tombstone of every deleted consumer the
@@ -952,11 +959,10 @@ impl Inner {
         let mut result = Ok(());
         p.tombstones.retain(|name| {
             let removed = if listed.contains(name.as_str()) {
-                Ok(())
+                state::tombstone_file(&self.dir, name).remove()
             } else {
-                state::consumer_file(&self.dir, name).remove()
-            }
-            .and_then(|()| state::tombstone_file(&self.dir, name).remove());
+                self.remove_deleted_files(name)
+            };
             match removed {
                 Ok(()) => false,
                 Err(e) => {
